@@ -1,0 +1,25 @@
+"""s2swclip: zero-shot visual anomaly detection with S2SWCLIP on open_clip.
+
+Public API::
+
+    import s2swclip
+    det = s2swclip.load_detector(backbone="ViT-L-14-336", weights="openai", prompts=None,
+                                 image_size=518, device="cpu")
+    out = det.predict(images)      # images: float tensor [B,3,S,S], CLIP-normalised
+    out.image_scores               # [B] in [0,1]
+    out.anomaly_maps               # [B,S,S], smoothed
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["load_detector", "S2SWError", "__version__"]
+
+from .errors import S2SWError
+
+
+def __getattr__(name):  # lazy: importing the package must not import torch-heavy modules
+    if name == "load_detector":
+        from .api import load_detector
+
+        return load_detector
+    raise AttributeError(f"module 's2swclip' has no attribute {name!r}")
