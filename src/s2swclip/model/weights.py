@@ -1,0 +1,227 @@
+"""Building an open_clip CLIP model from a model name or config file, and loading its weights.
+
+Three sources of weights:
+
+* an open_clip pretrained tag (``"openai"``, ``"laion2b_s32b_b82k"``, ...), downloaded by
+  open_clip into its cache;
+* a local file: ``.pt``/``.pth``/``.bin`` (a plain state dict, possibly wrapped in
+  ``{"state_dict": ...}``, or OpenAI's TorchScript archive) or ``.safetensors``; OpenAI and
+  open_clip key layouts are the same for CLIP ViTs, and the DPAM-replaced key names of the
+  AnomalyCLIP code (``attn.qkv``/``attn.proj``) are mapped back;
+* ``None``: random initialisation (tests, the offline demo).
+
+Loading is safe: ``torch.load(..., weights_only=True)`` or safetensors. OpenAI's TorchScript
+archives cannot be read with ``weights_only``; they are opened with ``torch.jit.load`` (which
+runs no Python pickle code) and only their tensors are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import S2SWError
+
+_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+_DROP_KEYS = ("input_resolution", "context_length", "vocab_size")
+_DPAM_KEY_MAP = {
+    ".attn.qkv.weight": ".attn.in_proj_weight",
+    ".attn.qkv.bias": ".attn.in_proj_bias",
+    ".attn.proj.weight": ".attn.out_proj.weight",
+    ".attn.proj.bias": ".attn.out_proj.bias",
+}
+
+
+def list_backbones() -> list[str]:
+    """Names accepted as ``backbone``: this package's configs, then open_clip's."""
+    import open_clip
+
+    ours = sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
+    return ours + [m for m in open_clip.list_models() if m not in ours]
+
+
+def resolve_model_config(backbone: str) -> tuple[str, dict[str, Any]]:
+    """Return ``(name, config)`` for a model name or the path of an open_clip config JSON."""
+    path = Path(os.path.expanduser(str(backbone)))
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise S2SWError(f"backbone config file not found: {path} (pass an open_clip model "
+                            f"name such as ViT-L-14-336, or the path of a model-config JSON)")
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise S2SWError(f"backbone config {path} is not valid JSON: {e}") from None
+        if isinstance(cfg, dict) and "model_cfg" in cfg:  # open_clip local-dir/hub layout
+            cfg = cfg["model_cfg"]
+        _check_config(cfg, str(path))
+        return path.stem, cfg
+    ours = _CONFIG_DIR / f"{backbone}.json"
+    if ours.is_file():
+        cfg = json.loads(ours.read_text())
+        return str(backbone), cfg
+    import open_clip
+
+    name = str(backbone).replace("/", "-")
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise S2SWError(f"unknown backbone {backbone!r}: pass an open_clip ViT model name "
+                        f"(e.g. ViT-L-14-336, ViT-B-16) or the path of a model-config JSON")
+    cfg = copy.deepcopy(cfg)
+    _check_config(cfg, name)
+    return name, cfg
+
+
+def _check_config(cfg: Any, where: str) -> None:
+    if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+        raise S2SWError(f"backbone config {where} lacks 'vision_cfg'/'text_cfg': not an open_clip "
+                        f"CLIP model config")
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    if isinstance(v.get("layers"), (list, tuple)) or "timm_model_name" in v:
+        raise S2SWError(f"backbone {where}: only ViT vision towers are supported (DPAM needs "
+                        f"transformer blocks), not ResNet/timm towers")
+    if "hf_model_name" in t or cfg.get("custom_text"):
+        raise S2SWError(f"backbone {where}: only the standard CLIP text transformer is supported")
+
+
+def _download_hint(name: str, tag: str, pcfg: dict) -> str:
+    where = pcfg.get("url") or (f"https://huggingface.co/{pcfg['hf_hub'].rstrip('/')}"
+                                if pcfg.get("hf_hub") else "the model's release page")
+    return (f"could not get the {name} weights '{tag}' (offline?): download them from {where} "
+            f"and pass the file with --weights PATH (weights=PATH in Python)")
+
+
+def fetch_pretrained(name: str, tag: str, cache_dir: str | None = None) -> tuple[str, dict]:
+    """Path of the weights file for an open_clip pretrained tag (downloading if needed)."""
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(name, tag)
+    if not pcfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise S2SWError(f"weights {tag!r} is neither a file nor a pretrained tag of {name} "
+                        f"(tags: {', '.join(tags) or 'none'}); pass a weights file path instead")
+    try:
+        path = open_clip.download_pretrained(pcfg, cache_dir=cache_dir)
+    except Exception:  # network errors come in many types; all mean the same to the user
+        raise S2SWError(_download_hint(name, tag, pcfg)) from None
+    if not path or not os.path.isfile(path):
+        raise S2SWError(_download_hint(name, tag, pcfg))
+    return path, pcfg
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a CLIP state dict from a file, safely. Key layout is normalised (see module doc)."""
+    path = Path(os.path.expanduser(str(path)))
+    if not path.is_file():
+        raise S2SWError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        elif _is_torchscript(path):
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except S2SWError:
+        raise
+    except Exception as e:
+        raise S2SWError(f"cannot read weights file {path}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise S2SWError(f"weights file {path} does not hold a CLIP state dict")
+    out = {}
+    for k, v in obj.items():
+        k = k[7:] if k.startswith("module.") else k
+        if k in _DROP_KEYS:
+            continue
+        for old, new in _DPAM_KEY_MAP.items():
+            if k.startswith("visual.") and k.endswith(old):
+                k = k[: -len(old)] + new
+        out[k] = v
+    return out
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()[:200])
+
+
+def create_clip(
+    backbone: str = "ViT-L-14-336",
+    weights: str | os.PathLike | None = "openai",
+    *,
+    quick_gelu: bool | None = None,
+    cache_dir: str | None = None,
+    seed: int = 0,
+):
+    """Build an ``open_clip.CLIP`` for ``backbone`` and load ``weights`` into it.
+
+    Args:
+        backbone: open_clip model name, a name from this package's ``model_configs``, or the
+            path of a model-config JSON.
+        weights: pretrained tag, weights file path, or ``None`` for random initialisation
+            (seeded with ``seed``, reproducible).
+        quick_gelu: activation of the MLPs. ``None`` decides: the config's ``quick_gelu`` key if
+            present, else the pretrained tag's setting, else ``True`` (OpenAI CLIP, the paper's
+            backbone family, uses QuickGELU).
+        cache_dir: open_clip download cache.
+
+    Returns:
+        ``(model, info)``: the model in eval mode, float32, on CPU, and a dict describing it.
+    """
+    import open_clip
+
+    name, cfg = resolve_model_config(backbone)
+    weights_path, pcfg = None, {}
+    if weights is not None:
+        wpath = Path(os.path.expanduser(str(weights)))
+        if wpath.is_file():
+            weights_path = str(wpath)
+        elif wpath.suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in str(weights):
+            raise S2SWError(f"weights file not found: {wpath} (pass an existing file, a pretrained "
+                            f"tag such as 'openai', or none for random weights)")
+        elif Path(os.path.expanduser(str(backbone))).suffix == ".json":
+            raise S2SWError(f"weights {weights!r} is a pretrained tag, but the backbone is a config "
+                            f"file; pass a weights file with --weights PATH")
+        else:
+            weights_path, pcfg = fetch_pretrained(name, str(weights), cache_dir)
+    if quick_gelu is None:
+        quick_gelu = bool(cfg.get("quick_gelu", pcfg.get("quick_gelu", True)))
+    cfg = dict(cfg)
+    cfg["quick_gelu"] = quick_gelu
+    cfg.pop("custom_text", None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**cfg)
+    if weights_path is not None:
+        sd = load_weights_file(weights_path)
+        if "logit_scale" not in sd:
+            sd["logit_scale"] = model.logit_scale.detach().clone()
+        own = model.state_dict()
+        bad = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        if bad or missing or unexpected:
+            detail = "; ".join(
+                f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("shape mismatch", bad), ("missing", missing),
+                                    ("unexpected", unexpected)) if keys)
+            raise S2SWError(f"weights {weights_path} do not fit backbone {name} ({detail}); "
+                            f"pass the matching --backbone")
+        model.load_state_dict(sd, strict=True)
+    model.eval().requires_grad_(False)
+    info = {"backbone": name, "weights": str(weights) if weights is not None else None,
+            "weights_path": weights_path, "quick_gelu": quick_gelu, "config": cfg}
+    return model, info
