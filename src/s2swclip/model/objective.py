@@ -1,0 +1,75 @@
+"""The training objective (spec section 7), assembled from :mod:`.losses`.
+
+Per batch, with the backbone frozen:
+
+* pixel loss for the generic and the contrastive families: plain normalised patch features of
+  every selected layer, entropy-gain similarity against that family (reference: the fused text),
+  maps resized to S x S; focal(probs, mask) + Dice(anomaly, mask) + Dice(normal, 1 - mask);
+* image loss: cross-entropy of ``g . t / T`` for the four text sets, plus ``beta`` times the
+  pairwise term over the generic, contrastive and fused sets;
+* total = alpha * pixel_generic + pixel_contrastive + image CE + beta * pairwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .detector import TEXT_SETS, S2SWDetector
+from .losses import dice_loss, focal_loss, pairwise_loss
+from .similarity import entropy_gain_similarity, probs_to_maps
+
+
+def s2sw_objective(
+    det: S2SWDetector,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 0.03,
+    generator: torch.Generator | None = None,
+    random_pair_prob: float = 0.2,
+) -> dict[str, torch.Tensor]:
+    """Loss terms for one batch.
+
+    Args:
+        det: the detector (its prompts get gradients).
+        images: [B, 3, S, S] CLIP-normalised.
+        masks: [B, S, S] binary ground truth (zeros for normal images).
+        labels: [B] 0 normal / 1 anomalous.
+        alpha, beta: weights of the generic pixel loss and of the pairwise term.
+        generator: RNG for the pairwise sample choice.
+
+    Returns:
+        dict with ``total``, ``pixel_generic``, ``pixel_contrastive``, ``image_ce``, ``pairwise``.
+    """
+    size = images.shape[-1]
+    masks = (masks.to(det.device).float() > 0.5).float()
+    labels = labels.to(det.device).long()
+    with torch.no_grad():
+        glob, patches = det.encode_image(images.to(det.device, torch.float32))
+    text = det.encode_text_features()
+    temp = det.config.temperature
+
+    pixel = {}
+    for family in ("generic", "contrastive"):
+        per_object: dict[int, torch.Tensor] = {}
+        total = images.new_zeros(())
+        for p in patches:  # aliased layers: same features, same loss
+            if id(p) not in per_object:
+                f = p / p.norm(dim=-1, keepdim=True)
+                probs = entropy_gain_similarity(f, text.unit[family], text.unit["fused"], temp)
+                maps = probs_to_maps(probs, size)  # [B, 2, S, S]
+                per_object[id(p)] = (focal_loss(maps, masks) + dice_loss(maps[:, 1], masks)
+                                     + dice_loss(maps[:, 0], 1 - masks))
+            total = total + per_object[id(p)]
+        pixel[family] = total
+
+    g = glob / glob.norm(dim=-1, keepdim=True)
+    logits = {k: g @ text.unit[k].t() / temp for k in TEXT_SETS}
+    image_ce = sum(F.cross_entropy(logits[k], labels) for k in TEXT_SETS)
+    pairwise = sum(pairwise_loss(logits[k], labels, generator=generator, random_pair_prob=random_pair_prob)
+                   for k in ("generic", "contrastive", "fused"))
+    total = alpha * pixel["generic"] + pixel["contrastive"] + image_ce + beta * pairwise
+    return {"total": total, "pixel_generic": pixel["generic"], "pixel_contrastive": pixel["contrastive"],
+            "image_ce": image_ce, "pairwise": pairwise}
