@@ -107,6 +107,10 @@ def load_detector(
     if max(layers) > n_blocks or config.dpam_layers > n_blocks:
         raise S2SWError(f"backbone {info['backbone']} has {n_blocks} vision layers, but "
                         f"feature_layers={list(layers)} / dpam_layers={config.dpam_layers} ask for more")
+    patch = int(clip.visual.conv1.kernel_size[0])
+    if config.image_size < patch:
+        raise S2SWError(f"image size {config.image_size} is smaller than the backbone's {patch}-pixel "
+                        f"patches: no tokens to score; use e.g. --image-size 518")
     bb = S2SWBackbone(clip, feature_layers=layers, dpam_layers=config.dpam_layers,
                       layer_aliasing=config.layer_aliasing, global_ln_post=config.global_ln_post,
                       round_deep_prompts=config.round_deep_prompts)

@@ -1,0 +1,111 @@
+"""Evaluating a detector on a ``meta.json`` dataset: per-class metrics, report and figures."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import S2SWError
+
+
+def _denormalise(image: torch.Tensor) -> np.ndarray:
+    """[3,S,S] CLIP-normalised -> uint8 [S,S,3]."""
+    from .data.dataset import OPENAI_MEAN, OPENAI_STD
+
+    mean = torch.tensor(OPENAI_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(3, 1, 1)
+    rgb = (image.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def evaluate_dataset(
+    det,
+    data_root: str | Path,
+    *,
+    dataset_name: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 8,
+    classes: Sequence[str] | None = None,
+    aupro_method: str = "exact",
+    out_dir: str | Path | None = None,
+    figures_per_class: int = 0,
+    progress: bool = True,
+    num_workers: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Score the test split of ``data_root`` class by class and compute the metrics.
+
+    Pixel metrics use the items that have a mask (normal images and anomalous ones with a mask
+    file); image metrics use all items. With ``out_dir`` the report (JSON, CSV) and figures
+    (``figures/<class>/*.png`` overlays, ``figures/<class>_roc.png``/``_pr.png``) are written.
+
+    Returns the report dict ``{"dataset", "aupro_method", "classes": {...}, "mean": {...}}``.
+    """
+    from .data.dataset import AnomalyDataset
+    from .eval.metrics import compute_metrics
+    from .eval.report import build_report, write_report
+
+    size = int(image_size or det.config.image_size)
+    ds = AnomalyDataset(data_root, split="test", image_size=size, classes=classes)
+    name = dataset_name or Path(data_root).resolve().name
+    per_class: dict[str, dict] = {}
+    fig_dir = Path(out_dir) / "figures" if out_dir is not None and figures_per_class else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ds), desc=f"testing {name}", unit="img", dynamic_ncols=True)
+    for cls, idx in ds.class_indices().items():
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size,
+                                             shuffle=False, num_workers=num_workers)
+        labels, scores, has_mask, masks, maps = [], [], [], [], []
+        shown = 0
+        for batch in loader:
+            out = det.predict(batch["image"])
+            labels.append(batch["label"].numpy())
+            scores.append(out.image_scores.cpu().numpy())
+            has_mask.append(batch["has_mask"].numpy())
+            masks.append(batch["mask"].numpy().astype(np.uint8))
+            maps.append(out.anomaly_maps.cpu().numpy().astype(np.float32))
+            if fig_dir is not None and shown < figures_per_class:
+                from .eval.figures import save_overlay
+
+                for i in range(len(batch["label"])):
+                    if shown >= figures_per_class or int(batch["label"][i]) != 1:
+                        continue
+                    target = fig_dir / cls / f"{shown:03d}_{Path(batch['path'][i]).stem}.png"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    save_overlay(_denormalise(batch["image"][i]), batch["mask"][i].numpy(),
+                                 out.anomaly_maps[i].cpu().numpy(), target, title=f"{cls}: {Path(batch['path'][i]).name}")
+                    shown += 1
+            if bar is not None:
+                bar.update(len(batch["label"]))
+        labels_a, scores_a = np.concatenate(labels), np.concatenate(scores)
+        keep = np.concatenate(has_mask).astype(bool)
+        pix_masks = np.concatenate(masks)[keep] if keep.any() else None
+        pix_maps = np.concatenate(maps)[keep] if keep.any() else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            per_class[cls] = compute_metrics(labels_a, scores_a, pix_masks, pix_maps,
+                                             aupro_method=aupro_method, pixel=pix_masks is not None)
+        for w in caught:
+            if log:
+                log(f"{name}/{cls}: {w.message}")
+        if fig_dir is not None:
+            from .eval.figures import save_curves
+
+            if len(set(labels_a.tolist())) == 2:
+                save_curves(labels_a, scores_a, str(fig_dir / cls))
+        del masks, maps, pix_masks, pix_maps
+    if bar is not None:
+        bar.close()
+    if not per_class:
+        raise S2SWError(f"no test items in {Path(data_root) / 'meta.json'}")
+    report = build_report(name, per_class, aupro_method=aupro_method)
+    if out_dir is not None:
+        write_report(report, out_dir)
+    return report
