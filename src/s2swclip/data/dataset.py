@@ -1,0 +1,450 @@
+"""Reader for ``meta.json`` dataset descriptions and the image/mask preprocessing.
+
+The ``meta.json`` format (shared with AnomalyCLIP, AdaCLIP and APRIL-GAN)::
+
+    {"train": {cls: [item, ...]}, "test": {cls: [item, ...]}}
+    item = {"img_path": "bottle/test/broken_large/000.png",        # relative to the root
+            "mask_path": "bottle/ground_truth/broken_large/000_mask.png",  # "" for none
+            "cls_name": "bottle", "specie_name": "broken_large", "anomaly": 1}
+
+Preprocessing follows the released S2SWCLIP code so that numbers match:
+
+* image: ``PIL.Image.open(...).convert("RGB")`` -> ``Resize((S, S), BICUBIC)`` ->
+  ``CenterCrop(S)`` -> ``ToTensor()`` -> ``Normalize(OPENAI_MEAN, OPENAI_STD)``;
+* mask: ``np.array(mask.convert("L")) > 0`` as a 0/255 ``"L"`` image -> ``Resize((S, S))``
+  (bilinear) -> ``CenterCrop(S)`` -> ``ToTensor()`` -> ``> 0.5``.
+
+:func:`load_image` adds robust conversions for inputs the released code never saw (16-bit,
+palette, transparency, float images) so that arbitrary user images can be scored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+from ..errors import S2SWError
+
+__all__ = [
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "AnomalyDataset",
+    "load_image",
+    "load_mask",
+    "preprocess_image",
+    "preprocess_mask",
+    "to_rgb",
+    "read_meta",
+]
+
+#: CLIP (OpenAI) normalisation constants, per RGB channel.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS"}
+
+
+# --------------------------------------------------------------------------------------------
+# image conversion
+# --------------------------------------------------------------------------------------------
+def _high_depth_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Map an integer or float array with values beyond 8 bits to uint8 without clipping.
+
+    Integer data with non-negative values is divided by the full range of the smallest usual
+    bit depth (8, 10, 12, 14 or 16 bits, else the maximum) that holds its largest value, so a
+    12-bit sensor image stays a 12-bit image rather than turning white (clipping) or black
+    (dividing by 65535). Data with negative values (e.g. CT in Hounsfield units) is min-max
+    stretched. Float data in [0, 1] is multiplied by 255; in [0, 255] it is kept as is.
+    """
+    a = np.asarray(arr)
+    if a.size == 0:
+        return a.astype(np.uint8)
+    a = a.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        a = np.where(finite, a, 0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if np.issubdtype(np.asarray(arr).dtype, np.floating):
+        if lo >= 0.0 and hi <= 1.0:
+            return np.round(a * 255.0).astype(np.uint8)
+        if lo >= 0.0 and hi <= 255.0:
+            return np.round(a).astype(np.uint8)
+    if lo < 0.0 or np.issubdtype(np.asarray(arr).dtype, np.floating):
+        if hi <= lo:
+            return np.zeros(a.shape, np.uint8)
+        return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if hi <= 255.0:
+        return a.astype(np.uint8)
+    full = None
+    for bits in (10, 12, 14, 16):
+        if hi <= 2.0**bits - 1:
+            full = 2.0**bits - 1
+            break
+    if full is None:
+        full = hi
+    return np.round(a * (255.0 / full)).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image, background: Sequence[int] = (0, 0, 0)) -> Image.Image:
+    """Convert a PIL image of any mode to an 8-bit ``"RGB"`` image.
+
+    * ``RGB`` is returned unchanged and ``L``/``1``/``CMYK``/``YCbCr``/... use PIL's own
+      conversion (the released code's ``convert("RGB")``, so numbers match on ordinary data);
+    * images with transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent index) are
+      alpha-composited over ``background`` (black by default, which equals dropping the alpha
+      channel for the usual fully opaque or zeroed-transparent images);
+    * 16-bit, 32-bit integer and float images are scaled to 8 bits (see
+      :func:`_high_depth_to_uint8`) instead of being clipped to white.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        arr = np.asarray(img)
+        if mode.startswith("I;16") and arr.dtype.kind == "u" and arr.dtype.itemsize == 1:
+            arr = np.asarray(img, dtype=np.uint16)  # defensive: older Pillow views
+        grey = _high_depth_to_uint8(arr)
+        return Image.fromarray(np.ascontiguousarray(grey), mode="L").convert("RGB")
+    if mode == "P" and "transparency" not in img.info:
+        return img.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa", "P"):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(int(c) for c in background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if mode in ("L", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+        return img.convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError):
+        arr = np.asarray(img)
+        if arr.ndim == 3:
+            arr = arr[..., 0]
+        grey = _high_depth_to_uint8(arr)
+        return Image.fromarray(np.ascontiguousarray(grey), mode="L").convert("RGB")
+
+
+def _open_image(path: str, what: str, context: str) -> Image.Image:
+    """Open and fully decode an image file, turning every failure into one S2SWError line."""
+    prefix = f"{context}: " if context else ""
+    if not os.path.exists(path):
+        raise S2SWError(f"{prefix}{what} file not found: {path} — check the path (and the dataset root).")
+    if os.path.isdir(path):
+        raise S2SWError(f"{prefix}{what} path is a directory, not an image file: {path} — point it at an image file.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            out = im.copy()
+    except Image.DecompressionBombError as exc:
+        raise S2SWError(f"{prefix}{what} file is too large to decode safely: {path} ({exc}) — downscale it first.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise S2SWError(f"{prefix}cannot read {what} file {path} ({msg}) — replace it with a valid PNG/JPEG/BMP/TIFF image.") from None
+    return out
+
+
+def load_image(path: str | os.PathLike, *, exif_transpose: bool = False, context: str = "") -> Image.Image:
+    """Read an image file and return it as an 8-bit PIL ``"RGB"`` image.
+
+    Grey, palette, transparent, 16-bit and float images are converted as described in
+    :func:`to_rgb`. With ``exif_transpose=True`` the EXIF orientation tag (phone photos) is
+    applied; the dataset reader leaves it off, like the released code. ``context`` is prefixed
+    to error messages (the dataset reader passes the meta.json item there).
+
+    Raises :class:`S2SWError` with one line naming the file when it is missing or unreadable.
+    """
+    img = _open_image(os.fspath(path), "image", context)
+    if exif_transpose:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # a broken EXIF block must not make a readable image unreadable
+            pass
+    return to_rgb(img)
+
+
+def load_mask(path: str | os.PathLike, *, context: str = "") -> np.ndarray:
+    """Read a mask file and return a boolean array, True where the pixel value is non-zero.
+
+    Follows the released code: the file is converted to ``"L"`` and thresholded at > 0, so
+    0/255 masks, 0/1 masks and VisA's class-index masks all work. Raises :class:`S2SWError`
+    naming the file when it is missing or unreadable.
+    """
+    img = _open_image(os.fspath(path), "mask", context)
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        arr = np.asarray(img)
+        if arr.ndim == 3:
+            arr = arr[..., 0]
+        return np.asarray(arr != 0)
+    return np.asarray(img.convert("L")) > 0
+
+
+@lru_cache(maxsize=16)
+def _image_transform(image_size: int) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=OPENAI_MEAN, std=OPENAI_STD),
+        ]
+    )
+
+
+@lru_cache(maxsize=16)
+def _mask_transform(image_size: int) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+        ]
+    )
+
+
+def _check_size(image_size) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or int(image_size) < 1:
+        raise S2SWError(f"image_size must be a positive integer, got {image_size!r} — pass e.g. 518.")
+    return int(image_size)
+
+
+def preprocess_image(pil_image: Image.Image, image_size: int) -> torch.Tensor:
+    """Turn a PIL image into the model input: float32 tensor ``[3, S, S]``, CLIP-normalised.
+
+    Any PIL mode is accepted (converted with :func:`to_rgb`); then bicubic resize to S x S,
+    centre crop S, ToTensor and OpenAI mean/std normalisation, as in the released code.
+    """
+    size = _check_size(image_size)
+    if not isinstance(pil_image, Image.Image):
+        raise S2SWError(f"preprocess_image expects a PIL image, got {type(pil_image).__name__} — load it with load_image(path).")
+    return _image_transform(size)(to_rgb(pil_image)).to(torch.float32)
+
+
+def preprocess_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:
+    """Resize a boolean mask to the model resolution: float32 tensor ``[S, S]`` in {0, 1}.
+
+    0/255 ``"L"`` image -> bilinear Resize((S, S)) -> CenterCrop(S) -> ToTensor -> > 0.5, as in
+    the released code.
+    """
+    size = _check_size(image_size)
+    m = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L")
+    t = _mask_transform(size)(m)[0]
+    return (t > 0.5).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# meta.json
+# --------------------------------------------------------------------------------------------
+def read_meta(meta_path: str | os.PathLike) -> dict:
+    """Load and validate a ``meta.json`` file; returns ``{split: {cls: [item, ...]}}``.
+
+    Split keys are returned lower-cased (AnomalyCLIP's DAGM file uses ``"Train"``/``"Test"``).
+    Raises :class:`S2SWError` naming the file when it is missing, not JSON, or not in the
+    expected shape.
+    """
+    path = os.fspath(meta_path)
+    fix = "build it with s2swclip.data.build_meta(<dataset>, <root>) or fix the file"
+    if not os.path.isfile(path):
+        raise S2SWError(f"meta.json not found: {path} — {fix}.")
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise S2SWError(f"meta.json is not valid JSON: {path} (line {exc.lineno}: {exc.msg}) — {fix}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise S2SWError(f"cannot read meta.json {path} ({exc}) — {fix}.") from None
+    if not isinstance(data, dict) or not data:
+        raise S2SWError(f'meta.json {path} must be an object {{"train": {{class: [items]}}, "test": {{...}}}} — {fix}.')
+    out: dict = {}
+    for split, classes in data.items():
+        if not isinstance(classes, dict):
+            raise S2SWError(f'meta.json {path}: split "{split}" must map class names to item lists — {fix}.')
+        for cls, items in classes.items():
+            if not isinstance(items, list):
+                raise S2SWError(f'meta.json {path}: {split}/{cls} must be a list of items — {fix}.')
+        out.setdefault(str(split).lower(), {}).update(classes)
+    return out
+
+
+def _item_label(item, where: str) -> int:
+    val = item.get("anomaly", None)
+    if isinstance(val, bool):
+        return int(val)
+    if isinstance(val, (int, np.integer)) and int(val) in (0, 1):
+        return int(val)
+    if isinstance(val, float) and val in (0.0, 1.0):
+        return int(val)
+    if isinstance(val, str) and val.strip() in ("0", "1"):
+        return int(val.strip())
+    raise S2SWError(f'{where}: "anomaly" must be 0 or 1, got {val!r} — fix this item in meta.json.')
+
+
+class AnomalyDataset(Dataset):
+    """A ``torch.utils.data.Dataset`` over one split of a ``meta.json`` dataset description.
+
+    Args:
+        root: dataset root; ``img_path``/``mask_path`` in the meta file are relative to it
+            (absolute paths are used as they are).
+        split: ``"test"`` (default) or ``"train"``.
+        image_size: side S of the square model input.
+        classes: optional subset (and order) of class names; default: all, in file order.
+        meta_path: the description file; default ``<root>/meta.json``.
+
+    Attributes:
+        classes: ordered list of class names.
+        items: list of item dicts (validated copies of the meta entries, class by class), with
+            ``"cls_name"`` always set and ``"anomaly"`` an int.
+
+    Each sample is a dict::
+
+        {"image": float32 [3, S, S] CLIP-normalised, "mask": float32 [S, S] in {0, 1},
+         "label": int (0 normal / 1 anomalous), "has_mask": bool, "cls_name": str,
+         "path": str (absolute image path)}
+
+    ``has_mask`` is False for an anomalous item without a mask (``mask_path`` empty or a
+    directory): its mask is all zero and it should only count for image-level metrics. Normal
+    items have an all-zero mask and ``has_mask`` True.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "test",
+        image_size: int = 518,
+        classes: Iterable[str] | None = None,
+        meta_path: str | os.PathLike | None = None,
+    ):
+        self.root = os.path.abspath(os.fspath(root))
+        if not os.path.isdir(self.root):
+            raise S2SWError(f"dataset root is not a directory: {self.root} — pass the folder that holds meta.json.")
+        self.image_size = _check_size(image_size)
+        self.meta_path = os.path.abspath(os.fspath(meta_path)) if meta_path else os.path.join(self.root, "meta.json")
+        meta = read_meta(self.meta_path)
+        self.split = str(split).lower()
+        if self.split not in meta:
+            have = ", ".join(sorted(meta)) or "none"
+            raise S2SWError(f'meta.json {self.meta_path} has no "{split}" split (has: {have}) — choose one of those splits.')
+        by_class = meta[self.split]
+        if classes is None:
+            names = list(by_class)
+        else:
+            names = [classes] if isinstance(classes, str) else [str(c) for c in classes]
+            missing = [c for c in names if c not in by_class]
+            if missing:
+                have = ", ".join(by_class) or "none"
+                raise S2SWError(
+                    f"meta.json {self.meta_path}: class(es) {', '.join(missing)} not in the {self.split} split "
+                    f"(available: {have}) — pick from those."
+                )
+        self.classes: list[str] = list(dict.fromkeys(names))
+        self.items: list[dict] = []
+        self._class_indices: dict[str, list[int]] = {}
+        for cls in self.classes:
+            idx = []
+            for k, raw in enumerate(by_class[cls]):
+                where = f"meta.json {self.meta_path} item {self.split}/{cls}[{k}]"
+                if not isinstance(raw, dict) or not isinstance(raw.get("img_path"), str) or not raw["img_path"]:
+                    raise S2SWError(f'{where}: each item needs a non-empty "img_path" string — fix or rebuild meta.json.')
+                item = dict(raw)
+                item["anomaly"] = _item_label(raw, where)
+                mp = raw.get("mask_path") or ""
+                if not isinstance(mp, str):
+                    raise S2SWError(f'{where}: "mask_path" must be a string ("" for none) — fix or rebuild meta.json.')
+                item["mask_path"] = mp
+                item["cls_name"] = str(raw.get("cls_name") or cls)
+                item.setdefault("specie_name", "")
+                idx.append(len(self.items))
+                self.items.append(item)
+            self._class_indices[cls] = idx
+
+    # -- helpers -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def class_indices(self) -> dict[str, list[int]]:
+        """Return ``{class name: [dataset indices]}`` in class order (a fresh copy)."""
+        return {c: list(v) for c, v in self._class_indices.items()}
+
+    def indices_of(self, cls_name: str) -> list[int]:
+        """Return the dataset indices of one class; S2SWError when the class is not loaded."""
+        if cls_name not in self._class_indices:
+            raise S2SWError(f"class {cls_name!r} is not in this dataset (classes: {', '.join(self.classes)}) — pick one of those.")
+        return list(self._class_indices[cls_name])
+
+    @property
+    def labels(self) -> list[int]:
+        """Image labels (0/1) of all items, in dataset order."""
+        return [it["anomaly"] for it in self.items]
+
+    def _describe(self, item: dict) -> str:
+        return f"meta.json item {self.split}/{item['cls_name']} img_path={item['img_path']!r}"
+
+    def resolve(self, rel: str) -> str:
+        """Absolute path of a meta.json path: ``root/rel``, or ``rel`` when absolute.
+
+        Meta files written by the authors' scripts for some datasets prefix paths with the
+        folder they were run from (``../brainMRI/yes/Y1.jpg``); when ``root/rel`` does not
+        exist, leading components of ``rel`` are dropped one at a time until a file is found.
+        """
+        if os.path.isabs(rel):
+            return os.path.normpath(rel)
+        direct = os.path.normpath(os.path.join(self.root, rel))
+        if os.path.exists(direct):
+            return direct
+        parts = [p for p in rel.replace("\\", "/").split("/") if p not in ("", ".")]
+        for k in range(1, len(parts)):
+            cand = os.path.join(self.root, *parts[k:])
+            if os.path.exists(cand):
+                return cand
+        return direct
+
+    def mask_status(self, index: int) -> bool:
+        """Whether item ``index`` has a pixel-level ground truth (without reading it)."""
+        item = self.items[index]
+        if item["anomaly"] == 0:
+            return True
+        mp = item["mask_path"]
+        return bool(mp) and not os.path.isdir(self.resolve(mp))
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += len(self.items)
+        item = self.items[index]
+        desc = self._describe(item)
+        path = self.resolve(item["img_path"])
+        img = load_image(path, context=desc)
+        image = _image_transform(self.image_size)(img)
+        S = self.image_size
+        label = item["anomaly"]
+        has_mask = True
+        mask = torch.zeros((S, S), dtype=torch.float32)
+        if label == 1:
+            mp = item["mask_path"]
+            mpath = self.resolve(mp) if mp else ""
+            if not mp or os.path.isdir(mpath):
+                has_mask = False
+            else:
+                mask = preprocess_mask(load_mask(mpath, context=desc), S)
+        return {
+            "image": image,
+            "mask": mask,
+            "label": int(label),
+            "has_mask": bool(has_mask),
+            "cls_name": item["cls_name"],
+            "path": path,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"AnomalyDataset(root={self.root!r}, split={self.split!r}, image_size={self.image_size}, "
+            f"classes={len(self.classes)}, items={len(self.items)})"
+        )
