@@ -136,7 +136,8 @@ def _open_image(path: str, what: str, context: str) -> Image.Image:
     """Open and fully decode an image file, turning every failure into one S2SWError line."""
     prefix = f"{context}: " if context else ""
     if not os.path.exists(path):
-        raise S2SWError(f"{prefix}{what} file not found: {path} — check the path (and the dataset root).")
+        fix = "fix the entry or the dataset root, or rebuild meta.json" if context else "check the path"
+        raise S2SWError(f"{prefix}{what} file not found: {path} — {fix}.")
     if os.path.isdir(path):
         raise S2SWError(f"{prefix}{what} path is a directory, not an image file: {path} — point it at an image file.")
     try:

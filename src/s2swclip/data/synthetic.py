@@ -450,7 +450,7 @@ def render_sample(cls: str, defect: str | None = None, seed: int = 0, image_size
         img, alpha, bg = _render_object(st, rng, S)
     else:
         img, alpha, bg = _render_texture(st, rng, S), None, None
-    noise = rng.normal(0.0, 0.012, img.shape).astype(np.float32)
+    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(0.012)
     img = np.clip(img + noise, 0.0, 1.0)
     mask = np.zeros((S, S), bool)
     if defect is not None:
