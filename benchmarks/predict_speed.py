@@ -18,6 +18,7 @@ import statistics
 import threading
 import time
 
+import open_clip
 import torch
 
 
@@ -95,8 +96,16 @@ def main() -> None:
             det.prompts.load_state_dict(next(iter(dets.values())).prompts.state_dict())
         dets[prec] = det
     base = next(iter(dets.values()))
-    clip = base.backbone.clip
     device = base.device
+    # open_clip's own model built for this input size (its positional table at that size), so
+    # that plain encode_image runs the same architecture at the same token count
+    from s2swclip.model.weights import resolve_model_config
+
+    _, cfg = resolve_model_config(args.backbone)
+    cfg = dict(cfg, quick_gelu=base.info["quick_gelu"])
+    cfg["vision_cfg"] = dict(cfg["vision_cfg"], image_size=args.image_size)
+    cfg.pop("custom_text", None)
+    clip = open_clip.CLIP(**cfg).eval().to(device)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(device)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 DEMO_BACKBONE = "S2SW-Tiny-24L"
-AUX_CLASSES = ("stripes", "weave", "disc")  # "auxiliary" set the prompts are trained on
-TARGET_CLASSES = ("marble", "dots", "ring")  # unseen categories for the zero-shot test
+AUX_CLASSES = ("wood", "fabric", "bottle_cap", "pill")  # "auxiliary" set the prompts are trained on
+TARGET_CLASSES = ("marble", "perforated", "nut")  # unseen categories for the zero-shot test
 
 REAL_WORKFLOW = """\
 With real CLIP weights (ViT-L/14@336 'openai', downloaded once by open_clip or passed as a file):
