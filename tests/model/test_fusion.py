@@ -123,3 +123,11 @@ def test_negative_correlation_and_custom_threshold():
 def test_shape_mismatch_rejected():
     with pytest.raises(ValueError):
         adaptive_fusion(torch.zeros(2, 8), torch.zeros(2, 7), torch.zeros(2, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float32():
+    g, c, r = _inputs(*CASES["mixed_rows"], seed=12, dtype=np.float32)
+    got = adaptive_fusion(*(torch.from_numpy(a).cuda() for a in (g, c, r)))
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    np.testing.assert_allclose(got.cpu().numpy(), _reference(g, c, r), rtol=0, atol=1e-6)

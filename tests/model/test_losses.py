@@ -180,3 +180,15 @@ def test_pairwise_small_batch_and_gradient():
     pairwise_loss(x, torch.tensor([0, 1]), random_pair_prob=0.0).backward()
     # d = 0.2, loss = 0.5 (1 - d)^2, dloss/dx01 = -(1 - d) * sign(x01 - x11) = 0.8
     np.testing.assert_allclose(x.grad.numpy(), [[0.0, 0.8], [0.0, -0.8]], rtol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float32():
+    probs, mask = _probs_and_mask(shape=(2, 2, 32, 32), seed=6)
+    p, m = torch.from_numpy(probs).float().cuda(), torch.from_numpy(mask).float().cuda()
+    np.testing.assert_allclose(focal_loss(p, m).item(), np_focal(probs, mask), rtol=1e-5)
+    np.testing.assert_allclose(dice_loss(p[:, 1], m).item(), np_dice(probs[:, 1], mask), rtol=1e-5)
+    logits = torch.from_numpy(LOGITS).float().cuda()
+    got = pairwise_loss(logits, torch.tensor([0, 1, 0, 0], device="cuda"), random_pair_prob=0.0,
+                        generator=torch.Generator().manual_seed(0))
+    assert got.device.type == "cuda"

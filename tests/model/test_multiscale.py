@@ -118,3 +118,14 @@ def test_batch_independent_and_rejects_2d():
     torch.testing.assert_close(full[1:2], one, rtol=0, atol=1e-15)
     with pytest.raises(ValueError):
         hierarchical_multiscale(x[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float32():
+    rng = np.random.default_rng(5)
+    f = _unit(rng.standard_normal((2, 1370, 768))).astype(np.float32)
+    got = enrich_features(torch.from_numpy(f).cuda())
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    want = 0.2 * np_h(f.astype(np.float64)) + 0.8 * f
+    want = want / np.linalg.norm(want, axis=-1, keepdims=True)
+    np.testing.assert_allclose(got.cpu().numpy(), want, rtol=0, atol=5e-6)

@@ -200,3 +200,14 @@ def test_anomaly_map(shape):
     np.testing.assert_allclose(got, (p[:, 1] + 1 - p[:, 0]) / 2, rtol=0, atol=1e-15)
     with pytest.raises(ValueError):
         anomaly_map(torch.zeros(2, 3, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float32(np_bilinear):
+    f, t, tr = _case(b=2, n=1370, c=768, seed=10)
+    got = entropy_gain_similarity(*(torch.from_numpy(a).float().cuda() for a in (f, t, tr)))
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    np.testing.assert_allclose(got.cpu().numpy(), np_similarity(f, t, tr), rtol=0, atol=2e-6)
+    maps = probs_to_maps(got, 518)
+    grid = np_similarity(f, t, tr)[:, 1:].reshape(2, 37, 37, 2).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(maps.cpu().numpy(), np_bilinear(grid, 518, 518), rtol=0, atol=1e-5)

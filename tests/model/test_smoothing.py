@@ -102,3 +102,12 @@ def test_reflect_indices_match_numpy_symmetric(n, left, right):
 def test_differentiable():
     x = torch.rand(1, 6, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: gaussian_smooth(t, sigma=1.0), (x,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float32_matches_scipy():
+    rng = np.random.default_rng(5)
+    x = rng.random((2, 518, 518)).astype(np.float32)
+    got = gaussian_smooth(torch.from_numpy(x).cuda(), sigma=4.0)
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    np.testing.assert_allclose(got.cpu().numpy(), _scipy_ref(x, 4.0), rtol=0, atol=1e-6)

@@ -150,3 +150,18 @@ def test_spatial_to_wavelet_leading_axes_and_batch_independence():
 def test_spatial_to_wavelet_differentiable():
     x = torch.randn(1, 6, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(spatial_to_wavelet, (x,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float32_matches_pywt(np_bilinear):
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((2, 1370, 768)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    xc = torch.from_numpy(x).cuda()
+    for g, w in zip(swt2_level1(xc), _pywt_swt2(x, "sym2")):
+        assert g.device.type == "cuda"
+        np.testing.assert_allclose(g.cpu().numpy(), w, rtol=0, atol=1e-6)
+    for g, w in zip(dwt2_haar(xc), _pywt_dwt2(x, "haar")):
+        np.testing.assert_allclose(g.cpu().numpy(), w, rtol=0, atol=1e-6)
+    got = spatial_to_wavelet(xc)
+    np.testing.assert_allclose(got.cpu().numpy(), _reference_w(x, np_bilinear), rtol=0, atol=1e-6)
