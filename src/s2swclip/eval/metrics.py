@@ -308,7 +308,7 @@ def _need_both(n_pos: int, n_neg: int, what: str, unit: str) -> None:
     if n_pos == 0 or n_neg == 0:
         present = "normal" if n_pos == 0 else "anomalous"
         raise UndefinedMetricError(
-            f"{what} is undefined: all {n_pos + n_neg} {unit} are {present}; "
+            f"{what} {'are' if what.endswith('metrics') else 'is'} undefined: all {n_pos + n_neg} {unit} are {present}; "
             "it needs at least one normal and one anomalous"
         )
 
@@ -445,7 +445,8 @@ def _aupro_exact(masks: Any, maps: Any, max_fpr: float) -> float:
             n_pos_chunk += reg.size
             n_regions += nreg
         n_neg += m.size - n_pos_chunk
-        xf, mf = x.reshape(-1)[::stride], m.reshape(-1)[::stride]
+        start = (-i * m[0].size) % stride  # every stride-th pixel of the whole stack
+        xf, mf = x.reshape(-1)[start::stride], m.reshape(-1)[start::stride]
         samples.append(xf[~mf])
     _no_regions(n_regions, n_neg)
     pv = np.concatenate(pos_vals)

@@ -1,0 +1,210 @@
+"""Pictures: heat-map overlays (pure NumPy), per-image panels and ROC / PR curves (PNG).
+
+* :func:`heatmap_overlay` blends a jet-like colour map of an anomaly map into an RGB image; NumPy
+  only, so the prediction CLI and the web service can use it without matplotlib.
+* :func:`save_overlay` writes ``image | ground truth | heat-map overlay`` side by side. The PNG is
+  exactly ``3 * W`` pixels wide and ``H + 24`` high (``H + 48`` with a title): a 24-pixel caption
+  band above the panels and, when ``title`` is given, a 24-pixel title band above that.
+* :func:`save_curves` writes ``<prefix>_roc.png`` and ``<prefix>_pr.png``.
+
+Matplotlib is used through its object API with the Agg canvas (no display, no pyplot state), so
+it is safe in servers and threads. Files are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from ..errors import S2SWError
+from .metrics import _to_numpy, image_ap, image_auroc, pr_points, roc_points
+
+__all__ = ["jet_colormap", "heatmap_overlay", "save_overlay", "save_curves"]
+
+_BAND = 24  # pixels per caption / title band
+_DPI = 100
+_MAX_CURVE_POINTS = 20000
+
+
+def jet_colormap(values: Any) -> np.ndarray:
+    """Jet-like colours (blue -> cyan -> yellow -> red) for values in [0, 1]; uint8 [..., 3]."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # r, g, b peaks
+    rgb = np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def _rgb_image(image: Any) -> np.ndarray:
+    img = _to_numpy(image)
+    if img.dtype != np.uint8:
+        raise S2SWError(f"image must be uint8 RGB [H,W,3], got dtype {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise S2SWError(f"image must be RGB [H,W,3], got shape {list(img.shape)}")
+    return np.ascontiguousarray(img)
+
+
+def _map2d(amap: Any, shape: tuple, name: str = "anomaly map") -> np.ndarray:
+    a = _to_numpy(amap)
+    a = np.squeeze(a) if a.ndim > 2 else a
+    if a.shape != tuple(shape):
+        raise S2SWError(
+            f"{name} is {list(a.shape)} but the image is {list(shape)}; resize it to the image first"
+        )
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise S2SWError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def _normalise(a: np.ndarray, vmin: float | None, vmax: float | None) -> np.ndarray:
+    lo = float(a.min()) if vmin is None else float(vmin)
+    hi = float(a.max()) if vmax is None else float(vmax)
+    if not hi > lo:
+        return np.zeros_like(a)
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+
+
+def heatmap_overlay(
+    image_rgb_uint8: Any,
+    amap: Any,
+    alpha: float = 0.5,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> np.ndarray:
+    """``alpha * image + (1 - alpha) * jet(map)`` as uint8 [H,W,3].
+
+    The map is scaled to [0, 1] with ``vmin``/``vmax`` (default: this map's own min and max, as
+    the authors' visualisation does; pass ``vmin=0, vmax=1`` to show absolute scores). A constant
+    map is drawn as the lowest colour. ``amap`` must have the image's height and width.
+    """
+    img = _rgb_image(image_rgb_uint8)
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise S2SWError(f"alpha must be in [0, 1], got {alpha}")
+    a = _normalise(_map2d(amap, img.shape[:2]), vmin, vmax)
+    colour = jet_colormap(a).astype(np.float32)
+    out = float(alpha) * img.astype(np.float32) + (1.0 - float(alpha)) * colour
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _save_figure(fig, path: str) -> str:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format="png", dpi=_DPI)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        raise S2SWError(f"cannot write figure {path}: {err.strerror or err}") from None
+    return path
+
+
+def _new_figure(width_px: int, height_px: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # +0.5 px guards against int() truncation of width * dpi when the PNG size is computed
+    fig = Figure(figsize=((width_px + 0.5) / _DPI, (height_px + 0.5) / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_overlay(
+    image_rgb_uint8: Any,
+    mask: Any,
+    amap: Any,
+    path: str,
+    title: str | None = None,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    alpha: float = 0.5,
+) -> str:
+    """Write ``image | ground truth | heat-map overlay`` as a PNG; returns ``path``.
+
+    ``mask`` may be ``None`` (the middle panel then says so). See the module docstring for the
+    exact output size.
+    """
+    img = _rgb_image(image_rgb_uint8)
+    h, w = img.shape[:2]
+    over = heatmap_overlay(img, amap, alpha, vmin=vmin, vmax=vmax)
+    if mask is None:
+        gt = np.full((h, w, 3), 64, dtype=np.uint8)
+    else:
+        m = _map2d(mask, (h, w), "mask") > 0.5
+        gt = np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+    top = _BAND * (2 if title else 1)
+    W, H = 3 * w, h + top
+    fig = _new_figure(W, H)
+    fig.patch.set_facecolor("white")
+    captions = ("image", "ground truth" if mask is not None else "no ground truth", "anomaly map")
+    for k, (panel, cap) in enumerate(zip((img, gt, over), captions)):
+        ax = fig.add_axes((k * w / W, 0.0, w / W, h / H))
+        ax.imshow(panel, interpolation="nearest", aspect="auto")
+        ax.set_axis_off()
+        fig.text((k + 0.5) * w / W, (h + _BAND / 2) / H, cap, ha="center", va="center", fontsize=9)
+    if title:
+        fig.text(0.5, (H - _BAND / 2) / H, str(title), ha="center", va="center", fontsize=10)
+    return _save_figure(fig, path)
+
+
+def _thin(x: np.ndarray, y: np.ndarray):
+    if x.size <= _MAX_CURVE_POINTS:
+        return x, y
+    idx = np.unique(np.linspace(0, x.size - 1, _MAX_CURVE_POINTS).round().astype(np.int64))
+    return x[idx], y[idx]
+
+
+def save_curves(labels: Any, scores: Any, path_prefix: str) -> tuple[str, str]:
+    """Write ``<path_prefix>_roc.png`` and ``<path_prefix>_pr.png``; returns both paths.
+
+    ``labels``/``scores`` are 1-D (image level), or flattened masks and maps for pixel curves.
+    Raises :class:`s2swclip.errors.S2SWError` when only one class is present.
+    """
+    y = _to_numpy(labels).reshape(-1)
+    s = _to_numpy(scores).reshape(-1)
+    fpr, tpr = roc_points(y, s)
+    rec, prec = pr_points(y, s)
+    auroc, ap = image_auroc(y, s), image_ap(y, s)
+    prevalence = float(np.mean(y.astype(bool)))
+    prefix = os.fspath(path_prefix)
+    out = []
+    for kind in ("roc", "pr"):
+        fig = _new_figure(480, 480)
+        ax = fig.add_axes((0.14, 0.12, 0.8, 0.78))
+        if kind == "roc":
+            ax.plot(*_thin(fpr, tpr), color="tab:red", lw=1.5, label=f"AUROC = {auroc:.4f}")
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+            ax.set_title("ROC curve")
+        else:
+            r, p = _thin(np.r_[0.0, rec], np.r_[prec[0], prec])
+            ax.step(r, p, where="post", color="tab:blue", lw=1.5, label=f"AP = {ap:.4f}")
+            ax.axhline(prevalence, color="grey", lw=0.8, ls="--")
+            ax.set_xlabel("recall")
+            ax.set_ylabel("precision")
+            ax.set_title("Precision-recall curve")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if kind == "roc" else "lower left")
+        out.append(_save_figure(fig, f"{prefix}_{kind}.png"))
+    return out[0], out[1]
