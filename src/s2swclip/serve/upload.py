@@ -1,0 +1,173 @@
+"""Reading uploads in memory: a bounded multipart/form-data body and image decoding.
+
+The framework's own form parser spools large files to temporary files on disk; the service
+promises to write nothing unless ``--save`` is given, so it streams the body through
+``python_multipart``'s low-level parser into memory instead, counting bytes as they come.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import AsyncIterable
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class UploadError(Exception):
+    """A request-level problem with an upload; carries the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ImageRejected(Exception):
+    """One uploaded file cannot be scored; ``code`` is a short machine-readable reason."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Part:
+    """One multipart part: form field name, client file name (None for plain fields), bytes."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytearray = field(default_factory=bytearray)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+
+async def read_multipart(content_type: str | None, content_length: str | None,
+                         stream: AsyncIterable[bytes], max_bytes: int, max_parts: int) -> list[Part]:
+    """Parse a multipart/form-data body from ``stream`` into memory.
+
+    Raises :class:`UploadError`: 413 when the body is (or announces to be) larger than
+    ``max_bytes`` or holds more than ``max_parts`` parts; 400 when it is not multipart or is
+    malformed.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    ctype, params = parse_options_header(content_type or "")
+    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+        raise UploadError(400, "send the images as multipart/form-data (form field 'files'), e.g. "
+                               "curl -F files=@a.png -F files=@b.png URL")
+    if content_length is not None:
+        try:
+            announced = int(content_length)
+        except ValueError:
+            raise UploadError(400, f"invalid Content-Length header {content_length!r}") from None
+        if announced > max_bytes:
+            raise UploadError(413, f"request body is {_mb(announced)}, more than the limit of "
+                                   f"{_mb(max_bytes)} (--max-upload-mb); send fewer or smaller images")
+
+    parts: list[Part] = []
+    current: dict = {}
+    headers: dict[str, str] = {}
+    state = {"field": b"", "value": b""}
+
+    def on_part_begin():
+        headers.clear()
+
+    def on_header_field(data, start, end):
+        state["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["value"] += data[start:end]
+
+    def on_header_end():
+        headers[state["field"].decode("latin-1").lower()] = state["value"].decode("utf-8", "replace")
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished():
+        _, disp = parse_options_header(headers.get("content-disposition", ""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        fname = disp.get(b"filename")
+        part = Part(name=name, filename=None if fname is None else fname.decode("utf-8", "replace"),
+                    content_type=headers.get("content-type"))
+        parts.append(part)
+        current["part"] = part
+        if len(parts) > max_parts:
+            raise UploadError(413, f"too many files in one request (more than {max_parts}); "
+                                   f"split the upload into several requests")
+
+    def on_part_data(data, start, end):
+        current["part"].data += data[start:end]
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+    }
+    parser = MultipartParser(params[b"boundary"], callbacks)
+    received = 0
+    try:
+        async for chunk in stream:
+            if not chunk:
+                continue
+            received += len(chunk)
+            if received > max_bytes:
+                raise UploadError(413, f"request body is larger than the limit of {_mb(max_bytes)} "
+                                       f"(--max-upload-mb); send fewer or smaller images")
+            parser.write(chunk)
+        parser.finalize()
+    except UploadError:
+        raise
+    except Exception as exc:  # python_multipart's parse errors
+        raise UploadError(400, f"malformed multipart body ({exc})") from None
+    return parts
+
+
+def decode_image(data: bytes | bytearray, max_pixels: int) -> tuple[Image.Image, str]:
+    """Decode uploaded bytes into an 8-bit RGB PIL image; returns ``(image, format)``.
+
+    The pixel count is checked from the header before decoding, so a huge image is refused
+    without allocating it. Raises :class:`ImageRejected` with code ``empty``, ``not_an_image``,
+    ``too_many_pixels`` or ``corrupt``.
+    """
+    from ..data.dataset import to_rgb
+
+    if not data:
+        raise ImageRejected("empty", "empty file")
+    buf = io.BytesIO(bytes(data))
+    try:
+        im = Image.open(buf)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("too_many_pixels", f"image is too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, ValueError, OSError, SyntaxError):
+        raise ImageRejected("not_an_image", "not an image (PNG, JPEG, BMP, TIFF, WebP ... expected)") from None
+    with im:
+        fmt = (im.format or "").lower()
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageRejected("too_many_pixels", f"image is {w}x{h} = {w * h:,} pixels, more than the limit of "
+                                                   f"{max_pixels:,} (--max-pixels); downscale it first")
+        if w < 1 or h < 1:
+            raise ImageRejected("corrupt", f"image has no pixels ({w}x{h})")
+        try:
+            im.load()
+            img = im.copy()
+        except Image.DecompressionBombError as exc:
+            raise ImageRejected("too_many_pixels", f"image is too large to decode safely ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ImageRejected("corrupt", f"corrupt or truncated {fmt.upper() or 'image'} file ({msg})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unreadable
+        pass
+    try:
+        return to_rgb(img), fmt
+    except Exception as exc:  # noqa: BLE001
+        raise ImageRejected("corrupt", f"cannot convert the image to RGB ({exc})") from None
