@@ -157,8 +157,14 @@
     card.querySelector(".name").textContent = item.name;
     card.querySelector(".name").title = item.name;
     const orig = card.querySelector("img.original");
-    orig.src = item.url;
     orig.alt = "original " + item.name;
+    orig.addEventListener("error", () => {  // the browser cannot show it (not an image, TIFF, ...)
+      const box = document.createElement("div");
+      box.className = "noimg";
+      box.textContent = "no preview";
+      orig.replaceWith(box);
+    }, { once: true });
+    orig.src = item.url;
     return card;
   }
 
