@@ -197,7 +197,7 @@ def save_curves(labels: Any, scores: Any, path_prefix: str) -> tuple[str, str]:
             ax.set_title("ROC curve")
         else:
             r, p = _thin(np.r_[0.0, rec], np.r_[prec[0], prec])
-            ax.step(r, p, where="post", color="tab:blue", lw=1.5, label=f"AP = {ap:.4f}")
+            ax.step(r, p, where="pre", color="tab:blue", lw=1.5, label=f"AP = {ap:.4f}")
             ax.axhline(prevalence, color="grey", lw=0.8, ls="--")
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
