@@ -416,23 +416,47 @@ def build_app_from_args(args):
                       warmup=True)
 
 
+def bind_socket(host: str, port: int):
+    """A listening TCP socket on ``host:port`` (IPv4 or IPv6); S2SWError when that fails."""
+    import socket
+
+    if not 0 <= int(port) <= 65535:
+        raise S2SWError(f"--port must be in 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise S2SWError(f"cannot resolve --host {host!r}: {exc.strerror or exc}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise S2SWError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                        f"(another server running? choose another --port)") from None
+    return sock
+
+
 def serve(args) -> None:
-    """Entry point of ``s2swclip serve``: load the detector once, then run uvicorn."""
+    """Entry point of ``s2swclip serve``: bind, load the detector once, then run uvicorn."""
     import sys
 
     try:
         import uvicorn
     except ImportError:
         raise S2SWError("serving needs FastAPI and uvicorn: pip install 's2swclip[serve]'") from None
-    if not 0 <= int(args.port) <= 65535:
-        raise S2SWError(f"--port must be in 0..65535, got {args.port}")
-    app = build_app_from_args(args)
-    print(f"s2swclip: serving {app.state.model_info['backbone']} on http://{args.host}:{args.port}/ "
-          f"(API docs at /docs)", file=sys.stderr)
+    sock = bind_socket(args.host, args.port)  # before the (slow) model load: a busy port fails fast
     try:
-        uvicorn.run(app, host=args.host, port=int(args.port), log_level="info", access_log=False)
-    except OSError as exc:
-        raise S2SWError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        app = build_app_from_args(args)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"s2swclip: serving {app.state.model_info['backbone']} on http://{shown}:{port}/ "
+              f"(API docs at /docs, OpenAPI schema at /openapi.json); Ctrl+C stops", file=sys.stderr)
+        config = uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=10)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class BackgroundServer:
