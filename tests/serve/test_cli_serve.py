@@ -1,0 +1,52 @@
+"""``s2swclip serve`` argument handling: the CLI's options reach the app; a busy port is a clean error."""
+
+import socket
+import warnings
+
+import pytest
+from fastapi.testclient import TestClient
+
+from s2swclip.cli import build_parser, main
+from s2swclip.errors import S2SWError
+from s2swclip.serve.app import bind_socket, build_app_from_args
+
+from .serve_helpers import png_bytes
+
+
+def test_serve_arguments_build_the_app(tmp_path):
+    args = build_parser().parse_args([
+        "serve", "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "112",
+        "--threshold", "0.25", "--save", str(tmp_path / "out"), "--max-batch", "4", "--batch-wait-ms", "3",
+        "--queue-size", "9", "--max-upload-mb", "1.5", "--max-pixels", "5000"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        app = build_app_from_args(args)
+    with TestClient(app) as client:
+        m = client.get("/v1/model").json()
+        assert (m["backbone"], m["weights"], m["image_size"], m["threshold"]) == ("S2SW-Tiny-24L", None, 112, 0.25)
+        assert m["limits"] == {"max_batch": 4, "batch_wait_ms": 3.0, "queue_size": 9,
+                               "max_upload_bytes": 1_500_000, "max_pixels": 5000}
+        assert m["save"] is True
+        r = client.post("/v1/predict", files=[("files", ("a.png", png_bytes(60, 40), "image/png"))])
+        assert r.status_code == 200
+        row = r.json()["results"][0]
+        assert row["anomalous"] == (row["score"] > 0.25)
+        assert client.get("/v1/health").json()["images_scored"] == 2  # warm-up + this one
+    assert len(list((tmp_path / "out" / "uploads").iterdir())) == 1
+
+
+def test_busy_port_is_a_user_error(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(S2SWError, match="cannot listen on 127.0.0.1"):
+            bind_socket("127.0.0.1", port)
+        # the CLI says so in one line, before loading any model
+        assert main(["serve", "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--port", str(port)]) == 2
+    assert "error: cannot listen on" in capsys.readouterr().err
+
+
+def test_bad_limits_are_user_errors():
+    with pytest.raises(S2SWError, match="--port"):
+        bind_socket("127.0.0.1", 70000)
