@@ -43,8 +43,8 @@ ground-truth region, constant maps for ``grid200``) raises :class:`UndefinedMetr
 of :class:`s2swclip.errors.S2SWError`; invalid inputs (shape mismatch, NaN/inf scores, non-binary
 labels) raise ``S2SWError``. Well-defined corner cases keep their value: constant scores give
 AUROC 0.5, AP = positive fraction P/(P+N), F1-max = 2P/(2P+N), exact AUPRO = ``max_fpr / 2``
-(the curve jumps from (0, 0) to (1, 1), so the interpolated overlap at ``max_fpr`` is ``max_fpr``). :func:`compute_metrics` records ``None`` (with a
-warning) for undefined metrics.
+(the curve jumps from (0, 0) to (1, 1), so the interpolated overlap at ``max_fpr`` is
+``max_fpr``). :func:`compute_metrics` records ``None`` (with a warning) for undefined metrics.
 
 Working precision: float64 maps stay float64; every other dtype (float32/16, bfloat16, small
 integers, bool) is compared as float32, 32/64-bit integers as float64.
