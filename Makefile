@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's chromium + playwright for the browser test; without them that test is skipped.
+browser-deps: $(STAMP)
+	scripts/install_browser_deps.sh $(VENV) || echo "browser deps not installed: the browser test will be skipped"
+
 demo: $(STAMP)
 	$(VENV)/bin/s2swclip demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest
 
 clean:
