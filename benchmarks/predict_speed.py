@@ -3,7 +3,8 @@
 Measured side by side in one process, in interleaved rounds (the median of each is reported), on
 the same model. Weights do not change the timing, so random weights are used unless --weights
 is given. Peak memory: CUDA allocator peak on GPU; on CPU the peak resident set size above the
-level before the call (sampled every 2 ms).
+level before the call (freed heap returned to the OS first, then sampled every 2 ms), i.e. the
+working memory of one call beyond the loaded model.
 
 Example (the issue's targets, CPU, 2 cores):
     python benchmarks/predict_speed.py --backbone ViT-L-14-336 --image-size 518 --batch 1 \\
@@ -27,6 +28,16 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _release_free_memory() -> None:
+    """Give freed heap pages back to the OS so that RSS reflects live memory (glibc only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Context manager measuring peak memory above the starting level."""
 
@@ -39,6 +50,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
+            _release_free_memory()
             self.base, self._stop = _rss_bytes(), threading.Event()
             self._max = self.base
 
