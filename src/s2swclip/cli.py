@@ -101,7 +101,9 @@ def cmd_predict(args) -> int:
         verdict = "" if r["anomalous"] is None else ("  ANOMALOUS" if r["anomalous"] else "  normal")
         print(f"{name:<{width}}  {r['score']:.4f}{verdict}")
     print(f"{summary['n_scored']} scored, {summary['n_failed']} skipped; results in {Path(args.out) / 'results.csv'}")
-    return 0 if summary["n_scored"] else EXIT_USER_ERROR
+    if not summary["n_scored"]:
+        raise S2SWError(f"none of the {summary['n_failed']} input files could be read as an image")
+    return 0
 
 
 def cmd_demo(args) -> int:

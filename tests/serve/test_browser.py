@@ -66,7 +66,8 @@ def test_page_scores_two_images_and_follows_the_slider(server_url, tmp_path):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
                                      chromium_sandbox=False)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 820}, accept_downloads=True)
+            page = browser.new_page(viewport={"width": 1200, "height": 820}, accept_downloads=True,
+                                    bypass_csp=True)  # lets wait_for_function evaluate its predicates
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error"
