@@ -67,9 +67,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_test(args) -> int:
+    from .data.dataset import read_meta
     from .eval.report import format_markdown
     from .evaluate import evaluate_dataset
 
+    for root in args.data:  # check every dataset before the (slow) model load
+        read_meta(Path(root) / "meta.json")
     det = _detector(args)
     reports = {}
     for root in args.data:
@@ -86,10 +89,13 @@ def cmd_test(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import run_predict
+    from .predict import collect_images, run_predict
 
+    paths = collect_images(args.inputs)  # check the inputs before the (slow) model load
+    if args.calibrate is not None:
+        collect_images([args.calibrate])
     det = _detector(args)
-    summary = run_predict(det, args.inputs, args.out, threshold=args.threshold, calibrate=args.calibrate,
+    summary = run_predict(det, paths, args.out, threshold=args.threshold, calibrate=args.calibrate,
                           fpr=args.fpr, batch_size=args.batch_size, overlays=not args.no_overlays,
                           progress=not args.quiet, warn=_say)
     width = max((len(Path(r["path"]).name) for r in summary["results"]), default=10)
