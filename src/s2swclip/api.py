@@ -17,6 +17,8 @@ from .model.prompts import PromptLearner
 from .model.weights import create_clip
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# options that change the features the prompts were trained on; a checkpoint records them
+STRUCTURAL_OPTIONS = ("feature_layers", "dpam_layers", "layer_aliasing", "round_deep_prompts", "global_ln_post")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -96,6 +98,11 @@ def load_detector(
         pc = ckpt.config
         config = config.replace(n_ctx=int(pc["n_ctx"]), depth=int(pc["depth"]),
                                 deep_tokens=int(pc["deep_tokens"]))
+        # prompts trained with a non-default backbone adaptation are used with the same one
+        trained_with = ckpt.meta.get("detector_config", {})
+        inherited = {k: trained_with[k] for k in STRUCTURAL_OPTIONS if k in trained_with and k not in options}
+        if inherited:
+            config = config.replace(**inherited)
         trained_on = ckpt.meta.get("backbone")
         if trained_on and trained_on != str(backbone):
             warnings.warn(f"prompt checkpoint {ckpt.path} was trained with backbone {trained_on}, "

@@ -161,7 +161,8 @@ def train(
         history.append({"epoch": epoch + 1, **means})
         meta = {"backbone": det.info.get("backbone"), "weights": det.info.get("weights"),
                 "epoch": epoch + 1, "preset": preset, "train_config": dataclasses.asdict(cfg),
-                "data_root": str(data_root), "s2swclip_version": __version__}
+                "data_root": str(data_root), "s2swclip_version": __version__,
+                "detector_config": det.config.to_dict()}
         save_prompts(out_dir / f"prompts_epoch{epoch + 1:03d}.safetensors", det.prompts, meta)
         save_prompts(last, det.prompts, meta)
         buf = io.BytesIO()

@@ -120,3 +120,13 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"prompt_learner": {"ctx_pos": Evil()}}, path)
     with pytest.raises(S2SWError, match="cannot read"):
         load_prompts(path)
+
+
+def test_structural_options_travel_with_the_checkpoint(tmp_path, tiny_detector):
+    path = tmp_path / "p.safetensors"
+    cfg = tiny_detector.config.replace(layer_aliasing=False, feature_layers=(3, 24)).to_dict()
+    save_prompts(path, tiny_detector.prompts, {"detector_config": cfg})
+    det = s2swclip.load_detector("S2SW-Tiny-24L", None, str(path), image_size=224)
+    assert det.config.layer_aliasing is False and det.config.feature_layers == (3, 24)
+    det = s2swclip.load_detector("S2SW-Tiny-24L", None, str(path), image_size=224, layer_aliasing=True)
+    assert det.config.layer_aliasing is True  # an explicit option wins
