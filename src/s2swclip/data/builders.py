@@ -506,6 +506,21 @@ def _label_nonzero(path: str) -> bool:
         raise S2SWError(f"cannot read label image {path} ({exc}) — re-extract the dataset.") from None
 
 
+def _label_suffix_items(root: str, folder: str, suffix: str, cls: str) -> list[dict]:
+    """Items of a folder holding images and their label images ``<stem><suffix>.*``; an image
+    is anomalous when its label image has a non-zero pixel (KolektorSDD 1 and 2)."""
+    files = _images(folder)
+    labels = [f for f in files if _stem(f).lower().endswith(suffix)]
+    imgs = [f for f in files if f not in labels]
+    pairs = _pair_masks(imgs, labels)
+    items = []
+    for img in imgs:
+        lab = pairs.get(img, "")
+        abn = bool(lab) and _label_nonzero(lab)
+        items.append(_item(root, img, lab if abn else "", cls, "defect" if abn else "good", int(abn)))
+    return items
+
+
 def build_sdd(root, *, write: bool = True, meta_path=None) -> dict:
     """Build ``meta.json`` for SDD (KolektorSDD, class ``electrical_commutators``).
 
@@ -538,15 +553,7 @@ def build_sdd(root, *, write: bool = True, meta_path=None) -> dict:
         for sub in _subdirs(kos_base):
             if not re.fullmatch(r"kos\d+", sub, re.I):
                 continue
-            folder = os.path.join(kos_base, sub)
-            files = _images(folder)
-            labels = [f for f in files if _stem(f).lower().endswith("_label")]
-            imgs = [f for f in files if f not in labels]
-            pairs = _pair_masks(imgs, labels)
-            for img in imgs:
-                lab = pairs.get(img, "")
-                abn = bool(lab) and _label_nonzero(lab)
-                items.append(_item(root, img, lab if abn else "", cls, "defect" if abn else "good", int(abn)))
+            items += _label_suffix_items(root, os.path.join(kos_base, sub), "_label", cls)
         if items:
             return _finish({"train": {}, "test": {cls: items}}, root, write, meta_path)
     # 3) KolektorSDD2: train/ and test/ folders with *_GT.png
@@ -564,14 +571,7 @@ def build_sdd(root, *, write: bool = True, meta_path=None) -> dict:
             sdir = _child(ksdd2, split)
             if sdir is None:
                 continue
-            files = _images(sdir)
-            gts = [f for f in files if _stem(f).lower().endswith("_gt")]
-            imgs = [f for f in files if f not in gts]
-            pairs = _pair_masks(imgs, gts)
-            for img in imgs:
-                gt = pairs.get(img, "")
-                abn = bool(gt) and _label_nonzero(gt)
-                meta[split][cls].append(_item(root, img, gt if abn else "", cls, "defect" if abn else "good", int(abn)))
+            meta[split][cls] += _label_suffix_items(root, sdir, "_gt", cls)
         return _finish(meta, root, write, meta_path)
     raise _empty_error(
         dataset, root,
