@@ -95,3 +95,14 @@ def test_weights_for_another_backbone(weights_files):
 def test_preset_and_options_reach_the_config():
     det = s2swclip.load_detector("S2SW-Tiny-24L", None, None, preset="visa-to-all", sigma=2.0)
     assert det.config.wavelet_lambda == 0.5 and det.config.image_size == 410 and det.config.sigma == 2.0
+
+
+def test_config_without_text_heads_uses_one_head_per_64_channels(tmp_path):
+    import json
+
+    _, cfg = resolve_model_config("S2SW-Tiny-24L")
+    del cfg["text_cfg"]["heads"]
+    p = tmp_path / "noheads.json"
+    p.write_text(json.dumps(cfg))
+    det = s2swclip.load_detector(str(p), None, None, image_size=224)
+    assert det.backbone.clip.transformer.resblocks[0].attn.num_heads == 1

@@ -201,6 +201,12 @@ def create_clip(
         quick_gelu = bool(cfg.get("quick_gelu", pcfg.get("quick_gelu", True)))
     cfg = dict(cfg)
     cfg["quick_gelu"] = quick_gelu
+    text_cfg = dict(cfg["text_cfg"])
+    if "heads" not in text_cfg:
+        # OpenAI CLIP (and the AnomalyCLIP code, which derives it from the weights) uses one head
+        # per 64 channels; open_clip's own default (8) would silently change a custom config.
+        text_cfg["heads"] = max(1, int(text_cfg.get("width", 512)) // 64)
+    cfg["text_cfg"] = text_cfg
     cfg.pop("custom_text", None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
