@@ -54,7 +54,7 @@ def s2sw_objective(
     pixel = {}
     for family in ("generic", "contrastive"):
         per_object: dict[int, torch.Tensor] = {}
-        total = images.new_zeros(())
+        total = glob.new_zeros(())
         for p in patches:  # aliased layers: same features, same loss
             if id(p) not in per_object:
                 f = p / p.norm(dim=-1, keepdim=True)
