@@ -56,8 +56,9 @@ def test_predict_folder_skips_corrupt_and_writes_results(capsys, tmp_path, image
     assert summary["n_scored"] == 3 and summary["n_failed"] == 1
     scored = [r for r in summary["results"] if r["error"] is None]
     assert all(0 <= r["score"] <= 1 and r["anomalous"] == (r["score"] > 0.5) for r in scored)
-    assert sorted(os.listdir(out / "overlays")) == ["a.png", "b.png", "c.png"]
-    assert (out / "results.csv").read_text().splitlines()[0].startswith("path,score,anomalous,overlay,error")
+    assert sorted(os.listdir(out / "overlays")) == ["a.png", "b.png", "sub__c.png"]
+    assert (out / "results.csv").read_text().splitlines()[0] == "path,name,score,anomalous,overlay,error"
+    assert "sub/c.bmp" in stdout
     assert "3 scored, 1 skipped" in stdout
 
 

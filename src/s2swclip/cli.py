@@ -98,9 +98,9 @@ def cmd_predict(args) -> int:
     summary = run_predict(det, paths, args.out, threshold=args.threshold, calibrate=args.calibrate,
                           fpr=args.fpr, batch_size=args.batch_size, overlays=not args.no_overlays,
                           progress=not args.quiet, warn=_say)
-    width = max((len(Path(r["path"]).name) for r in summary["results"]), default=10)
+    width = max((len(r["name"]) for r in summary["results"]), default=10)
     for r in summary["results"]:
-        name = Path(r["path"]).name
+        name = r["name"]
         if r["error"]:
             print(f"{name:<{width}}  skipped")
             continue

@@ -30,6 +30,7 @@ class ImageResult:
     """One scored (or failed) image."""
 
     path: str
+    name: str = ""  # path relative to the inputs' common folder
     score: float | None = None
     anomalous: bool | None = None
     overlay: str | None = None
@@ -143,8 +144,18 @@ def overlay_png(pil_image, amap: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _safe_name(path: Path, used: set[str]) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)[:100] or "image"
+def display_names(paths: Sequence[Path]) -> list[str]:
+    """Paths relative to their common folder (``crack/000.png``), to tell same-named files apart."""
+    if not paths:
+        return []
+    base = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    return [str(p.relative_to(base)) for p in paths]
+
+
+def _safe_name(display: str, used: set[str]) -> str:
+    """A flat, sanitised, unique PNG file name for an input shown as ``display``."""
+    stem = str(Path(display).with_suffix("")).replace(os.sep, "__")
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[-120:].lstrip(".") or "image"
     name, k = f"{stem}.png", 1
     while name in used:
         k += 1
@@ -186,17 +197,18 @@ def run_predict(
     (out / "overlays").mkdir(parents=True, exist_ok=True) if overlays else out.mkdir(parents=True, exist_ok=True)
     results: list[ImageResult] = []
     used: set[str] = set()
+    shown = dict(zip(paths, display_names(paths)))
     for path, img, score, amap, err in score_files(det, paths, batch_size, progress=progress):
         if err is not None:
             if warn:
                 warn(f"skipped: {err}")
-            results.append(ImageResult(str(path), error=err))
+            results.append(ImageResult(str(path), shown[path], error=err))
             continue
-        r = ImageResult(str(path), score=float(score))
+        r = ImageResult(str(path), shown[path], score=float(score))
         if threshold is not None:
             r.anomalous = bool(r.score > threshold)
         if overlays:
-            name = _safe_name(path, used)
+            name = _safe_name(shown[path], used)
             atomic_write_bytes(out / "overlays" / name, overlay_png(img, amap))
             r.overlay = str(Path("overlays") / name)
         results.append(r)
