@@ -130,18 +130,28 @@ def calibrate_threshold(normal_scores: Iterable[float], fpr: float = 0.01) -> fl
     return float(s[min(k, s.size - 1)])
 
 
-def overlay_png(pil_image, amap: torch.Tensor) -> bytes:
-    """PNG bytes of the heatmap over the image (resized to the map's size)."""
+def overlay_png(pil_image, amap: torch.Tensor, side: int | None = None) -> tuple[bytes, int, int]:
+    """Heatmap overlay PNG at the image's aspect ratio, longest side ``side`` (default: S).
+
+    The detector scores the image squashed to S x S; the map [S, S] is stretched back to the
+    image's proportions so that the overlay lines up with the original.
+    Returns ``(png_bytes, width, height)``.
+    """
     from PIL import Image
 
     from .eval.figures import heatmap_overlay
 
-    size = amap.shape[-1]
-    rgb = np.asarray(pil_image.convert("RGB").resize((size, size), Image.BICUBIC))
-    over = heatmap_overlay(rgb, amap.numpy())
+    side = int(side or amap.shape[-1])
+    w0, h0 = pil_image.size
+    scale = side / max(w0, h0)
+    w, h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+    m = torch.nn.functional.interpolate(amap[None, None].float(), size=(h, w), mode="bilinear",
+                                        align_corners=False)[0, 0]
+    rgb = np.asarray(pil_image.convert("RGB").resize((w, h), Image.BICUBIC))
+    over = heatmap_overlay(rgb, m.numpy())
     buf = io.BytesIO()
-    Image.fromarray(over).save(buf, format="PNG")
-    return buf.getvalue()
+    Image.fromarray(np.asarray(over, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue(), w, h
 
 
 def display_names(paths: Sequence[Path]) -> list[str]:
@@ -209,7 +219,7 @@ def run_predict(
             r.anomalous = bool(r.score > threshold)
         if overlays:
             name = _safe_name(shown[path], used)
-            atomic_write_bytes(out / "overlays" / name, overlay_png(img, amap))
+            atomic_write_bytes(out / "overlays" / name, overlay_png(img, amap)[0])
             r.overlay = str(Path("overlays") / name)
         results.append(r)
     rows = [asdict(r) for r in results]

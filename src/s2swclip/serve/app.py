@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     raise S2SWError("serving needs FastAPI, uvicorn and python-multipart: "
                     "pip install 's2swclip[serve]'") from None
 
+from ..predict import overlay_png
 from .batcher import BatcherClosed, MicroBatcher, QueueFull
 from .upload import ImageRejected, Part, UploadError, decode_image, read_multipart
 
@@ -98,29 +99,6 @@ def sanitise_name(name: str | None, max_len: int = 80) -> str:
 
 _EXT = {"jpeg": ".jpg", "png": ".png", "bmp": ".bmp", "tiff": ".tif", "webp": ".webp", "gif": ".gif",
         "ppm": ".ppm", "mpo": ".jpg"}
-
-
-def overlay_png(pil_image, amap: torch.Tensor, side: int) -> tuple[bytes, int, int]:
-    """Heatmap overlay PNG at the image's aspect ratio, longest side ``side``.
-
-    The detector scores the image squashed to S x S; the map is stretched back to the image's
-    proportions so that the overlay lines up with the original shown next to it.
-    Returns ``(png_bytes, width, height)``.
-    """
-    from PIL import Image
-
-    from ..eval.figures import heatmap_overlay
-
-    w0, h0 = pil_image.size
-    scale = side / max(w0, h0)
-    w, h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-    m = torch.nn.functional.interpolate(amap[None, None].float(), size=(h, w), mode="bilinear",
-                                        align_corners=False)[0, 0]
-    rgb = np.asarray(pil_image.convert("RGB").resize((w, h), Image.BICUBIC))
-    over = heatmap_overlay(rgb, m.numpy())
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(over, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue(), w, h
 
 
 def _jsonable(v: Any) -> Any:
