@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -161,3 +162,20 @@ def test_console_script_exit_status_and_no_traceback(tmp_path):
                         "--out", str(tmp_path / "o"), *TINY], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: input not found") and "Traceback" not in r.stderr
+
+
+def test_train_command_from_a_checkpoint(capsys, tmp_path):
+    from s2swclip.data.synthetic import generate_dataset
+    from s2swclip.model.checkpoint import load_prompts
+
+    root = generate_dataset(tmp_path / "syn", classes=["pill"], n_train_good=1, n_test_good=2,
+                            n_test_defect=2, image_size=96, seed=4)
+    code, stdout, _ = _run(capsys, "train", "--data", root, "--out", str(tmp_path / "a"), "--epochs", "1",
+                           "--batch-size", "2", "--quiet", *TINY)
+    assert code == 0 and "prompts_last.safetensors" in stdout
+    first = tmp_path / "a" / "prompts_last.safetensors"
+    code, _, _ = _run(capsys, "train", "--data", root, "--out", str(tmp_path / "b"), "--epochs", "1",
+                      "--batch-size", "2", "--lr", "0", "--prompts", str(first), "--quiet", *TINY)
+    assert code == 0  # lr 0: fine-tuning from the checkpoint leaves it unchanged
+    a, b = load_prompts(first).tensors, load_prompts(tmp_path / "b" / "prompts_last.safetensors").tensors
+    assert all(torch.equal(a[k], b[k]) for k in a)

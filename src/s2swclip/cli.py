@@ -60,6 +60,7 @@ def cmd_train(args) -> int:
     overrides["image_size"] = args.image_size
     result = train(args.data, args.out, backbone=args.backbone, weights=_weights(args.weights),
                    preset=args.preset or "visa-to-all", device=args.device, split=args.split,
+                   init_prompts=args.prompts, precision=args.precision,
                    classes=args.classes, resume=args.resume, progress=not args.quiet,
                    max_batches=args.max_batches, num_workers=args.workers, log=_say, **overrides)
     print(f"prompts written to {result.checkpoint}")
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root holding meta.json")
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
     _add_model_args(p, prompts=False)
+    p.add_argument("--prompts", default=None, help="start from this prompt checkpoint (fine-tuning)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

@@ -53,6 +53,7 @@ def train(
     weights: str | None = "openai",
     preset: str | None = "visa-to-all",
     device: str = "cpu",
+    precision: str = "fp32",
     split: str = "test",
     classes: Sequence[str] | None = None,
     resume: bool = False,
@@ -60,6 +61,7 @@ def train(
     max_batches: int | None = None,
     num_workers: int = 0,
     detector_options: dict[str, Any] | None = None,
+    init_prompts: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> TrainResult:
@@ -69,9 +71,11 @@ def train(
         data_root: dataset root holding ``meta.json``; its ``split`` (default ``test``, as in
             the paper: the auxiliary set's annotated test split) is used for training.
         out_dir: where checkpoints and logs go.
-        backbone, weights: as in :func:`s2swclip.load_detector`.
+        backbone, weights, device, precision: as in :func:`s2swclip.load_detector` (precision
+            applies to the frozen image encoder; the text encoder trains in float32).
         preset: ``visa-to-all`` or ``mvtec-to-visa`` (defaults for the values below).
         resume: continue from ``out_dir/train_state.pt`` if present.
+        init_prompts: start from this prompt checkpoint (either format) instead of N(0, 0.02).
         max_batches: stop each epoch after this many batches (quick runs, tests).
         **overrides: TrainConfig fields: epochs, batch_size, image_size, lr, betas, seed,
             alpha, beta, random_pair_prob.
@@ -100,8 +104,8 @@ def train(
     torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no prompt checkpoint given")
-        det = load_detector(backbone, weights, None, image_size=cfg.image_size, device=device,
-                            seed=cfg.seed, **(detector_options or {}))
+        det = load_detector(backbone, weights, init_prompts, image_size=cfg.image_size, device=device,
+                            precision=precision, seed=cfg.seed, **(detector_options or {}))
     det.train()
     optimizer = torch.optim.Adam(det.prompts.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
