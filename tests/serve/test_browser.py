@@ -8,6 +8,7 @@ Set ``S2SW_SERVE_SCREENSHOT=PATH`` to keep the screenshot somewhere else than th
 import csv
 import io
 import os
+import time
 
 import numpy as np
 import pytest
@@ -66,22 +67,29 @@ def test_page_scores_two_images_and_follows_the_slider(server_url, tmp_path):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
                                      chromium_sandbox=False)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 820}, accept_downloads=True,
-                                    bypass_csp=True)  # lets wait_for_function evaluate its predicates
+            # the page's strict CSP stays on: checks are polled from Python, since playwright's
+            # wait_for_function would need the page to allow eval
+            page = browser.new_page(viewport={"width": 1200, "height": 820}, accept_downloads=True)
+
+            def wait_until(check, timeout_s=20.0):
+                end = time.monotonic() + timeout_s
+                while not check():
+                    assert time.monotonic() < end, "timed out waiting for the page"
+                    page.wait_for_timeout(100)
+
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error"
                     and not m.text.startswith("Failed to load resource") else None)  # 422 is expected
             page.goto(server_url + "/", wait_until="load")
-            page.wait_for_function("document.querySelector('#model-info').textContent.includes('S2SW-Tiny-24L')")
+            page.wait_for_selector("#model-info:has-text('S2SW-Tiny-24L')")
 
             page.set_input_files("#file-input", files=[
                 {"name": "bracket_ok.png", "mimeType": "image/png", "buffer": part_image(1, False)},
                 {"name": "bracket_scratch.png", "mimeType": "image/png", "buffer": part_image(2, True)},
             ])
-            page.wait_for_function(
-                "() => { const o = [...document.querySelectorAll('img.overlay')];"
-                " return o.length === 2 && o.every(i => i.complete && i.naturalWidth > 0); }", timeout=20000)
+            wait_until(lambda: page.eval_on_selector_all(
+                "img.overlay", "o => o.length === 2 && o.every(i => i.complete && i.naturalWidth > 0)"))
             sizes = page.eval_on_selector_all("img.overlay", "els => els.map(i => [i.naturalWidth, i.naturalHeight])")
             assert sizes == [[224, 168], [224, 168]]  # the 320x240 originals' aspect ratio
             originals = page.eval_on_selector_all("img.original", "els => els.map(i => i.naturalWidth)")
