@@ -28,10 +28,14 @@ def weights_files(tmp_path_factory):
         dpam[k] = v
     dpam["input_resolution"] = torch.tensor(336)
     torch.save(dpam, d / "dpam_names.pt")
+    # a TorchScript archive, the format of OpenAI's released .pt files
+    traced = torch.jit.trace_module(clip, {"encode_image": (torch.ones(1, 3, 336, 336),),
+                                           "encode_text": (torch.zeros(1, 77, dtype=torch.long),)})
+    torch.jit.save(traced, str(d / "torchscript.pt"))
     return d
 
 
-@pytest.mark.parametrize("name", ["tiny.pt", "tiny.safetensors", "wrapped.pth", "dpam_names.pt"])
+@pytest.mark.parametrize("name", ["tiny.pt", "tiny.safetensors", "wrapped.pth", "dpam_names.pt", "torchscript.pt"])
 def test_weights_files_load_identically(weights_files, name):
     ref = s2swclip.load_detector("S2SW-Tiny-24L", None, None, image_size=224, seed=42)
     det = s2swclip.load_detector("S2SW-Tiny-24L", str(weights_files / name), None, image_size=224, seed=42)

@@ -29,7 +29,8 @@ import torch
 from ..errors import S2SWError
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
-_DROP_KEYS = ("input_resolution", "context_length", "vocab_size")
+# OpenAI metadata entries, and the text attention mask that TorchScript archives store as a tensor
+_DROP_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 _DPAM_KEY_MAP = {
     ".attn.qkv.weight": ".attn.in_proj_weight",
     ".attn.qkv.bias": ".attn.in_proj_bias",
@@ -155,7 +156,7 @@ def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()[:200])
+        return any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in z.namelist())
 
 
 def create_clip(
