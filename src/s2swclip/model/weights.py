@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,9 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(str(path), device="cpu")
         elif _is_torchscript(path):
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch.jit is deprecated, but it is OpenAI's format
+                warnings.simplefilter("ignore", FutureWarning)
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except S2SWError:
