@@ -12,14 +12,22 @@ Public API::
 
 __version__ = "0.1.0"
 
-__all__ = ["load_detector", "S2SWError", "__version__"]
+__all__ = ["load_detector", "S2SWDetector", "Prediction", "DetectorConfig", "S2SWError", "__version__"]
 
 from .errors import S2SWError
 
+_LAZY = {
+    "load_detector": ("api", "load_detector"),
+    "S2SWDetector": ("model.detector", "S2SWDetector"),
+    "Prediction": ("model.detector", "Prediction"),
+    "DetectorConfig": ("model.config", "DetectorConfig"),
+}
+
 
 def __getattr__(name):  # lazy: importing the package must not import torch-heavy modules
-    if name == "load_detector":
-        from .api import load_detector
+    if name in _LAZY:
+        import importlib
 
-        return load_detector
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(f"module 's2swclip' has no attribute {name!r}")
