@@ -70,18 +70,45 @@ def _load(path: Path, image_size: int):
     return img, preprocess_image(img, image_size)
 
 
+def _prefetch(paths: Sequence[Path], size: int, lookahead: int, workers: int):
+    """Yield ``(path, (pil, tensor) or None, error or None)`` in input order, decoding up to
+    ``lookahead`` files ahead on ``workers`` threads (memory stays bounded)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        it = iter(paths)
+        queue: deque = deque()
+        for path in it:
+            queue.append((path, pool.submit(_load, path, size)))
+            if len(queue) >= lookahead:
+                break
+        while queue:
+            path, fut = queue.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(_load, nxt, size)))
+            try:
+                yield path, fut.result(), None
+            except S2SWError as e:
+                yield path, None, str(e)
+
+
 def score_files(
     det,
     paths: Sequence[Path],
     batch_size: int = 8,
     image_size: int | None = None,
     progress: bool = False,
+    workers: int | None = None,
 ) -> Iterator[tuple[Path, object, torch.Tensor | None, torch.Tensor | None, str | None]]:
     """Yield ``(path, pil_image, score, map [S,S], error)`` per file, scoring in batches.
 
-    Unreadable files yield ``error`` (one line) and ``None`` results; they do not stop the run.
+    Files are decoded on background threads while the model runs. Unreadable files yield
+    ``error`` (one line) and ``None`` results; they do not stop the run.
     """
     size = int(image_size or det.config.image_size)
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -95,27 +122,22 @@ def score_files(
         out = det.predict(torch.stack([t for _, _, t in pending]))
         scores, maps = out.image_scores.cpu(), out.anomaly_maps.cpu()
         rows = [(p, img, scores[i], maps[i], None) for i, (p, img, _) in enumerate(pending)]
+        if bar:
+            bar.update(len(pending))
         pending.clear()
         return rows
 
-    for path in paths:
-        try:
-            img, tensor = _load(path, size)
-        except S2SWError as e:
-            yield path, None, None, None, str(e)
+    for path, loaded, err in _prefetch(paths, size, lookahead=2 * batch_size, workers=workers):
+        if err is not None:
+            yield path, None, None, None, err
             if bar:
                 bar.update(1)
             continue
-        pending.append((path, img, tensor))
+        pending.append((path, *loaded))
         if len(pending) >= batch_size:
-            n = len(pending)
             yield from flush()
-            if bar:
-                bar.update(n)
-    n = len(pending)
     yield from flush()
     if bar:
-        bar.update(n)
         bar.close()
 
 
@@ -222,6 +244,8 @@ def run_predict(
             atomic_write_bytes(out / "overlays" / name, overlay_png(img, amap)[0])
             r.overlay = str(Path("overlays") / name)
         results.append(r)
+    order = {str(p): i for i, p in enumerate(paths)}
+    results.sort(key=lambda r: order[r.path])  # failures were reported as soon as they were read
     rows = [asdict(r) for r in results]
     summary = {"threshold": threshold, "n_scored": sum(r.error is None for r in results),
                "n_failed": sum(r.error is not None for r in results), "results": rows}
