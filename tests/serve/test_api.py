@@ -11,7 +11,6 @@ import time
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 

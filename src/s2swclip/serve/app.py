@@ -23,7 +23,6 @@ Nothing is written to disk unless ``save_dir`` is given; then originals, overlay
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import os
@@ -37,7 +36,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import S2SWError
