@@ -78,7 +78,7 @@ def train(
         init_prompts: start from this prompt checkpoint (either format) instead of N(0, 0.02).
         max_batches: stop each epoch after this many batches (quick runs, tests).
         **overrides: TrainConfig fields: epochs, batch_size, image_size, lr, betas, seed,
-            alpha, beta, random_pair_prob.
+            alpha, beta, random_pair_prob, pairwise_hinge.
 
     Returns:
         :class:`TrainResult` with the last checkpoint path and per-epoch mean losses.
@@ -149,7 +149,8 @@ def train(
                 break
             losses = s2sw_objective(det, batch["image"], batch["mask"], batch["label"],
                                     alpha=cfg.alpha, beta=cfg.beta, generator=pair_gen,
-                                    random_pair_prob=cfg.random_pair_prob)
+                                    random_pair_prob=cfg.random_pair_prob,
+                                    pairwise_hinge=cfg.pairwise_hinge)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()

@@ -75,6 +75,7 @@ class TrainConfig:
     alpha: float = 1.0  # weight of the generic family's pixel loss
     beta: float = 0.03  # weight of the pairwise image term
     random_pair_prob: float = 0.2
+    pairwise_hinge: bool = False  # True: the paper's max(0, 1-d)^2/2 instead of the code's (1-d)^2/2
 
 
 @dataclass(frozen=True)

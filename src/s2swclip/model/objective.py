@@ -29,6 +29,7 @@ def s2sw_objective(
     beta: float = 0.03,
     generator: torch.Generator | None = None,
     random_pair_prob: float = 0.2,
+    pairwise_hinge: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Loss terms for one batch.
 
@@ -39,6 +40,8 @@ def s2sw_objective(
         labels: [B] 0 normal / 1 anomalous.
         alpha, beta: weights of the generic pixel loss and of the pairwise term.
         generator: RNG for the pairwise sample choice.
+        pairwise_hinge: use max(0, 1 - d)^2 / 2 for different labels (the paper's text) instead
+            of the released code's (1 - d)^2 / 2.
 
     Returns:
         dict with ``total``, ``pixel_generic``, ``pixel_contrastive``, ``image_ce``, ``pairwise``.
@@ -68,7 +71,8 @@ def s2sw_objective(
     g = glob / glob.norm(dim=-1, keepdim=True)
     logits = {k: g @ text.unit[k].t() / temp for k in TEXT_SETS}
     image_ce = sum(F.cross_entropy(logits[k], labels) for k in TEXT_SETS)
-    pairwise = sum(pairwise_loss(logits[k], labels, generator=generator, random_pair_prob=random_pair_prob)
+    pairwise = sum(pairwise_loss(logits[k], labels, generator=generator, random_pair_prob=random_pair_prob,
+                                 hinge=pairwise_hinge)
                    for k in ("generic", "contrastive", "fused"))
     total = alpha * pixel["generic"] + pixel["contrastive"] + image_ce + beta * pairwise
     return {"total": total, "pixel_generic": pixel["generic"], "pixel_contrastive": pixel["contrastive"],
