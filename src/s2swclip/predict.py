@@ -216,7 +216,7 @@ def run_predict(
 
     Returns a summary dict: ``{"threshold", "n_scored", "n_failed", "results": [...]}``.
     """
-    from .model.checkpoint import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     paths = collect_images(inputs)
     if calibrate is not None:

@@ -20,7 +20,8 @@ import torch
 
 from . import __version__
 from .errors import S2SWError
-from .model.checkpoint import atomic_write_bytes, load_prompts, save_prompts
+from .fileio import atomic_write_bytes
+from .model.checkpoint import load_prompts, save_prompts
 from .model.config import TrainConfig, get_preset
 from .model.objective import s2sw_objective
 

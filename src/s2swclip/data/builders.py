@@ -22,11 +22,11 @@ import csv
 import json
 import os
 import re
-import tempfile
 import warnings
 from typing import Callable, Iterable, Sequence
 
 from ..errors import S2SWError
+from ..fileio import atomic_write_text
 
 __all__ = [
     "BUILDERS",
@@ -206,24 +206,10 @@ def write_meta(meta: dict, root: str | os.PathLike, meta_path: str | os.PathLike
     the destination path; raises :class:`S2SWError` when the folder is not writable.
     """
     dest = os.path.abspath(os.fspath(meta_path) if meta_path else os.path.join(os.fspath(root), "meta.json"))
-    folder = os.path.dirname(dest)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".meta.", suffix=".json.tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(meta, indent=4) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        tmp = None
+        atomic_write_text(dest, json.dumps(meta, indent=4) + "\n", make_parents=False)
     except OSError as exc:
         raise S2SWError(f"cannot write {dest} ({exc.strerror or exc}) — make the folder writable or pass another meta_path.") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
     return dest
 
 

@@ -13,13 +13,14 @@ it is safe in servers and threads. Files are written to a temporary name and ren
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from ..errors import S2SWError
+from ..fileio import atomic_write_bytes
 from .metrics import _to_numpy, image_ap, image_auroc, pr_points, roc_points
 
 __all__ = ["jet_colormap", "heatmap_overlay", "save_overlay", "save_curves"]
@@ -98,18 +99,10 @@ def heatmap_overlay(
 
 def _save_figure(fig, path: str) -> str:
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=_DPI)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, buf.getvalue())
     except OSError as err:
         raise S2SWError(f"cannot write figure {path}: {err.strerror or err}") from None
     return path

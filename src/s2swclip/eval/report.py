@@ -21,11 +21,11 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from typing import Any, Mapping
 
 from ..errors import S2SWError
+from ..fileio import atomic_write_text
 from .metrics import AUPRO_METHODS, METRIC_KEYS
 
 __all__ = [
@@ -178,21 +178,6 @@ def to_csv(report: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_report(report: Mapping[str, Any], out_dir: str) -> dict:
     """Write ``report.json`` and ``report.csv`` into ``out_dir`` (created if needed), atomically.
 
@@ -205,8 +190,8 @@ def write_report(report: Mapping[str, Any], out_dir: str) -> dict:
         raise S2SWError(f"cannot create report directory {out_dir}: {err.strerror}") from None
     paths = {"json": os.path.join(out_dir, "report.json"), "csv": os.path.join(out_dir, "report.csv")}
     try:
-        _atomic_write(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
-        _atomic_write(paths["csv"], to_csv(report))
+        atomic_write_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
+        atomic_write_text(paths["csv"], to_csv(report))
     except OSError as err:
         raise S2SWError(f"cannot write report into {out_dir}: {err.strerror}") from None
     return paths

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import S2SWError
+from ..fileio import atomic_write_bytes
 from .prompts import AUTHORS_SUFFIX, FAMILIES, PromptLearner
 
 FORMAT_TAG = "s2swclip-prompts"
@@ -51,25 +51,6 @@ class PromptCheckpoint:
         except (KeyError, ValueError) as e:
             raise S2SWError(f"prompt checkpoint {self.path} does not fit this backbone: {e} "
                             f"(was it trained with another --backbone?)") from None
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (no half-written file on a crash)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_prompts(path: str | os.PathLike, learner: PromptLearner, meta: dict[str, Any] | None = None) -> None:
