@@ -136,5 +136,4 @@ def load_detector(
     det = S2SWDetector(bb, learner, config)
     det.info = dict(info, prompts=None if ckpt is None else ckpt.path,
                     prompts_format=None if ckpt is None else ckpt.kind)
-    det.info.pop("config", None)
     return det.to(dev).eval()

@@ -75,7 +75,6 @@ def cmd_test(args) -> int:
     for root in args.data:  # check every dataset before the (slow) model load
         read_meta(Path(root) / "meta.json")
     det = _detector(args)
-    reports = {}
     for root in args.data:
         name = Path(root).resolve().name
         out = Path(args.out) / name if len(args.data) > 1 else Path(args.out)
@@ -85,7 +84,6 @@ def cmd_test(args) -> int:
                                   num_workers=args.workers, log=_say)
         print(format_markdown(report))
         print(f"report: {out / 'report.json'}")
-        reports[name] = report
     return 0
 
 

@@ -226,7 +226,6 @@ def run_predict(
         if warn:
             warn(f"calibrated threshold {threshold:.6f} on {len(scores)} good images (fpr {fpr})")
     out = Path(out_dir)
-    (out / "overlays").mkdir(parents=True, exist_ok=True) if overlays else out.mkdir(parents=True, exist_ok=True)
     results: list[ImageResult] = []
     used: set[str] = set()
     shown = dict(zip(paths, display_names(paths)))

@@ -233,5 +233,5 @@ def create_clip(
         model.load_state_dict(sd, strict=True)
     model.eval().requires_grad_(False)
     info = {"backbone": name, "weights": str(weights) if weights is not None else None,
-            "weights_path": weights_path, "quick_gelu": quick_gelu, "config": cfg}
+            "weights_path": weights_path, "quick_gelu": quick_gelu}
     return model, info
