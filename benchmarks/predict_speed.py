@@ -114,7 +114,7 @@ def main() -> None:
     from s2swclip.model.weights import resolve_model_config
 
     _, cfg = resolve_model_config(args.backbone)
-    cfg = dict(cfg, quick_gelu=base.info["quick_gelu"])
+    cfg = dict(cfg, quick_gelu=base.provenance["quick_gelu"])
     cfg["vision_cfg"] = dict(cfg["vision_cfg"], image_size=args.image_size)
     cfg.pop("custom_text", None)
     clip = open_clip.CLIP(**cfg).eval().to(device)

@@ -25,5 +25,13 @@ def tiny_detector():
         g = torch.Generator().manual_seed(5)
         for p in det.prompts.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    det.refresh_text()
     return det
+
+
+@pytest.fixture
+def own_detector(tiny_detector):
+    """A private copy of the session detector, for tests that change it (mode, precision,
+    prompts): the shared fixture is never mutated."""
+    import copy
+
+    return copy.deepcopy(tiny_detector)

@@ -54,7 +54,7 @@ def test_backbone_by_config_path(tmp_path):
     p = tmp_path / "my.json"
     p.write_text(json.dumps(cfg))
     det = s2swclip.load_detector(str(p), None, None, image_size=224)
-    assert det.backbone.embed_dim == 768 and det.info["quick_gelu"] is True
+    assert det.backbone.embed_dim == 768 and det.provenance["quick_gelu"] is True
 
 
 def test_open_clip_names_resolve():

@@ -133,7 +133,7 @@ def load_detector(
     else:
         warnings.warn("no prompt checkpoint given: prompts are untrained (random), so scores are "
                       "not meaningful; pass prompts=PATH (--prompts PATH)")
-    det = S2SWDetector(bb, learner, config)
-    det.info = dict(info, prompts=None if ckpt is None else ckpt.path,
-                    prompts_format=None if ckpt is None else ckpt.kind)
+    provenance = dict(info, prompts=None if ckpt is None else ckpt.path,
+                      prompts_format=None if ckpt is None else ckpt.kind)
+    det = S2SWDetector(bb, learner, config, provenance=provenance)
     return det.to(dev).eval()

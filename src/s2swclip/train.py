@@ -165,7 +165,7 @@ def train(
             bar.close()
         means = {k: sums[k] / max(n, 1) for k in LOSS_KEYS}
         history.append({"epoch": epoch + 1, **means})
-        meta = {"backbone": det.info.get("backbone"), "weights": det.info.get("weights"),
+        meta = {"backbone": det.provenance.get("backbone"), "weights": det.provenance.get("weights"),
                 "epoch": epoch + 1, "preset": preset, "train_config": dataclasses.asdict(cfg),
                 "data_root": str(data_root), "s2swclip_version": __version__,
                 "detector_config": det.config.to_dict()}

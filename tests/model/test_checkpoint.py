@@ -43,7 +43,7 @@ def test_authors_checkpoint_loads_and_is_used(tmp_path, tiny_detector):
     path = tmp_path / "epoch_16.pth"
     torch.save({"prompt_learner": sd}, path)
     det = s2swclip.load_detector("S2SW-Tiny-24L", None, str(path), image_size=224)
-    assert det.info["prompts_format"] == "authors"
+    assert det.provenance["prompts_format"] == "authors"
     assert torch.equal(det.prompts.ctx_normal, sd["ctx_pos"].reshape(14, W))
     assert torch.equal(det.prompts.ctx_anomaly, sd["ctx_neg"].reshape(14, W))
     assert torch.equal(det.prompts.deep_prompts[3], sd["compound_prompts_text.3"])

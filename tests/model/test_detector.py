@@ -1,4 +1,4 @@
-"""The detector's composition (spec 5-6) against straightforward transcriptions."""
+"""The detector's composition (docs/method.md §5-§6) against straightforward transcriptions."""
 
 import numpy as np
 import pytest
@@ -66,7 +66,8 @@ def test_predict_matches_per_image_transcription(tiny_detector):
     size = 238  # 17x17 -> 290 tokens: even, so pywt.swt2 applies directly
     images = make_images(2, size, seed=1)
     out = det.predict(images)
-    text = det.text_features()
+    with torch.no_grad():
+        text = det.text_features()
     tf = text.unit["fused"].double().numpy()
     with torch.no_grad():
         glob, patches = det.backbone.encode_image(images)
@@ -115,23 +116,80 @@ def test_any_token_count_is_handled(tiny_detector, size):
     assert torch.isfinite(out.anomaly_maps).all() and torch.isfinite(out.image_scores).all()
 
 
-def test_text_features_computed_once(tiny_detector, monkeypatch):
-    tiny_detector.refresh_text()
+def _count_text_encodings(det, monkeypatch):
     calls = []
-    real = tiny_detector.backbone.encode_text
-    monkeypatch.setattr(tiny_detector.backbone, "encode_text", lambda *a, **k: calls.append(1) or real(*a, **k))
-    tiny_detector.predict(make_images(1, 224))
-    tiny_detector.predict(make_images(2, 224))
-    assert len(calls) == 3  # one per family, for the detector's lifetime
+    real = det.backbone.encode_text
+    monkeypatch.setattr(det.backbone, "encode_text", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
 
 
-def test_bf16_close_to_fp32(tiny_detector):
+def test_text_features_computed_once(own_detector, monkeypatch):
+    calls = _count_text_encodings(own_detector, monkeypatch)
+    own_detector.predict(make_images(1, 224))
+    own_detector.predict(make_images(2, 224))
+    assert len(calls) == 3  # one per family, for as long as the prompts stay the same
+
+
+def test_text_cache_follows_prompt_changes(own_detector, monkeypatch):
+    det = own_detector
+    images = make_images(1, 224, seed=6)
+    before = det.predict(images)
+    calls = _count_text_encodings(det, monkeypatch)
+    with torch.no_grad():
+        det.prompts.ctx_anomaly.mul_(1.5)  # in place, as an optimiser step does
+    changed = det.predict(images)
+    assert len(calls) == 3
+    assert (changed.image_scores - before.image_scores).abs().max() > 1e-4
+    with torch.no_grad():
+        det.prompts.ctx_anomaly.div_(1.5)
+    again = det.predict(images)
+    assert len(calls) == 6
+    assert torch.allclose(again.image_scores, before.image_scores, atol=1e-6)
+
+
+def test_text_cache_follows_dtype_and_device(own_detector, monkeypatch):
+    det = own_detector
+    images = make_images(1, 224, seed=7)
+    ref = det.predict(images)
+    calls = _count_text_encodings(det, monkeypatch)
+    det.double()  # _apply: the cache is dropped and rebuilt from the float64 prompts
+    out = det.predict(images)
+    assert len(calls) == 3 and det.prompts.ctx_normal.dtype == torch.float64
+    assert torch.allclose(out.image_scores, ref.image_scores, atol=1e-5)
+    if torch.cuda.is_available():
+        det.float().to("cuda")
+        assert det.text_features().unit["fused"].device.type == "cuda"
+
+
+def test_predict_keeps_train_mode_and_numbers(own_detector):
+    det = own_detector
+    images = make_images(2, 224, seed=9)
+    ref = det.predict(images)
+    det.train()
+    out = det.predict(images)
+    assert det.training and det.prompts.training and not det.backbone.training
+    assert torch.equal(out.image_scores, ref.image_scores) and torch.equal(out.anomaly_maps, ref.anomaly_maps)
+
+
+def test_forward_is_differentiable_and_predict_is_its_inference(own_detector):
+    det = own_detector
+    images = make_images(2, 224, seed=10)
+    out = det(images)
+    logits = out.image_logits(det.config.temperature)
+    assert logits["fused"].shape == (2, 2) and not out.image_features.requires_grad
+    logits["generic"][:, 1].sum().backward()
+    assert det.prompts.ctx_anomaly.grad.abs().sum() > 0
+    with torch.no_grad():
+        scores = torch.stack([logits[k].detach().softmax(-1)[:, 1] for k in TEXT_SETS]).mean(0)
+    assert torch.allclose(scores, det.predict(images).image_scores, atol=1e-6)
+
+
+def test_bf16_close_to_fp32(own_detector):
+    det = own_detector
     images = make_images(2, 224, seed=4)
-    ref = tiny_detector.predict(images)
-    tiny_detector.config = tiny_detector.config.replace(precision="bf16")
-    try:
-        low = tiny_detector.predict(images)
-    finally:
-        tiny_detector.config = tiny_detector.config.replace(precision="fp32")
+    ref = det.predict(images)
+    det.config = det.config.replace(precision="bf16")
+    low = det.predict(images)
     assert (low.anomaly_maps - ref.anomaly_maps).abs().max() < 5e-2
     assert (low.image_scores - ref.image_scores).abs().max() < 5e-2
+    assert (low.anomaly_maps - ref.anomaly_maps).abs().max() > 0  # bf16 really ran

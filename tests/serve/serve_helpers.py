@@ -24,7 +24,7 @@ class FakeDetector:
 
     def __init__(self, image_size=32, gated=False):
         self.config = SimpleNamespace(image_size=image_size, precision="fp32")
-        self.info = {"backbone": "fake", "weights": None, "prompts": None, "prompts_format": None}
+        self.provenance = {"backbone": "fake", "weights": None, "prompts": None, "prompts_format": None}
         self.device = torch.device("cpu")
         self.batch_sizes = []
         self.entered = threading.Event()   # set when a predict call has started

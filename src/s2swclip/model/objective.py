@@ -49,15 +49,14 @@ def s2sw_objective(
     size = images.shape[-1]
     masks = (masks.to(det.device).float() > 0.5).float()
     labels = labels.to(det.device).long()
-    with torch.no_grad():
-        glob, patches = det.encode_image(images.to(det.device, torch.float32))
-    text = det.encode_text_features()
+    out = det(images)
+    patches, text = out.patch_features, out.text
     temp = det.config.temperature
 
     pixel = {}
     for family in ("generic", "contrastive"):
         per_object: dict[int, torch.Tensor] = {}
-        total = glob.new_zeros(())
+        total = out.image_features.new_zeros(())
         for p in patches:  # aliased layers: same features, same loss
             if id(p) not in per_object:
                 f = p / p.norm(dim=-1, keepdim=True)
@@ -68,8 +67,7 @@ def s2sw_objective(
             total = total + per_object[id(p)]
         pixel[family] = total
 
-    g = glob / glob.norm(dim=-1, keepdim=True)
-    logits = {k: g @ text.unit[k].t() / temp for k in TEXT_SETS}
+    logits = out.image_logits(temp)
     image_ce = sum(F.cross_entropy(logits[k], labels) for k in TEXT_SETS)
     pairwise = sum(pairwise_loss(logits[k], labels, generator=generator, random_pair_prob=random_pair_prob,
                                  hinge=pairwise_hinge)

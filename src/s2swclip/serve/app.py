@@ -198,7 +198,7 @@ def create_app(
                            queue_size=queue_size, name="s2sw-inference")
     started = time.time()
 
-    info = dict(getattr(detector, "info", {}) or {})
+    info = dict(getattr(detector, "provenance", {}) or {})
     device = getattr(detector, "device", None)
     model_info = _jsonable({
         "backbone": info.get("backbone"),
