@@ -1,4 +1,4 @@
-"""Backbone adaptation (spec 2) against open_clip and a plain transcription."""
+"""Backbone adaptation (``docs/method.md`` §2) against open_clip and a plain transcription."""
 
 import numpy as np
 import open_clip

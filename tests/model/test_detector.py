@@ -1,4 +1,8 @@
+<<<<<<< HEAD
 """The detector's composition (docs/method.md §5-§6) against straightforward transcriptions."""
+=======
+"""The detector's composition (``docs/method.md`` §5-§7) against plain transcriptions."""
+>>>>>>> method-doc
 
 import numpy as np
 import pytest
@@ -32,7 +36,7 @@ def _np_similarity(f, t, tref):
 
 
 def _np_multiscale(f):
-    """h(F) of spec 6 via torch's pooling/interp primitives on one [1,N,C] array (float64)."""
+    """h(F) (``docs/method.md`` §6.1) via torch's pooling/interp on one [1,N,C] array (float64)."""
     x = torch.from_numpy(f)[None]
     n, c = x.shape[1:]
     up = F.interpolate(x.transpose(1, 2), scale_factor=1.5, mode="linear", align_corners=True)[:, :, :n].transpose(1, 2)

@@ -1,4 +1,4 @@
-"""The training objective (docs/method.md §7) assembled from its terms, computed here step by step."""
+"""The training objective (``docs/method.md`` §8) assembled from its terms, computed step by step."""
 
 import torch
 import torch.nn.functional as F

@@ -19,7 +19,7 @@ def _pywt_dwt2(x: np.ndarray, wavelet: str, mode: str = "symmetric"):
 
 
 def _reference_w(x: np.ndarray, bilinear, w=(0.1, 0.9, 0.9, 0.1, 0.99, 0.01)) -> np.ndarray:
-    """Straight transcription of the spec: pywt per image, numpy bilinear resize.
+    """Straight transcription of ``docs/method.md`` §6.2: pywt per image, numpy bilinear resize.
 
     Odd sizes: the documented rule (pad ONE edge-replicated row/column for swt2, crop back).
     """

@@ -1,4 +1,6 @@
-"""The frozen CLIP backbone with DPAM dual-stream attention and deep text prompts (spec section 2).
+"""The frozen CLIP backbone with DPAM dual-stream attention and deep text prompts.
+
+Implements ``docs/method.md`` §2 (backbone adaptation) and §3.4 (text encoding).
 
 An adapted forward over open_clip's own modules (no vendored CLIP):
 

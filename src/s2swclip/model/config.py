@@ -1,4 +1,8 @@
-"""Detector hyper-parameters, with the paper's values as defaults, and per-protocol presets."""
+"""Detector hyper-parameters, with the paper's values as defaults, and per-protocol presets.
+
+The values and where they come from: ``docs/method.md`` §1.3 and §9; the faithful-mode options:
+§10.
+"""
 
 from __future__ import annotations
 
@@ -12,24 +16,25 @@ from ..errors import S2SWError
 class DetectorConfig:
     """Everything the detector's forward computation depends on (besides weights).
 
-    Defaults reproduce the authors' released test script ``test_mvtec_first.py`` (spec 6).
+    Defaults reproduce the authors' released test script ``test_mvtec_first.py``
+    (``docs/method.md`` §9).
     """
 
     image_size: int = 518
-    # prompts (spec 3)
+    # prompts (docs/method.md §3)
     n_ctx: int = 14
     depth: int = 9
     deep_tokens: int = 4
-    # backbone adaptation (spec 2)
+    # backbone adaptation (docs/method.md §2, quirks §10.1-§10.3)
     feature_layers: tuple[int, ...] = (6, 12, 18, 24)
     dpam_layers: int = 19
     layer_aliasing: bool = True  # faithful: all selected layers give the last DPAM stream
     round_deep_prompts: bool = True  # faithful: deep prompts rounded to float16 precision
     global_ln_post: bool = False  # faithful: global feature without ln_post
-    # fusion and similarity (spec 4, 5)
+    # fusion and similarity (docs/method.md §4, §5)
     variance_threshold: float = 0.1
     temperature: float = 0.07
-    # visual enrichment (spec 6)
+    # visual enrichment (docs/method.md §6)
     multiscale_weight: float = 0.2
     pooled_tokens: int = 384
     wavelet_lambda: float = 0.1
@@ -64,7 +69,7 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters (spec 1 and 7); defaults: protocol A (trained on VisA)."""
+    """Training hyper-parameters (``docs/method.md`` §1.3, §8); defaults: protocol A (trained on VisA)."""
 
     epochs: int = 10
     batch_size: int = 8

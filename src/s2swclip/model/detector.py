@@ -1,4 +1,4 @@
-"""The S2SWCLIP detector: backbone + prompts -> image scores and anomaly maps (``docs/method.md`` §2-§6).
+"""The S2SWCLIP detector: backbone + prompts -> image scores and anomaly maps (``docs/method.md`` §2-§7).
 
 No I/O here: building from files is :mod:`s2swclip.api`'s job.
 """
@@ -79,7 +79,7 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 class S2SWDetector(nn.Module):
-    """Frozen CLIP backbone + learnable prompts (``docs/method.md`` §2-§6).
+    """Frozen CLIP backbone + learnable prompts (``docs/method.md`` §2-§7).
 
     The contract, as in open_clip and anomalib:
 
@@ -130,7 +130,7 @@ class S2SWDetector(nn.Module):
     # ----------------------------------------------------------------------------------- text
     def encode_text_features(self) -> TextFeatures:
         """Encode the three families and fuse them (gradients flow to the prompts, except
-        through the fusion, which the released code computes as a constant; §4)."""
+        through the fusion, which the released code computes as a constant; §3-§4, §10.5)."""
         raw = {}
         deep = self.prompts.deep_prompts if self.prompts.deep_prompts.numel() else None
         for family in FAMILIES:
@@ -173,13 +173,13 @@ class S2SWDetector(nn.Module):
         return glob.float(), out
 
     def image_scores(self, global_features: torch.Tensor, text: TextFeatures) -> torch.Tensor:
-        """[B] mean over the four text sets of softmax(g . t / T)[anomaly] (§6.5)."""
+        """[B] mean over the four text sets of softmax(g . t / T)[anomaly] (§7)."""
         g = _normalise(global_features)
         probs = [(g @ text.unit[k].t() / self.config.temperature).softmax(-1)[:, 1] for k in TEXT_SETS]
         return torch.stack(probs).mean(0)
 
     def layer_token_map(self, patch: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        """Anomaly value per token [B, N] of one layer: enrichment + wavelet branches (§6)."""
+        """Anomaly value per token [B, N] of one layer: enrichment + wavelet branches (§6.1-§6.3)."""
         c = self.config
         f = _normalise(patch)
         enriched = enrich_features(f, weight=c.multiscale_weight, pooled_tokens=c.pooled_tokens)
@@ -191,7 +191,7 @@ class S2SWDetector(nn.Module):
         return (1 - c.wavelet_lambda) * m_enriched + c.wavelet_lambda * m_wave
 
     def anomaly_maps(self, patches: list[torch.Tensor], text: TextFeatures, size: int) -> torch.Tensor:
-        """[B, S, S] smoothed map: sum of the layer maps, resized, Gaussian-filtered (§6)."""
+        """[B, S, S] smoothed map: sum of the layer maps, resized, Gaussian-filtered (§6.3-§6.4)."""
         per_object: dict[int, torch.Tensor] = {}
         total = None
         for p in patches:  # aliased layers (same tensor) are computed once

@@ -1,6 +1,6 @@
 """Cross-informative adaptive fusion of the three prompt families' text features.
 
-Implements section 4 of the method spec (``docs/s2swclip-method.md``). For each
+Implements ``docs/method.md`` §4. For each
 state row ``s`` (0 = normal, 1 = anomaly) with UNNORMALISED features
 ``a = generic[s]``, ``b = contrastive[s]``, ``r = referenced[s]``:
 
@@ -16,7 +16,7 @@ When neither row passes, scikit-learn raises; here both rows are kept and a
 :class:`UserWarning` is emitted. The computation runs in float64 and the result
 is cast back to the input dtype; the caller normalises. Autograd flows through
 (the released code computes the fusion in NumPy, i.e. as a constant: faithful
-callers pass detached inputs).
+callers pass detached inputs; ``docs/method.md`` §10.5, §10.6).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def adaptive_fusion(
     referenced: Tensor,
     variance_threshold: float = 0.1,
 ) -> Tensor:
-    """Fuse the generic, contrastive and referenced text features (spec section 4).
+    """Fuse the generic, contrastive and referenced text features (``docs/method.md`` §4).
 
     Args:
         generic: Tensor of shape ``[2, C]``, object-agnostic family (row 0 normal,

@@ -1,9 +1,8 @@
 """Training losses: focal, Dice and the pairwise image term.
 
-Implements the loss functions of section 7 of the method spec
-(``docs/s2swclip-method.md``) with the released code's exact definitions
-(label-smoothed focal loss on probabilities, batch-mean soft Dice with smoothing
-1, and the random-pair term). All are differentiable.
+Implements the loss functions of ``docs/method.md`` §8.1 and §8.3 with the released
+code's exact definitions (label-smoothed focal loss on probabilities, batch-mean
+soft Dice with smoothing 1, and the random-pair term). All are differentiable.
 """
 
 from __future__ import annotations
@@ -98,7 +97,7 @@ def pairwise_loss(
     Picks two samples ``i, j`` (see below), ``d = |logits[i, 1] - logits[j, 1]|``:
     same label -> ``0.5 * d**2``; different labels -> ``0.5 * (1 - d)**2``
     (released-code behaviour, which grows again for ``d > 1``), or with
-    ``hinge=True`` the spec's ``0.5 * max(0, 1 - d)**2``.
+    ``hinge=True`` the paper's ``0.5 * max(0, 1 - d)**2`` (``docs/method.md`` §10.4).
 
     Pair choice (torch RNG, reproducible with ``generator``): with probability
     ``random_pair_prob`` two distinct random samples, else sample 0 and a random

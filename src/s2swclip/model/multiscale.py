@@ -1,13 +1,12 @@
 """Hierarchical multi-scale fusion of patch features along the token axis.
 
-Implements the visual-enrichment branch of section 6 of the method spec
-(``docs/s2swclip-method.md``). For normalised token features ``F`` (``[B, N, C]``,
-class token included), ``h(F)`` mixes
+Implements the visual-enrichment branch, ``docs/method.md`` §6.1. For normalised
+token features ``F`` (``[B, N, C]``, class token included), ``h(F)`` mixes
 
 * ``up``: the tokens linearly resampled (``align_corners=True``) to
   ``floor(1.5 N)`` positions and cropped to the first ``N``;
 * a pooled path at a FIXED token count ``P = 384`` (the released value; it equals
-  ``C / 2`` for ``C = 768`` only by coincidence, so it is not tied to ``C``):
+  ``C / 2`` for ``C = 768`` only by coincidence, so it is not tied to ``C``; §10.7):
   average and max pooling over tokens, a channel max-pool of their concatenation,
   a softmax channel gate, a sigmoid, and linear resampling back to ``N`` tokens.
 
@@ -31,7 +30,7 @@ def hierarchical_multiscale(
     up_weight: float = 0.01,
     pooled_weight: float = 0.99,
 ) -> Tensor:
-    """Hierarchical multi-scale fusion ``h(F)`` along the token axis (spec section 6).
+    """Hierarchical multi-scale fusion ``h(F)`` along the token axis (``docs/method.md`` §6.1).
 
     Steps, with ``X = F^T`` of shape ``[B, C, N]``:
 

@@ -1,4 +1,4 @@
-"""The training objective (spec section 7), assembled from :mod:`.losses`.
+"""The training objective (``docs/method.md`` §8), assembled from :mod:`.losses`.
 
 Per batch, with the backbone frozen:
 

@@ -1,4 +1,4 @@
-"""The three prompt families with shared learnable contexts (spec section 3).
+"""The three prompt families with shared learnable contexts (``docs/method.md`` §3.1-§3.3).
 
 Each family has a normal and an anomaly sentence ``"<ctx> words."`` whose word embeddings are
 fixed; the ``n_ctx`` context positions hold two learnable tensors shared by all families:

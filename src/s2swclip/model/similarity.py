@@ -1,6 +1,6 @@
 """Entropy-gain similarity between patch features and text, and the maps made from it.
 
-Implements section 5 of the method spec (``docs/s2swclip-method.md``):
+Implements ``docs/method.md`` §5:
 
 * ``H(x)``: Shannon entropy of ``softmax(x)`` over the last axis, natural log,
   ``1e-10`` added inside the log (as the released code does);
@@ -79,7 +79,7 @@ def entropy_gain_similarity(
     text_ref: Tensor,
     temperature: float = 0.07,
 ) -> Tensor:
-    """Entropy-gain similarity probabilities of every token against every text row (spec 5).
+    """Entropy-gain similarity of every token against every text row (``docs/method.md`` §5.1).
 
     ``dot = F @ T^T``; ``gH = 1 - |H(F) - H(T)|``; ``gR = 1 - |R(F) - R(T_ref)|``;
     result ``softmax_K(dot * gH * gR / temperature)``. Memory is ``O(B N (K + C))``:
@@ -87,7 +87,7 @@ def entropy_gain_similarity(
 
     Mixed floating dtypes follow the released code: each entropy is computed in its
     input's dtype, the products in the promoted dtype (float32 features with float64
-    fused text give float64 output).
+    fused text give float64 output; ``docs/method.md`` §10.6).
 
     Args:
         features: Tensor of shape ``[B, N, C]``, normalised token features (class token

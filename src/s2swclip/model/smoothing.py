@@ -1,10 +1,10 @@
 """Gaussian smoothing of the final anomaly maps.
 
-Implements the last step of section 6 of the method spec
-(``docs/s2swclip-method.md``): the summed layer maps are filtered per image with
-a Gaussian of standard deviation ``sigma`` (4 in the reference runs), using
-SciPy's semantics (``scipy.ndimage.gaussian_filter(map, sigma, mode="reflect",
-truncate=4.0)``), here in batched torch on any device.
+Implements the last step of the anomaly map, ``docs/method.md`` §6.4: the summed
+layer maps are filtered per image with a Gaussian of standard deviation ``sigma``
+(4 in the reference runs), using SciPy's semantics
+(``scipy.ndimage.gaussian_filter(map, sigma, mode="reflect", truncate=4.0)``),
+here in batched torch on any device.
 
 Boundary: SciPy's ``"reflect"`` mode is the half-sample symmetric extension
 ``d c b a | a b c d | d c b a`` (PyWavelets calls it ``"symmetric"``). Torch's

@@ -1,9 +1,8 @@
 """Spatial-to-wavelet transform of patch features.
 
-Implements the wavelet branch of section 6 of the method spec
-(``docs/s2swclip-method.md``): each image's ``N x C`` feature matrix (token rows,
-class token at row 0; channel columns) is treated as a 2-D signal and passed
-through
+Implements the wavelet branch, ``docs/method.md`` §6.2: each image's ``N x C``
+feature matrix (token rows, class token at row 0; channel columns) is treated as a
+2-D signal and passed through
 
 (i)  a one-level stationary 2-D wavelet transform with ``sym2`` (PyWavelets'
      ``pywt.swt2(img, "sym2", level=1)``, periodic extension), and
@@ -31,7 +30,7 @@ odd axis by ONE edge-replicated row/column (the last token row / last channel
 repeated) before the stationary transform and crops the result back, so odd
 token counts (e.g. ``N = 24*24 + 1 = 577`` at 336 px) work; even sizes are
 untouched and equal PyWavelets. The Haar DWT handles odd sizes natively, exactly
-as PyWavelets does.
+as PyWavelets does (``docs/method.md`` §10.9).
 
 The filtering is ``unfold(...) @ taps`` (full-precision matmul on every device;
 cuDNN convolutions may silently use TF32 on GPUs). All operations are
@@ -235,7 +234,7 @@ def spatial_to_wavelet(
     dwt_mix: float = 0.99,
     swt_mix: float = 0.01,
 ) -> Tensor:
-    """Spatial-to-wavelet transform ``w(F)`` of patch features (spec section 6).
+    """Spatial-to-wavelet transform ``w(F)`` of patch features (``docs/method.md`` §6.2).
 
     With each image's ``[N, C]`` matrix as a 2-D signal:
 
