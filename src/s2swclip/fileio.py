@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import S2SWError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool = True) -> None:
     """Write ``data`` to ``path`` atomically; missing parent folders are created unless
@@ -34,3 +36,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool 
 def atomic_write_text(path: str | os.PathLike, text: str, make_parents: bool = True) -> None:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"), make_parents)
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse an output folder that is an existing file or cannot be created or written, before
+    any work is done and without creating anything. Returns the path."""
+    out = Path(os.path.expanduser(os.fspath(path)))
+    if out.exists() and not out.is_dir():
+        raise S2SWError(f"{flag} {out} is an existing file, not a folder: choose a folder")
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise S2SWError(f"cannot create {flag} {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise S2SWError(f"cannot write to {flag} {out}: {existing} is not writable; choose another folder")
+    return out

@@ -126,7 +126,7 @@ def test_normal_and_maskless_anomalies(tree):
     for i in (2, 3):  # mask_path "" and mask_path pointing to a directory
         s = ds[i]
         assert s["label"] == 1 and s["has_mask"] is False and s["mask"].sum() == 0
-    assert [ds.mask_status(i) for i in range(5)] == [True, True, False, False, True]
+    assert [ds[i]["has_mask"] for i in range(5)] == [True, True, False, False, True]
 
 
 def test_class_filter_order_and_train_split(tree):
@@ -223,8 +223,9 @@ def test_unreadable_image(tree):
     with pytest.raises(S2SWError, match=r"a/good/0\.png") as e:
         ds[0]
     assert "\n" not in str(e.value)
-    with pytest.raises(S2SWError, match="cannot read image"):
+    with pytest.raises(S2SWError, match="is not an image Pillow can read") as e:
         load_image(tree / "a/good/0.png")
+    assert e.value.code == "not_an_image"
     with pytest.raises(S2SWError, match="not found"):
         load_image(tree / "nope.png")
     with pytest.raises(S2SWError, match="PIL image"):

@@ -23,16 +23,17 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
-from torchvision.transforms import InterpolationMode
 
 from ..errors import S2SWError
+from .images import (_SIXTEEN_BIT_MODES, OPENAI_MEAN, OPENAI_STD, check_image_size, exif_upright, open_image,
+                     preprocess, to_rgb)
 
 __all__ = [
     "OPENAI_MEAN",
@@ -46,130 +47,20 @@ __all__ = [
     "read_meta",
 ]
 
-#: CLIP (OpenAI) normalisation constants, per RGB channel.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS"}
-
-
-# --------------------------------------------------------------------------------------------
-# image conversion
-# --------------------------------------------------------------------------------------------
-def _high_depth_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Map an integer or float array with values beyond 8 bits to uint8 without clipping.
-
-    Integer data with non-negative values is divided by the full range of the smallest usual
-    bit depth (8, 10, 12, 14 or 16 bits, else the maximum) that holds its largest value, so a
-    12-bit sensor image stays a 12-bit image rather than turning white (clipping) or black
-    (dividing by 65535). Data with negative values (e.g. CT in Hounsfield units) is min-max
-    stretched. Float data in [0, 1] is multiplied by 255; in [0, 255] it is kept as is.
-    """
-    a = np.asarray(arr)
-    if a.size == 0:
-        return a.astype(np.uint8)
-    a = a.astype(np.float64)
-    finite = np.isfinite(a)
-    if not finite.all():
-        a = np.where(finite, a, 0.0)
-    lo, hi = float(a.min()), float(a.max())
-    if np.issubdtype(np.asarray(arr).dtype, np.floating):
-        if lo >= 0.0 and hi <= 1.0:
-            return np.round(a * 255.0).astype(np.uint8)
-        if lo >= 0.0 and hi <= 255.0:
-            return np.round(a).astype(np.uint8)
-    if lo < 0.0 or np.issubdtype(np.asarray(arr).dtype, np.floating):
-        if hi <= lo:
-            return np.zeros(a.shape, np.uint8)
-        return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-    if hi <= 255.0:
-        return a.astype(np.uint8)
-    full = None
-    for bits in (10, 12, 14, 16):
-        if hi <= 2.0**bits - 1:
-            full = 2.0**bits - 1
-            break
-    if full is None:
-        full = hi
-    return np.round(a * (255.0 / full)).astype(np.uint8)
-
-
-def to_rgb(img: Image.Image, background: Sequence[int] = (0, 0, 0)) -> Image.Image:
-    """Convert a PIL image of any mode to an 8-bit ``"RGB"`` image.
-
-    * ``RGB`` is returned unchanged and ``L``/``1``/``CMYK``/``YCbCr``/... use PIL's own
-      conversion (the released code's ``convert("RGB")``, so numbers match on ordinary data);
-    * images with transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent index) are
-      alpha-composited over ``background`` (black by default, which equals dropping the alpha
-      channel for the usual fully opaque or zeroed-transparent images);
-    * 16-bit, 32-bit integer and float images are scaled to 8 bits (see
-      :func:`_high_depth_to_uint8`) instead of being clipped to white.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        arr = np.asarray(img)
-        if mode.startswith("I;16") and arr.dtype.kind == "u" and arr.dtype.itemsize == 1:
-            arr = np.asarray(img, dtype=np.uint16)  # defensive: older Pillow views
-        grey = _high_depth_to_uint8(arr)
-        return Image.fromarray(np.ascontiguousarray(grey), mode="L").convert("RGB")
-    if mode == "P" and "transparency" not in img.info:
-        return img.convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa", "P"):
-        rgba = img.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, tuple(int(c) for c in background) + (255,))
-        return Image.alpha_composite(base, rgba).convert("RGB")
-    if mode in ("L", "1", "CMYK", "YCbCr", "LAB", "HSV"):
-        return img.convert("RGB")
-    try:
-        return img.convert("RGB")
-    except (ValueError, OSError):
-        arr = np.asarray(img)
-        if arr.ndim == 3:
-            arr = arr[..., 0]
-        grey = _high_depth_to_uint8(arr)
-        return Image.fromarray(np.ascontiguousarray(grey), mode="L").convert("RGB")
-
-
-def _open_image(path: str, what: str, context: str) -> Image.Image:
-    """Open and fully decode an image file, turning every failure into one S2SWError line."""
-    prefix = f"{context}: " if context else ""
-    if not os.path.exists(path):
-        fix = "fix the entry or the dataset root, or rebuild meta.json" if context else "check the path"
-        raise S2SWError(f"{prefix}{what} file not found: {path} — {fix}.")
-    if os.path.isdir(path):
-        raise S2SWError(f"{prefix}{what} path is a directory, not an image file: {path} — point it at an image file.")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-            out = im.copy()
-    except Image.DecompressionBombError as exc:
-        raise S2SWError(f"{prefix}{what} file is too large to decode safely: {path} ({exc}) — downscale it first.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise S2SWError(f"{prefix}cannot read {what} file {path} ({msg}) — replace it with a valid PNG/JPEG/BMP/TIFF image.") from None
-    return out
-
-
 def load_image(path: str | os.PathLike, *, exif_transpose: bool = False, context: str = "") -> Image.Image:
     """Read an image file and return it as an 8-bit PIL ``"RGB"`` image.
 
     Grey, palette, transparent, 16-bit and float images are converted as described in
-    :func:`to_rgb`. With ``exif_transpose=True`` the EXIF orientation tag (phone photos) is
-    applied; the dataset reader leaves it off, like the released code. ``context`` is prefixed
-    to error messages (the dataset reader passes the meta.json item there).
+    :func:`~s2swclip.data.images.to_rgb`. With ``exif_transpose=True`` the EXIF orientation tag
+    (phone photos) is applied; the dataset reader leaves it off, like the released code.
+    ``context`` is prefixed to error messages (the dataset reader passes the meta.json item).
 
-    Raises :class:`S2SWError` with one line naming the file when it is missing or unreadable.
+    Raises :class:`~s2swclip.data.images.ImageError` (an S2SWError) with one line naming the
+    file when it is missing or unreadable.
     """
-    img = _open_image(os.fspath(path), "image", context)
+    img = open_image(path, context=context)
     if exif_transpose:
-        try:
-            img = ImageOps.exif_transpose(img)
-        except Exception:  # a broken EXIF block must not make a readable image unreadable
-            pass
+        exif_upright(img)
     return to_rgb(img)
 
 
@@ -180,25 +71,13 @@ def load_mask(path: str | os.PathLike, *, context: str = "") -> np.ndarray:
     0/255 masks, 0/1 masks and VisA's class-index masks all work. Raises :class:`S2SWError`
     naming the file when it is missing or unreadable.
     """
-    img = _open_image(os.fspath(path), "mask", context)
+    img = open_image(path, what="mask", context=context)
     if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
         arr = np.asarray(img)
         if arr.ndim == 3:
             arr = arr[..., 0]
         return np.asarray(arr != 0)
     return np.asarray(img.convert("L")) > 0
-
-
-@lru_cache(maxsize=16)
-def _image_transform(image_size: int) -> transforms.Compose:
-    return transforms.Compose(
-        [
-            transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=OPENAI_MEAN, std=OPENAI_STD),
-        ]
-    )
 
 
 @lru_cache(maxsize=16)
@@ -212,22 +91,13 @@ def _mask_transform(image_size: int) -> transforms.Compose:
     )
 
 
-def _check_size(image_size) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or int(image_size) < 1:
-        raise S2SWError(f"image_size must be a positive integer, got {image_size!r} — pass e.g. 518.")
-    return int(image_size)
-
-
 def preprocess_image(pil_image: Image.Image, image_size: int) -> torch.Tensor:
     """Turn a PIL image into the model input: float32 tensor ``[3, S, S]``, CLIP-normalised.
 
-    Any PIL mode is accepted (converted with :func:`to_rgb`); then bicubic resize to S x S,
-    centre crop S, ToTensor and OpenAI mean/std normalisation, as in the released code.
+    The torch view of :func:`s2swclip.data.images.preprocess` (bicubic resize to S x S, ToTensor,
+    OpenAI mean/std; equal to the released code's torchvision transform).
     """
-    size = _check_size(image_size)
-    if not isinstance(pil_image, Image.Image):
-        raise S2SWError(f"preprocess_image expects a PIL image, got {type(pil_image).__name__} — load it with load_image(path).")
-    return _image_transform(size)(to_rgb(pil_image)).to(torch.float32)
+    return torch.from_numpy(preprocess(pil_image, image_size))
 
 
 def preprocess_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:
@@ -236,7 +106,7 @@ def preprocess_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:
     0/255 ``"L"`` image -> bilinear Resize((S, S)) -> CenterCrop(S) -> ToTensor -> > 0.5, as in
     the released code.
     """
-    size = _check_size(image_size)
+    size = check_image_size(image_size)
     m = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L")
     t = _mask_transform(size)(m)[0]
     return (t > 0.5).to(torch.float32)
@@ -327,7 +197,7 @@ class AnomalyDataset(Dataset):
         self.root = os.path.abspath(os.fspath(root))
         if not os.path.isdir(self.root):
             raise S2SWError(f"dataset root is not a directory: {self.root} — pass the folder that holds meta.json.")
-        self.image_size = _check_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.meta_path = os.path.abspath(os.fspath(meta_path)) if meta_path else os.path.join(self.root, "meta.json")
         meta = read_meta(self.meta_path)
         self.split = str(split).lower()
@@ -408,14 +278,6 @@ class AnomalyDataset(Dataset):
                 return cand
         return direct
 
-    def mask_status(self, index: int) -> bool:
-        """Whether item ``index`` has a pixel-level ground truth (without reading it)."""
-        item = self.items[index]
-        if item["anomaly"] == 0:
-            return True
-        mp = item["mask_path"]
-        return bool(mp) and not os.path.isdir(self.resolve(mp))
-
     def __getitem__(self, index: int) -> dict:
         if index < 0:
             index += len(self.items)
@@ -423,7 +285,7 @@ class AnomalyDataset(Dataset):
         desc = self._describe(item)
         path = self.resolve(item["img_path"])
         img = load_image(path, context=desc)
-        image = _image_transform(self.image_size)(img)
+        image = torch.from_numpy(preprocess(img, self.image_size))
         S = self.image_size
         label = item["anomaly"]
         has_mask = True

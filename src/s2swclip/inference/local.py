@@ -1,0 +1,171 @@
+"""The local engine of ``s2swclip predict``: score files on this machine, write the results.
+
+Inputs (files, folders, globs; see :mod:`.inputs`) go through the :mod:`.pipeline`; the
+output folder gets ``results.csv``, ``results.json`` and ``overlays/*.png`` (one per scored image,
+named after its input). Unreadable inputs are rows with an ``error``; they never stop the run.
+Every file is written atomically. Torch-free: the scorer decides what runs the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import S2SWError
+from ..fileio import atomic_write_bytes, check_output_dir
+from ..progress import progress as make_progress
+from .calibration import Calibration, conformal_threshold
+from .inputs import collect_inputs, display_names
+from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage
+
+__all__ = ["RESULT_FIELDS", "PredictSummary", "calibrate", "predict_files", "result_row", "csv_safe"]
+
+log = logging.getLogger(__name__)
+
+#: Columns of ``results.csv`` (and keys of each ``results.json`` row), in order.
+RESULT_FIELDS = ("path", "name", "score", "anomalous", "map_max", "map_mean", "overlay", "error")
+
+
+@dataclass
+class PredictSummary:
+    """What ``predict`` did: the threshold used, its calibration, and one row per input."""
+
+    threshold: float | None
+    calibration: Calibration | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def n_scored(self) -> int:
+        return sum(r["error"] is None for r in self.rows)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r["error"] is not None for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        cal = None if self.calibration is None else vars(self.calibration)
+        return {"threshold": self.threshold, "calibration": cal, "n_scored": self.n_scored,
+                "n_failed": self.n_failed, "results": self.rows}
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab,
+    CR first) gets a leading apostrophe, as the web page's CSV export does."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def result_row(rec: ScoredImage, overlay: str | None = None) -> dict[str, Any]:
+    """The row of one record (the same in every engine's output)."""
+    return {"path": rec.source, "name": rec.name, "score": rec.score, "anomalous": rec.anomalous,
+            "map_max": rec.map_max, "map_mean": rec.map_mean, "overlay": overlay, "error": rec.error}
+
+
+def _overlay_name(display: str, used: set[str]) -> str:
+    """A flat, sanitised, unique PNG file name for an input shown as ``display``."""
+    stem = str(Path(display).with_suffix("")).replace(os.sep, "__")
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[-120:].lstrip(".") or "image"
+    name, k = f"{stem}.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}.png"
+    used.add(name)
+    return name
+
+
+def _sources(paths: Sequence[str]):
+    return [(p, n) for p, n in zip(paths, display_names(paths))]
+
+
+def calibrate(pipeline: InferencePipeline, folder: str | os.PathLike, fpr: float) -> Calibration:
+    """Score the known-good images of ``folder`` and return the conformal threshold."""
+    entries = collect_inputs([folder])
+    scores = [r.score for r in pipeline.run(_sources([e.path for e in entries])) if r.score is not None]
+    cal = conformal_threshold(scores, fpr)
+    log.info("calibrated %s", cal.describe())
+    return cal
+
+
+def predict_files(
+    scorer,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    calibrate_dir: str | os.PathLike | None = None,
+    fpr: float = 0.01,
+    batch_size: int = 8,
+    overlays: bool = True,
+    progress: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
+) -> PredictSummary:
+    """Score ``inputs`` and write ``results.csv``, ``results.json`` and ``overlays/*.png``.
+
+    Args:
+        scorer: a :class:`~s2swclip.inference.pipeline.Scorer` (see
+            :func:`~s2swclip.inference.scorers.as_scorer` for a detector).
+        inputs: files, folders, glob patterns.
+        out_dir: output folder (checked before any work).
+        threshold: flag images scoring above it; ``calibrate_dir`` overrides it.
+        calibrate_dir: folder of known-good images: the threshold is their split-conformal
+            quantile for false-positive rate ``fpr`` (see :mod:`.calibration`).
+        overlays: write heat-map overlays.
+
+    Returns:
+        :class:`PredictSummary`.
+    """
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
+    out = check_output_dir(out_dir)
+    entries = collect_inputs(inputs)
+    pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=threshold, max_pixels=max_pixels,
+                             max_inflight_pixels=max_inflight_pixels)
+    cal = None
+    if calibrate_dir is not None:
+        cal = calibrate(pipe, calibrate_dir, fpr)
+        pipe.threshold = cal.threshold
+    summary = PredictSummary(pipe.threshold, cal)
+    used: set[str] = set()
+    bar = make_progress(len(entries), "scoring", enabled=progress)
+    sources = []
+    problems = {}
+    for e, name in zip(entries, display_names([e.path for e in entries])):
+        if e.problem is not None:
+            problems[len(sources)] = e.problem
+        sources.append((e.path, name))
+    try:
+        for rec in pipe.run(sources, progress=bar):
+            if rec.index in problems and rec.error is not None:  # the reason found while listing
+                rec.error, rec.error_code = problems[rec.index], "unreadable"
+            overlay = None
+            if rec.error is not None:
+                log.warning("skipped %s: %s", rec.name, rec.error)
+            elif overlays:
+                overlay = str(Path("overlays") / _overlay_name(rec.name, used))
+                atomic_write_bytes(out / overlay, pipe.overlay(rec))
+            summary.rows.append(result_row(rec, overlay))
+            rec.release()
+    finally:
+        bar.close()
+    _write_results(out, summary)
+    return summary
+
+
+def _write_results(out: Path, summary: PredictSummary) -> None:
+    atomic_write_bytes(out / "results.json", json.dumps(summary.to_dict(), indent=2, allow_nan=False).encode())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(RESULT_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for row in summary.rows:
+        writer.writerow({k: csv_safe(v) for k, v in row.items()})
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())

@@ -1,0 +1,253 @@
+"""The one inference pipeline: decode -> preprocess -> batch -> score -> :class:`ScoredImage`.
+
+``s2swclip predict`` (files), the web service (uploads) and the Ray engine all run images
+through this module, so they decode, reduce, score, threshold and draw overlays the same way
+and report the same record. It imports NumPy and Pillow only: what scores a batch is a
+:class:`Scorer` (the PyTorch detector through :class:`~s2swclip.inference.scorers.DetectorScorer`,
+or an exported model of the torch-free runtime).
+
+Memory is bounded by design: each image is reduced to the model input and a small preview right
+after decoding (:func:`~s2swclip.data.images.decode_for_model`), the decoded full-resolution
+pixels held at once are capped by a :class:`~s2swclip.data.images.PixelBudget` shared by all
+threads, and :meth:`InferencePipeline.run` decodes at most ``lookahead`` images ahead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..data.images import ImageError, PixelBudget, decode_for_model
+
+__all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "InferencePipeline", "ScoredImage",
+           "Scorer", "overlay_png"]
+
+#: Largest image accepted (width x height), checked from the header before decoding.
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Decoded full-resolution pixels held at once by all decoding threads together.
+DEFAULT_MAX_INFLIGHT_PIXELS = 64_000_000
+
+
+class Scorer(Protocol):
+    """Scores batches of model inputs.
+
+    Attributes:
+        image_size: S, the input side it expects.
+    """
+
+    image_size: int
+
+    def score(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``pixels`` float32 [B, 3, S, S] CLIP-normalised -> (scores [B], maps [B, S, S])."""
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded (backbone, weights, prompts, precision, device, ...), JSON-safe."""
+
+
+@dataclass
+class ScoredImage:
+    """The result for one input, scored or not.
+
+    Attributes:
+        index: position in the inputs.
+        source: the path (or the uploaded file's name) as given.
+        name: the name shown to the user (relative to the inputs' common folder).
+        score: image anomaly score in [0, 1]; None when the image could not be scored.
+        anomalous: ``score > threshold`` when a threshold is known, else None.
+        error, error_code: why the image was not scored (one line; a short code:
+            ``missing``, ``unreadable``, ``empty``, ``not_an_image``, ``too_many_pixels``,
+            ``corrupt``).
+        width, height: the original image size.
+        map_max, map_mean: statistics of the anomaly map.
+        anomaly_map: [S, S] float32 map (dropped once written, see :meth:`release`).
+        preview: RGB image, longest side S, for the overlay (dropped likewise).
+        pixels: [3, S, S] model input until it is scored.
+        timings_ms: ``decode``, ``queue``, ``inference``, ``batch_size``, ``overlay``.
+    """
+
+    index: int
+    source: str
+    name: str
+    score: float | None = None
+    anomalous: bool | None = None
+    error: str | None = None
+    error_code: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    map_max: float | None = None
+    map_mean: float | None = None
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    preview: Image.Image | None = field(default=None, repr=False)
+    pixels: np.ndarray | None = field(default=None, repr=False)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def decoded(self) -> bool:
+        return self.pixels is not None
+
+    def decide(self, threshold: float | None) -> None:
+        self.anomalous = None if threshold is None or self.score is None else bool(self.score > threshold)
+
+    def set_result(self, score: float, amap: np.ndarray, threshold: float | None = None) -> None:
+        self.score = float(score)
+        self.anomaly_map = amap
+        self.map_max = float(amap.max())
+        self.map_mean = float(amap.mean())
+        self.pixels = None
+        self.decide(threshold)
+
+    def release(self) -> None:
+        """Drop the map, preview and pixels (keep only the numbers)."""
+        self.anomaly_map = self.preview = self.pixels = None
+
+
+def overlay_png(preview: Image.Image, amap: np.ndarray, *, vmin: float | None = None,
+                vmax: float | None = None, alpha: float = 0.5) -> bytes:
+    """Heat-map overlay PNG at the preview's size and aspect ratio.
+
+    The detector scores the image squashed to S x S; the map [S, S] is stretched back to the
+    preview's proportions (bilinear) so that it lines up with the original. Colours span
+    ``vmin..vmax`` (default: this map's own range).
+    """
+    from ..eval.figures import heatmap_overlay
+
+    w, h = preview.size
+    m = np.asarray(amap, dtype=np.float32)
+    if m.shape != (h, w):
+        m = np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.BILINEAR))
+    over = heatmap_overlay(np.asarray(preview.convert("RGB")), m, alpha, vmin=vmin, vmax=vmax)
+    buf = io.BytesIO()
+    Image.fromarray(over).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class InferencePipeline:
+    """Decode, batch and score images with a :class:`Scorer`.
+
+    Args:
+        scorer: what scores batches (its ``image_size`` is the model input side).
+        batch_size: images per scorer call in :meth:`run`.
+        threshold: decision threshold (``anomalous = score > threshold``); None: no decision.
+        max_pixels: refuse images with more pixels (from the header, before decoding).
+        max_inflight_pixels: decoded full-resolution pixels held at once by all threads.
+        preview_side: longest side of the overlay previews (default: the model size).
+        decode_workers: threads decoding ahead in :meth:`run`.
+    """
+
+    def __init__(self, scorer: Scorer, *, batch_size: int = 8, threshold: float | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
+                 preview_side: int | None = None, decode_workers: int | None = None):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.scorer = scorer
+        self.image_size = int(scorer.image_size)
+        self.batch_size = int(batch_size)
+        self.threshold = threshold
+        self.max_pixels = max_pixels
+        self.budget = PixelBudget(max_inflight_pixels)
+        self.preview_side = int(preview_side or self.image_size)
+        self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
+
+    # ---------------------------------------------------------------------------- stages
+    def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
+               label: str | None = None) -> ScoredImage:
+        """Decode one file (a path or its bytes) into a record holding the model input and the
+        preview, or the reason it cannot be scored. Thread-safe; memory bounded by the budget."""
+        shown = label if label is not None else (os.fspath(source) if not isinstance(source, (bytes, bytearray)) else "upload")
+        rec = ScoredImage(index, shown, name if name is not None else shown)
+        t = time.perf_counter()
+        try:
+            d = decode_for_model(source, self.image_size, preview_side=self.preview_side,
+                                 max_pixels=self.max_pixels, budget=self.budget)
+        except ImageError as e:
+            rec.error, rec.error_code = str(e), e.code
+        else:
+            rec.pixels, rec.preview = d.pixels, d.preview
+            rec.width, rec.height, rec.format = d.width, d.height, d.format
+        rec.timings_ms["decode"] = (time.perf_counter() - t) * 1000
+        return rec
+
+    def score_batch(self, records: Sequence[ScoredImage]) -> None:
+        """Score decoded records in one scorer call (in place)."""
+        if not records:
+            return
+        t = time.perf_counter()
+        scores, maps = self.scorer.score(np.stack([r.pixels for r in records]))
+        ms = (time.perf_counter() - t) * 1000
+        self.attach(records, scores, maps, inference_ms=ms)
+
+    def attach(self, records: Sequence[ScoredImage], scores: np.ndarray, maps: np.ndarray, *,
+               inference_ms: float = 0.0, queue_ms: Sequence[float] | None = None) -> None:
+        """Put a scorer's outputs into the records (and apply the threshold)."""
+        for i, r in enumerate(records):
+            r.set_result(float(scores[i]), np.asarray(maps[i], dtype=np.float32), self.threshold)
+            r.timings_ms.update(inference=inference_ms, batch_size=len(records),
+                                queue=0.0 if queue_ms is None else queue_ms[i])
+
+    def overlay(self, rec: ScoredImage, **scale: float | None) -> bytes:
+        """The record's heat-map overlay PNG (see :func:`overlay_png`)."""
+        t = time.perf_counter()
+        png = overlay_png(rec.preview, rec.anomaly_map, **scale)
+        rec.timings_ms["overlay"] = (time.perf_counter() - t) * 1000
+        return png
+
+    # ---------------------------------------------------------------------------- stream
+    def run(self, sources: Iterable[tuple[str | os.PathLike | bytes, str]], *, lookahead: int | None = None,
+            progress=None) -> Iterator[ScoredImage]:
+        """Score ``(source, name)`` pairs; yields records in input order.
+
+        Images are decoded on ``decode_workers`` threads at most ``lookahead`` (default
+        ``2 * batch_size``) ahead of scoring, so memory stays bounded however many inputs there
+        are. A file that cannot be decoded yields a record with ``error`` set; it never stops
+        the run. ``progress`` (optional) gets ``update(n)`` calls.
+        """
+        lookahead = int(lookahead or 2 * self.batch_size)
+        pending: list[ScoredImage] = []
+        ready: deque[ScoredImage] = deque()
+
+        def flush():
+            self.score_batch(pending)
+            if progress is not None:
+                progress.update(len(pending))
+            pending.clear()
+
+        with ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="s2sw-decode") as pool:
+            it = iter(enumerate(sources))
+            futures: deque = deque()
+
+            def submit_next() -> bool:
+                nxt = next(it, None)
+                if nxt is None:
+                    return False
+                i, (src, name) = nxt
+                futures.append(pool.submit(self.decode, src, index=i, name=name))
+                return True
+
+            while len(futures) < lookahead and submit_next():
+                pass
+            while futures:
+                rec = futures.popleft().result()
+                submit_next()
+                ready.append(rec)
+                if rec.decoded:
+                    pending.append(rec)
+                    if len(pending) >= self.batch_size:
+                        flush()
+                elif progress is not None:
+                    progress.update(1)
+                # yield in input order: everything before the first unscored decoded record
+                while ready and not ready[0].decoded:
+                    yield ready.popleft()
+            flush()
+            while ready:
+                yield ready.popleft()
