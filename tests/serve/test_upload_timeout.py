@@ -49,6 +49,7 @@ def test_stalled_upload_is_408_after_the_idle_timeout():
     elapsed = time.perf_counter() - t
     assert e.value.status == 408
     assert e.value.message.startswith("upload stalled: no data for 0.2 s;")
+    assert e.value.headers == {"Connection": "close"}
     assert 0.19 <= elapsed < 2.0
     assert log == ["closed"]  # the client's stream was not left hanging
 
@@ -63,6 +64,7 @@ def test_trickling_upload_is_408_after_the_total_timeout():
                            max_bytes=10**6, max_parts=8, idle_timeout_s=1.0, total_timeout_s=0.3))
     elapsed = time.perf_counter() - t
     assert e.value.status == 408 and "more than 0.3 s" in e.value.message
+    assert e.value.headers == {"Connection": "close"}
     assert 0.29 <= elapsed < 2.0
 
 
@@ -95,3 +97,48 @@ def test_size_limit_still_413_and_closes_the_stream():
 def test_timeouts_must_be_positive_and_finite(kw):
     with pytest.raises(ValueError, match="must be a positive number of seconds"):
         run(read_multipart(CTYPE, None, chunks(b"", 1), 10, 1, **kw))
+
+
+def test_stalled_client_gets_408_from_uvicorn():
+    """A real server and a client that stops sending half-way: answered 408, and with the error's
+    ``Connection: close`` the server drops the connection instead of waiting for the rest."""
+    import socket
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    from s2swclip.serve.app import BackgroundServer
+
+    app = FastAPI()
+
+    @app.post("/up")
+    async def up(request: Request):
+        try:
+            parts = await read_multipart(request.headers.get("content-type"), request.headers.get("content-length"),
+                                         request.stream(), max_bytes=10**6, max_parts=8, idle_timeout_s=0.3)
+        except UploadError as e:
+            return JSONResponse({"detail": e.message}, status_code=e.status, headers=e.headers)
+        return {"n": len(parts)}
+
+    data = body(("a.png", png_bytes(40, 40, 7)))
+    with BackgroundServer(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f"POST /up HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {CTYPE}\r\n"
+                      f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:len(data) // 2])
+            t = time.perf_counter()
+            reply = b""
+            while chunk := s.recv(65536):  # the server closes the connection after answering
+                reply += chunk
+            elapsed = time.perf_counter() - t
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"\r\nconnection: close\r\n" in reply.lower()
+        assert b"upload stalled: no data for 0.3 s;" in reply
+        assert 0.29 <= elapsed < 5
+        # the server is fine afterwards
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f"POST /up HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {CTYPE}\r\n"
+                      f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"n":1}')

@@ -19,12 +19,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class UploadError(Exception):
-    """A request-level problem with an upload; carries the HTTP status to answer with."""
+    """A request-level problem with an upload; carries the HTTP status and the headers to answer
+    with (``Connection: close`` for a stalled upload: the server drops the connection after
+    answering instead of waiting for the rest of the body)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
 class ImageRejected(Exception):
@@ -52,6 +55,7 @@ def _mb(n: int) -> str:
 
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 DEFAULT_TOTAL_TIMEOUT_S = 300.0
+_CLOSE = {"Connection": "close"}
 
 
 async def _timed_chunks(stream: AsyncIterable[bytes], idle_timeout_s: float,
@@ -73,9 +77,9 @@ async def _timed_chunks(stream: AsyncIterable[bytes], idle_timeout_s: float,
             except TimeoutError:
                 if wait < idle_timeout_s:
                     raise UploadError(408, f"upload too slow: the request body took more than {total_timeout_s:g} s; "
-                                           f"send fewer or smaller images per request") from None
+                                           f"send fewer or smaller images per request", _CLOSE) from None
                 raise UploadError(408, f"upload stalled: no data for {idle_timeout_s:g} s; "
-                                       f"check the connection and send the request again") from None
+                                       f"check the connection and send the request again", _CLOSE) from None
             yield chunk
     finally:
         close = getattr(it, "aclose", None)
