@@ -7,20 +7,27 @@ promises to write nothing unless ``--save`` is given, so it streams the body thr
 
 from __future__ import annotations
 
+import asyncio
 import io
+import math
+import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import AsyncIterable
+from typing import AsyncIterable, AsyncIterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class UploadError(Exception):
-    """A request-level problem with an upload; carries the HTTP status to answer with."""
+    """A request-level problem with an upload; carries the HTTP status and the headers to answer
+    with (``Connection: close`` for a stalled upload: the server drops the connection after
+    answering instead of waiting for the rest of the body)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
 class ImageRejected(Exception):
@@ -46,16 +53,56 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
 
 
+DEFAULT_IDLE_TIMEOUT_S = 30.0
+DEFAULT_TOTAL_TIMEOUT_S = 300.0
+_CLOSE = {"Connection": "close"}
+
+
+async def _timed_chunks(stream: AsyncIterable[bytes], idle_timeout_s: float,
+                        total_timeout_s: float) -> AsyncIterator[bytes]:
+    """The chunks of ``stream``; UploadError 408 when none comes for ``idle_timeout_s`` seconds
+    or the whole stream takes longer than ``total_timeout_s``."""
+    it = aiter(stream)
+    deadline = time.monotonic() + total_timeout_s
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            wait = min(idle_timeout_s, left)
+            try:
+                if wait <= 0:
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(anext(it), wait)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if wait < idle_timeout_s:
+                    raise UploadError(408, f"upload too slow: the request body took more than {total_timeout_s:g} s; "
+                                           f"send fewer or smaller images per request", _CLOSE) from None
+                raise UploadError(408, f"upload stalled: no data for {idle_timeout_s:g} s; "
+                                       f"check the connection and send the request again", _CLOSE) from None
+            yield chunk
+    finally:
+        close = getattr(it, "aclose", None)
+        if close is not None:
+            await close()
+
+
 async def read_multipart(content_type: str | None, content_length: str | None,
-                         stream: AsyncIterable[bytes], max_bytes: int, max_parts: int) -> list[Part]:
+                         stream: AsyncIterable[bytes], max_bytes: int, max_parts: int, *,
+                         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+                         total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S) -> list[Part]:
     """Parse a multipart/form-data body from ``stream`` into memory.
 
     Raises :class:`UploadError`: 413 when the body is (or announces to be) larger than
     ``max_bytes`` or holds more than ``max_parts`` parts; 400 when it is not multipart or is
-    malformed.
+    malformed; 408 when no data arrives for ``idle_timeout_s`` seconds or the body takes
+    longer than ``total_timeout_s`` seconds in all (a stalled or trickling client).
     """
     from python_multipart.multipart import MultipartParser, parse_options_header
 
+    for name, value in (("idle_timeout_s", idle_timeout_s), ("total_timeout_s", total_timeout_s)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value}")
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise UploadError(400, "send the images as multipart/form-data (form field 'files'), e.g. "
@@ -113,14 +160,15 @@ async def read_multipart(content_type: str | None, content_length: str | None,
     parser = MultipartParser(params[b"boundary"], callbacks)
     received = 0
     try:
-        async for chunk in stream:
-            if not chunk:
-                continue
-            received += len(chunk)
-            if received > max_bytes:
-                raise UploadError(413, f"request body is larger than the limit of {_mb(max_bytes)} "
-                                       f"(--max-upload-mb); send fewer or smaller images")
-            parser.write(chunk)
+        async with aclosing(_timed_chunks(stream, idle_timeout_s, total_timeout_s)) as chunks:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                received += len(chunk)
+                if received > max_bytes:
+                    raise UploadError(413, f"request body is larger than the limit of {_mb(max_bytes)} "
+                                           f"(--max-upload-mb); send fewer or smaller images")
+                parser.write(chunk)
         parser.finalize()
     except UploadError:
         raise
