@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from typing import Any
 
 import torch
@@ -16,6 +16,9 @@ from .model.detector import S2SWDetector
 from .model.prompts import PromptLearner
 from .model.weights import create_clip
 
+log = logging.getLogger(__name__)
+
+#: Numeric precisions of the detector (the one list; the CLI's choices come from it).
 PRECISIONS = ("fp32", "bf16", "fp16")
 # options that change the features the prompts were trained on; a checkpoint records them
 STRUCTURAL_OPTIONS = ("feature_layers", "dpam_layers", "layer_aliasing", "round_deep_prompts", "global_ln_post")
@@ -42,7 +45,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision == "bf16" and device.type == "cpu":
         supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)()
         if not supported:
-            warnings.warn("this CPU has no native bfloat16 support; bf16 will be slow, prefer fp32")
+            log.warning("this CPU has no native bfloat16 support; bf16 will be slow, prefer fp32")
 
 
 def load_detector(
@@ -57,6 +60,7 @@ def load_detector(
     quick_gelu: bool | None = None,
     cache_dir: str | None = None,
     seed: int = 0,
+    untrained_ok: bool = False,
     **options: Any,
 ) -> S2SWDetector:
     """Build a ready-to-use S2SWCLIP detector.
@@ -77,6 +81,8 @@ def load_detector(
         quick_gelu: backbone MLP activation (None: decided from config/tag, QuickGELU for
             OpenAI-style weights).
         cache_dir: open_clip download cache.
+        seed: seed of the random prompt initialisation (and of random weights).
+        untrained_ok: do not warn when ``prompts`` is None (training starts from there).
         **options: any :class:`~s2swclip.model.config.DetectorConfig` field (e.g.
             ``wavelet_lambda=0.5``, ``layer_aliasing=False``, ``sigma=4``).
 
@@ -105,8 +111,8 @@ def load_detector(
             config = config.replace(**inherited)
         trained_on = ckpt.meta.get("backbone")
         if trained_on and trained_on != str(backbone):
-            warnings.warn(f"prompt checkpoint {ckpt.path} was trained with backbone {trained_on}, "
-                          f"used here with {backbone}")
+            log.warning("prompt checkpoint %s was trained with backbone %s, used here with %s",
+                        ckpt.path, trained_on, backbone)
 
     clip, info = create_clip(backbone, weights, quick_gelu=quick_gelu, cache_dir=cache_dir, seed=seed)
     n_blocks = len(clip.visual.transformer.resblocks)
@@ -130,9 +136,9 @@ def load_detector(
                             vocabulary=vocabulary, generator=gen)
     if ckpt is not None:
         ckpt.apply(learner)
-    else:
-        warnings.warn("no prompt checkpoint given: prompts are untrained (random), so scores are "
-                      "not meaningful; pass prompts=PATH (--prompts PATH)")
+    elif not untrained_ok:
+        log.warning("no prompt checkpoint given: prompts are untrained (random), so scores are "
+                    "not meaningful; pass prompts=PATH (--prompts PATH)")
     provenance = dict(info, prompts=None if ckpt is None else ckpt.path,
                       prompts_format=None if ckpt is None else ckpt.kind)
     det = S2SWDetector(bb, learner, config, provenance=provenance)

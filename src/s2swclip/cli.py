@@ -1,14 +1,17 @@
-"""The ``s2swclip`` command line: a thin layer over the Python API.
+"""The ``s2swclip`` command line: argument parsing only; each command calls one function.
 
 User mistakes end with one line on stderr (``error: ...``) and exit status 2; no traceback.
+Messages of the library (``logging``, logger ``s2swclip``) are shown on stderr: ``warning: ...``
+for warnings, plain lines for progress and information (``--quiet``: warnings only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sys
-import warnings
 from pathlib import Path
 
 from . import __version__
@@ -17,7 +20,53 @@ from .errors import S2SWError
 EXIT_USER_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``error:`` line like every other user error."""
+
+    def error(self, message):
+        raise S2SWError(f"{message} (see '{self.prog} --help')")
+
+
+# ------------------------------------------------------------------------------ value types
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------- arguments
 def _add_model_args(p: argparse.ArgumentParser, prompts: bool = True) -> None:
+    from .api import PRECISIONS
+    from .model.config import PRESETS
+
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="ViT-L-14-336",
                    help="open_clip model name or model-config JSON path (default: ViT-L-14-336)")
@@ -27,11 +76,12 @@ def _add_model_args(p: argparse.ArgumentParser, prompts: bool = True) -> None:
     if prompts:
         g.add_argument("--prompts", default=None,
                        help="prompt checkpoint (.safetensors from 's2swclip train' or the authors' .pth)")
-    g.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: preset's or 518)")
+    g.add_argument("--image-size", type=_positive_int, default=None,
+                   help="input side in pixels (default: preset's or 518)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32 (faithful), bf16 (CPU/CUDA autocast) or fp16 (CUDA)")
-    g.add_argument("--preset", default=None, choices=["visa-to-all", "mvtec-to-visa"],
+    g.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="protocol preset for the test-time values")
     g.add_argument("--cache-dir", default=None, help="download cache for pretrained weights")
 
@@ -48,10 +98,6 @@ def _detector(args):
                          preset=args.preset, cache_dir=args.cache_dir)
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
     from .train import train
@@ -62,16 +108,18 @@ def cmd_train(args) -> int:
                    preset=args.preset or "visa-to-all", device=args.device, split=args.split,
                    init_prompts=args.prompts, precision=args.precision,
                    classes=args.classes, resume=args.resume, progress=not args.quiet,
-                   max_batches=args.max_batches, num_workers=args.workers, log=_say, **overrides)
+                   max_batches=args.max_batches, num_workers=args.workers, **overrides)
     print(f"prompts written to {result.checkpoint}")
     return 0
 
 
 def cmd_test(args) -> int:
     from .data.dataset import read_meta
+    from .eval.protocol import evaluate_dataset
     from .eval.report import format_markdown
-    from .evaluate import evaluate_dataset
+    from .fileio import check_output_dir
 
+    check_output_dir(args.out)
     for root in args.data:  # check every dataset before the (slow) model load
         read_meta(Path(root) / "meta.json")
     det = _detector(args)
@@ -81,40 +129,45 @@ def cmd_test(args) -> int:
         report = evaluate_dataset(det, root, dataset_name=name, batch_size=args.batch_size,
                                   classes=args.classes, aupro_method=args.aupro, out_dir=out,
                                   figures_per_class=args.figures, progress=not args.quiet,
-                                  num_workers=args.workers, log=_say)
+                                  num_workers=args.workers)
         print(format_markdown(report))
         print(f"report: {out / 'report.json'}")
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .predict import collect_images, run_predict
+    from .fileio import check_output_dir
+    from .inference.inputs import collect_inputs
+    from .inference.local import predict_files
+    from .inference.scorers import as_scorer
 
-    paths = collect_images(args.inputs)  # check the inputs before the (slow) model load
+    check_output_dir(args.out)  # inputs and output checked before the (slow) model load
+    collect_inputs(args.inputs)
     if args.calibrate is not None:
-        collect_images([args.calibrate])
-    det = _detector(args)
-    summary = run_predict(det, paths, args.out, threshold=args.threshold, calibrate=args.calibrate,
-                          fpr=args.fpr, batch_size=args.batch_size, overlays=not args.no_overlays,
-                          progress=not args.quiet, warn=_say)
-    width = max((len(r["name"]) for r in summary["results"]), default=10)
-    for r in summary["results"]:
-        name = r["name"]
+        collect_inputs([args.calibrate])
+    summary = predict_files(as_scorer(_detector(args)), args.inputs, args.out, threshold=args.threshold,
+                            calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
+                            overlays=not args.no_overlays, progress=not args.quiet,
+                            max_pixels=int(args.max_mpx * 1e6))
+    width = max((len(r["name"]) for r in summary.rows), default=10)
+    for r in summary.rows:
         if r["error"]:
-            print(f"{name:<{width}}  skipped")
+            print(f"{r['name']:<{width}}  skipped")
             continue
         verdict = "" if r["anomalous"] is None else ("  ANOMALOUS" if r["anomalous"] else "  normal")
-        print(f"{name:<{width}}  {r['score']:.4f}{verdict}")
-    print(f"{summary['n_scored']} scored, {summary['n_failed']} skipped; results in {Path(args.out) / 'results.csv'}")
-    if not summary["n_scored"]:
-        raise S2SWError(f"none of the {summary['n_failed']} input files could be read as an image")
+        print(f"{r['name']:<{width}}  {r['score']:.4f}{verdict}")
+    if summary.calibration is not None:
+        print(summary.calibration.describe())
+    print(f"{summary.n_scored} scored, {summary.n_failed} skipped; results in {Path(args.out) / 'results.csv'}")
+    if not summary.n_scored:
+        raise S2SWError(f"none of the {summary.n_failed} input files could be read as an image")
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, seed=args.seed, progress=not args.quiet, log=_say)
+    run_demo(args.out, seed=args.seed, progress=not args.quiet)
     return 0
 
 
@@ -126,19 +179,50 @@ def cmd_build_meta(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    from .serve.app import serve
+def build_serve_app(args):
+    """The service app for the ``serve`` command's arguments (loads the model)."""
+    from .serve.app import create_app
+    from .serve.security import SecuritySettings, resolve_token
 
-    serve(args)
+    security = SecuritySettings(token=resolve_token(args.token), host=args.host,
+                                allow_hosts=tuple(args.allow_host or ()))
+    return create_app(_detector(args), threshold=args.threshold, save_dir=args.save,
+                      save_max_bytes=int(args.save_max_mb * 1e6), max_batch=args.max_batch,
+                      batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
+                      max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_mpx * 1e6),
+                      max_inflight_pixels=int(args.max_inflight_mpx * 1e6), security=security,
+                      upload_idle_timeout_s=args.upload_timeout, warmup=True)
+
+
+def cmd_serve(args) -> int:
+    from .serve.app import bind_socket, run_server
+    from .serve.security import exposure_warning, resolve_token
+
+    sock = bind_socket(args.host, args.port)  # before the (slow) model load: a busy port fails fast
+    try:
+        token = resolve_token(args.token)
+        warning = exposure_warning(args.host, token)
+        if warning:
+            print(warning, file=sys.stderr)
+        app = build_serve_app(args)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"s2swclip: serving {app.state.model_info['backbone']} on http://{shown}:{port}/ (OpenAPI "
+              f"schema at /openapi.json{', bearer token required' if token else ''}); Ctrl+C stops", file=sys.stderr)
+        run_server(app, sock)
+    finally:
+        sock.close()
     return 0
 
 
 # -------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="s2swclip", description="Zero-shot visual anomaly detection with S2SWCLIP.")
+    from .data.builders import BUILDERS
+    from .eval.metrics import AUPRO_METHODS
+
+    parser = _Parser(prog="s2swclip", description="Zero-shot visual anomaly detection with S2SWCLIP.")
     parser.add_argument("--version", action="version", version=f"s2swclip {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("train", help="learn the prompts on an auxiliary annotated dataset")
     p.add_argument("--data", required=True, help="dataset root holding meta.json")
@@ -153,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="weight of the pairwise image term")
     p.add_argument("--split", default="test", help="meta.json split to train on (default: test)")
     p.add_argument("--classes", nargs="+", help="train on these classes only")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--max-batches", type=int, help="batches per epoch (quick runs)")
     p.add_argument("--workers", type=int, default=0, help="data loading workers")
     p.add_argument("--quiet", action="store_true")
@@ -164,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for report.json/csv and figures")
     _add_model_args(p)
     p.add_argument("--classes", nargs="+")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--aupro", default="exact", choices=["exact", "grid200"],
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--aupro", default="exact", choices=AUPRO_METHODS,
                    help="AUPRO: exact (MVTec definition) or grid200 (the released code's)")
     p.add_argument("--figures", type=int, default=4, help="overlay figures per class (0: none)")
     p.add_argument("--workers", type=int, default=0)
@@ -176,10 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder for results.csv/json and overlays")
     _add_model_args(p)
-    p.add_argument("--threshold", type=float, help="flag images scoring above this")
-    p.add_argument("--calibrate", help="folder of known-good images to choose the threshold")
-    p.add_argument("--fpr", type=float, default=0.01, help="fraction of good images allowed above the calibrated threshold")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threshold", type=_finite, help="flag images scoring above this")
+    p.add_argument("--calibrate", metavar="DIR",
+                   help="folder of known-good images: the threshold becomes their split-conformal quantile, "
+                        "which bounds the expected false-positive rate on new good images by --fpr")
+    p.add_argument("--fpr", type=_fraction, default=0.01,
+                   help="false-positive rate allowed on good images when calibrating (default 0.01)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--max-mpx", type=_positive, default=40.0,
+                   help="refuse images larger than this many megapixels (default 40)")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -191,38 +280,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("build-meta", help="write meta.json for a dataset in its original layout")
-    p.add_argument("dataset", help="dataset name (mvtec, visa, mpdd, btad, sdd, dagm, dtd, headct, "
-                                   "brainmri, br35h, isic, colondb, clinicdb, kvasir, endo, tn3k, mvtec-style)")
+    p.add_argument("dataset", help=f"dataset name: {', '.join(BUILDERS)}")
     p.add_argument("root", help="the dataset's root folder")
     p.set_defaults(func=cmd_build_meta)
 
     p = sub.add_parser("serve", help="web page and HTTP API for inspection")
     _add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default loopback; others need a token, see --token)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threshold", type=float)
+    p.add_argument("--token", default=None,
+                   help="bearer token required by the API (default: $S2SWCLIP_TOKEN; prefer the variable)")
+    p.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="extra Host name the server answers to (repeatable; '*' for any, behind a proxy)")
+    p.add_argument("--threshold", type=_finite)
     p.add_argument("--save", default=None, help="save uploads and results under this folder")
-    p.add_argument("--max-batch", type=int, default=8, help="largest micro-batch")
+    p.add_argument("--save-max-mb", type=_positive, default=1000.0,
+                   help="most megabytes the --save folder may hold (default 1000)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="largest micro-batch")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="micro-batching wait")
-    p.add_argument("--queue-size", type=int, default=64, help="pending images before answering 503")
-    p.add_argument("--max-upload-mb", type=float, default=20.0)
-    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    p.add_argument("--queue-size", type=_positive_int, default=64, help="pending images before answering 503")
+    p.add_argument("--max-upload-mb", type=_positive, default=20.0, help="largest request body")
+    p.add_argument("--max-mpx", type=_positive, default=40.0, help="largest image, in megapixels")
+    p.add_argument("--max-inflight-mpx", type=_positive, default=64.0,
+                   help="decoded megapixels held at once by all requests together (memory budget)")
+    p.add_argument("--upload-timeout", type=_positive, default=30.0,
+                   help="seconds without data before a stalled upload is answered 408")
     p.set_defaults(func=cmd_serve)
     return parser
 
 
-def _showwarning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+# --------------------------------------------------------------------------------------- main
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        return f"warning: {msg}" if record.levelno >= logging.WARNING else msg
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return EXIT_USER_ERROR
-    warnings.showwarning = _showwarning
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("s2swclip")
+    root.addHandler(handler)
+    saved_level, root.propagate = root.level, False
     try:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version
+            return int(e.code or 0)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_USER_ERROR
+        root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
         return int(args.func(args) or 0)
     except S2SWError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -230,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+        root.propagate = True
 
 
 if __name__ == "__main__":

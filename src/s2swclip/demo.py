@@ -7,10 +7,13 @@ pipeline, not accuracy; the printed commands show the real-weights workflow.
 from __future__ import annotations
 
 import json
+import logging
 import time
-import warnings
 from pathlib import Path
-from typing import Callable
+
+from .fileio import atomic_write_text, check_output_dir
+
+log = logging.getLogger(__name__)
 
 DEMO_BACKBONE = "S2SW-Tiny-24L"
 CLASSES = ("wood", "fabric", "marble", "perforated", "bottle_cap", "pill", "nut")
@@ -25,18 +28,18 @@ With real CLIP weights (ViT-L/14@336 'openai', downloaded once by open_clip or p
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, seed: int = 0, progress: bool = True,
-             log: Callable[[str], None] = print, epochs: int = 5, image_size: int = 224) -> dict:
+             epochs: int = 5, image_size: int = 224) -> dict:
     """Generate data, train briefly, test; returns the report (also in ``out_dir/report.json``)."""
     from .api import load_detector
     from .data.synthetic import generate_dataset
     from .eval.report import format_markdown
-    from .evaluate import evaluate_dataset
+    from .eval.protocol import evaluate_dataset
     from .train import train
 
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    log("s2swclip demo: a TINY RANDOM backbone (no pretrained weights) on synthetic data — it shows "
+    log.info("s2swclip demo: a TINY RANDOM backbone (no pretrained weights) on synthetic data — it shows "
         "the pipeline working end to end, not the method's accuracy.")
     # A random backbone has no semantics to carry over to unseen categories, so the demo tests on
     # held-out images of the training categories; zero-shot transfer needs real CLIP weights.
@@ -44,27 +47,24 @@ def run_demo(out_dir: str | Path = "demo_out", *, seed: int = 0, progress: bool 
                            n_test_good=6, n_test_defect=10, image_size=256, seed=seed)
     target = generate_dataset(out / "data" / "held_out", classes=list(CLASSES), n_train_good=2,
                               n_test_good=6, n_test_defect=10, image_size=256, seed=seed + 1)
-    log(f"[{time.time() - t0:5.1f}s] synthetic datasets written under {out / 'data'} "
+    log.info(f"[{time.time() - t0:5.1f}s] synthetic datasets written under {out / 'data'} "
         f"(training set and held-out images of {len(CLASSES)} categories)")
     result = train(aux, out / "train", backbone=DEMO_BACKBONE, weights=None, preset="visa-to-all",
-                   epochs=epochs, batch_size=8, image_size=image_size, seed=seed, progress=progress,
-                   log=log)
-    log(f"[{time.time() - t0:5.1f}s] prompts trained: {result.checkpoint}")
-    with warnings.catch_warnings():  # the untrained baseline is deliberate here
-        warnings.filterwarnings("ignore", message="no prompt checkpoint given")
-        untrained = load_detector(DEMO_BACKBONE, None, None, image_size=image_size, seed=seed)
+                   epochs=epochs, batch_size=8, image_size=image_size, seed=seed, progress=progress)
+    log.info(f"[{time.time() - t0:5.1f}s] prompts trained: {result.checkpoint}")
+    untrained = load_detector(DEMO_BACKBONE, None, None, image_size=image_size, seed=seed, untrained_ok=True)
     before = evaluate_dataset(untrained, target, dataset_name="held-out (untrained prompts)",
                               batch_size=8, progress=False)
     det = load_detector(DEMO_BACKBONE, None, result.checkpoint, image_size=image_size)
     report = evaluate_dataset(det, target, dataset_name="synthetic-held-out", batch_size=8, out_dir=out,
-                              figures_per_class=2, progress=progress, log=log)
-    log(format_markdown(report))
-    log("effect of training on the held-out images (mean over categories): " + ", ".join(
+                              figures_per_class=2, progress=progress)
+    log.info(format_markdown(report))
+    log.info("effect of training on the held-out images (mean over categories): " + ", ".join(
         f"{k} {before['mean'][k]:.3f} -> {report['mean'][k]:.3f}"
         for k in ("pixel_auroc", "pixel_aupro", "image_auroc")))
-    log(f"[{time.time() - t0:5.1f}s] report: {out / 'report.json'}, figures: {out / 'figures'}")
-    log(REAL_WORKFLOW)
-    (out / "demo_info.json").write_text(json.dumps({
+    log.info(f"[{time.time() - t0:5.1f}s] report: {out / 'report.json'}, figures: {out / 'figures'}")
+    log.info(REAL_WORKFLOW)
+    atomic_write_text(out / "demo_info.json", json.dumps({
         "backbone": DEMO_BACKBONE, "weights": None, "note": "random tiny backbone: pipeline demo, not accuracy",
         "train_history": result.history, "held_out_untrained_mean": before["mean"],
         "seconds": round(time.time() - t0, 1)}, indent=2))

@@ -51,7 +51,9 @@ def part_image(seed, defect):
 
 @pytest.fixture(scope="module")
 def server_url(tiny_detector):
-    from s2swclip.serve.app import BackgroundServer, create_app
+    from s2swclip.serve.app import create_app
+
+    from .background import BackgroundServer
 
     app = create_app(tiny_detector, batch_wait_ms=20)
     with BackgroundServer(app) as url:

@@ -1,14 +1,13 @@
 """``s2swclip serve`` argument handling: the CLI's options reach the app; a busy port is a clean error."""
 
 import socket
-import warnings
 
 import pytest
 from fastapi.testclient import TestClient
 
-from s2swclip.cli import build_parser, main
+from s2swclip.cli import build_parser, build_serve_app, main
 from s2swclip.errors import S2SWError
-from s2swclip.serve.app import bind_socket, build_app_from_args
+from s2swclip.serve.app import bind_socket
 
 from .serve_helpers import png_bytes
 
@@ -17,15 +16,14 @@ def test_serve_arguments_build_the_app(tmp_path):
     args = build_parser().parse_args([
         "serve", "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "112",
         "--threshold", "0.25", "--save", str(tmp_path / "out"), "--max-batch", "4", "--batch-wait-ms", "3",
-        "--queue-size", "9", "--max-upload-mb", "1.5", "--max-pixels", "5000"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        app = build_app_from_args(args)
-    with TestClient(app) as client:
+        "--queue-size", "9", "--max-upload-mb", "1.5", "--max-mpx", "0.005"])
+    app = build_serve_app(args)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         m = client.get("/v1/model").json()
         assert (m["backbone"], m["weights"], m["image_size"], m["threshold"]) == ("S2SW-Tiny-24L", None, 112, 0.25)
         assert m["limits"] == {"max_batch": 4, "batch_wait_ms": 3.0, "queue_size": 9,
-                               "max_upload_bytes": 1_500_000, "max_pixels": 5000}
+                               "max_upload_bytes": 1_500_000, "max_pixels": 5000,
+                               "max_inflight_pixels": 64_000_000, "save_max_bytes": 1_000_000_000}
         assert m["save"] is True
         r = client.post("/v1/predict", files=[("files", ("a.png", png_bytes(60, 40), "image/png"))])
         assert r.status_code == 200

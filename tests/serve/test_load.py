@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from s2swclip.serve.app import BackgroundServer, create_app
+from s2swclip.serve.app import create_app
+
+from .background import BackgroundServer
 
 from .serve_helpers import FakeDetector
 

@@ -338,7 +338,7 @@ def test_docs_are_off_and_the_schema_stays(make_client):
 
 def test_through_uvicorn(static_dir):
     """The real server: Host and Origin as a browser and curl send them."""
-    from s2swclip.serve.app import BackgroundServer
+    from .background import BackgroundServer
 
     with BackgroundServer(build_app(static_dir, SecuritySettings(token=TOKEN))) as url:
         auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -107,7 +107,7 @@ def test_stalled_client_gets_408_from_uvicorn():
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    from s2swclip.serve.app import BackgroundServer
+    from .background import BackgroundServer
 
     app = FastAPI()
 

@@ -388,7 +388,7 @@ def decode_for_model(source: str | os.PathLike | bytes, image_size: int, *,
         n = im.width * im.height
         if max_pixels is not None and n > max_pixels:
             raise ImageError("too_many_pixels", f"image{where} is {im.width}x{im.height} = {n:,} pixels, "
-                                                f"more than the limit of {max_pixels:,}; downscale it first")
+                                                f"more than the limit of {max_pixels:,} (--max-mpx); downscale it first")
         with (budget.hold(n) if budget is not None else _NO_HOLD):
             _load(im, "image", where, "")
             fmt = (im.format or "").lower()

@@ -1,4 +1,4 @@
-"""Reading uploads in memory: a bounded multipart/form-data body and image decoding.
+"""Reading uploads in memory: a bounded multipart/form-data body, with timeouts.
 
 The framework's own form parser spools large files to temporary files on disk; the service
 promises to write nothing unless ``--save`` is given, so it streams the body through
@@ -8,14 +8,11 @@ promises to write nothing unless ``--save`` is given, so it streams the body thr
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterable, AsyncIterator
-
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class UploadError(Exception):
@@ -28,15 +25,6 @@ class UploadError(Exception):
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
-
-
-class ImageRejected(Exception):
-    """One uploaded file cannot be scored; ``code`` is a short machine-readable reason."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -175,47 +163,3 @@ async def read_multipart(content_type: str | None, content_length: str | None,
     except Exception as exc:  # python_multipart's parse errors
         raise UploadError(400, f"malformed multipart body ({exc})") from None
     return parts
-
-
-def decode_image(data: bytes | bytearray, max_pixels: int) -> tuple[Image.Image, str]:
-    """Decode uploaded bytes into an 8-bit RGB PIL image; returns ``(image, format)``.
-
-    The pixel count is checked from the header before decoding, so a huge image is refused
-    without allocating it. Raises :class:`ImageRejected` with code ``empty``, ``not_an_image``,
-    ``too_many_pixels`` or ``corrupt``.
-    """
-    from ..data.dataset import to_rgb
-
-    if not data:
-        raise ImageRejected("empty", "empty file")
-    buf = io.BytesIO(bytes(data))
-    try:
-        im = Image.open(buf)
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_many_pixels", f"image is too large to decode safely ({exc})") from None
-    except (UnidentifiedImageError, ValueError, OSError, SyntaxError):
-        raise ImageRejected("not_an_image", "not an image (PNG, JPEG, BMP, TIFF, WebP ... expected)") from None
-    with im:
-        fmt = (im.format or "").lower()
-        w, h = im.size
-        if w * h > max_pixels:
-            raise ImageRejected("too_many_pixels", f"image is {w}x{h} = {w * h:,} pixels, more than the limit of "
-                                                   f"{max_pixels:,} (--max-pixels); downscale it first")
-        if w < 1 or h < 1:
-            raise ImageRejected("corrupt", f"image has no pixels ({w}x{h})")
-        try:
-            im.load()
-            img = im.copy()
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected("too_many_pixels", f"image is too large to decode safely ({exc})") from None
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ImageRejected("corrupt", f"corrupt or truncated {fmt.upper() or 'image'} file ({msg})") from None
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unreadable
-        pass
-    try:
-        return to_rgb(img), fmt
-    except Exception as exc:  # noqa: BLE001
-        raise ImageRejected("corrupt", f"cannot convert the image to RGB ({exc})") from None

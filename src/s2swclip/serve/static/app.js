@@ -9,7 +9,22 @@
   const MAX_CONCURRENT = 2;  // requests in flight from this page
   const MAX_RETRIES = 20;    // answers 503 (queue full) are retried
 
+  // ------------------------------------------------------------------------- bearer token
+  // A server started with a token (--token / S2SWCLIP_TOKEN) answers the API 401 without it;
+  // the page then asks for it once and keeps it for this tab only (sessionStorage).
+  const TOKEN_KEY = "s2swclip-token";
+  function authHeaders() {
+    const t = sessionStorage.getItem(TOKEN_KEY);
+    return t ? { Authorization: "Bearer " + t } : {};
+  }
+  function api(path, options) {
+    const opts = Object.assign({}, options || {});
+    opts.headers = Object.assign({}, opts.headers || {}, authHeaders());
+    return fetch(path, opts);
+  }
+
   const els = {
+    tokenForm: $("#token-form"), tokenInput: $("#token-input"),
     info: $("#model-info"), drop: $("#dropzone"), input: $("#file-input"),
     slider: $("#threshold"), number: $("#threshold-value"), note: $("#threshold-note"),
     csv: $("#csv-button"), clear: $("#clear-button"), summary: $("#summary"),
@@ -24,8 +39,14 @@
 
   async function loadModel() {
     try {
-      const r = await fetch("/v1/model");
+      const r = await api("/v1/model");
+      if (r.status === 401) {
+        els.tokenForm.hidden = false;
+        els.info.textContent = "this server needs an access token";
+        return;
+      }
       if (!r.ok) throw new Error("HTTP " + r.status);
+      els.tokenForm.hidden = true;
       const m = await r.json();
       const parts = [
         m.backbone,
@@ -111,7 +132,7 @@
     for (const it of live) form.append("files", it.file, it.name);
     let r, body;
     try {
-      r = await fetch("/v1/predict", { method: "POST", body: form });
+      r = await api("/v1/predict", { method: "POST", body: form });
       body = await r.json().catch(() => ({}));
     } catch (e) {
       fail(live, "network error: " + e.message);
@@ -297,5 +318,12 @@
   els.clear.addEventListener("click", clearAll);
 
   setThreshold(els.slider.value);
+  els.tokenForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const t = els.tokenInput.value.trim();
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    els.tokenInput.value = "";
+    loadModel();
+  });
   loadModel();
 })();

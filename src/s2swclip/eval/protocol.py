@@ -1,20 +1,24 @@
-"""Evaluating a detector on a ``meta.json`` dataset: per-class metrics, report and figures."""
+"""The test protocol: a detector on a ``meta.json`` dataset, class by class -> metrics, report,
+figures (``s2swclip test``)."""
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .errors import S2SWError
+from ..errors import S2SWError
+from ..progress import progress as make_progress
+
+log = logging.getLogger(__name__)
 
 
 def _denormalise(image: torch.Tensor) -> np.ndarray:
     """[3,S,S] CLIP-normalised -> uint8 [S,S,3]."""
-    from .data.dataset import OPENAI_MEAN, OPENAI_STD
+    from ..data.images import OPENAI_MEAN, OPENAI_STD
 
     mean = torch.tensor(OPENAI_MEAN).view(3, 1, 1)
     std = torch.tensor(OPENAI_STD).view(3, 1, 1)
@@ -35,7 +39,6 @@ def evaluate_dataset(
     figures_per_class: int = 0,
     progress: bool = True,
     num_workers: int = 0,
-    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Score the test split of ``data_root`` class by class and compute the metrics.
 
@@ -45,20 +48,16 @@ def evaluate_dataset(
 
     Returns the report dict ``{"dataset", "aupro_method", "classes": {...}, "mean": {...}}``.
     """
-    from .data.dataset import AnomalyDataset
-    from .eval.metrics import compute_metrics
-    from .eval.report import build_report, write_report
+    from ..data.dataset import AnomalyDataset
+    from .metrics import compute_metrics
+    from .report import build_report, write_report
 
     size = int(image_size or det.config.image_size)
     ds = AnomalyDataset(data_root, split="test", image_size=size, classes=classes)
     name = dataset_name or Path(data_root).resolve().name
     per_class: dict[str, dict] = {}
     fig_dir = Path(out_dir) / "figures" if out_dir is not None and figures_per_class else None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ds), desc=f"testing {name}", unit="img", dynamic_ncols=True)
+    bar = make_progress(len(ds), f"testing {name}", enabled=progress)
     for cls, idx in ds.class_indices().items():
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size,
                                              shuffle=False, num_workers=num_workers)
@@ -72,7 +71,7 @@ def evaluate_dataset(
             masks.append(batch["mask"].numpy().astype(np.uint8))
             maps.append(out.anomaly_maps.cpu().numpy().astype(np.float32))
             if fig_dir is not None and shown < figures_per_class:
-                from .eval.figures import save_overlay
+                from .figures import save_overlay
 
                 for i in range(len(batch["label"])):
                     if shown >= figures_per_class or int(batch["label"][i]) != 1:
@@ -82,27 +81,21 @@ def evaluate_dataset(
                     save_overlay(_denormalise(batch["image"][i]), batch["mask"][i].numpy(),
                                  out.anomaly_maps[i].cpu().numpy(), target, title=f"{cls}: {Path(batch['path'][i]).name}")
                     shown += 1
-            if bar is not None:
-                bar.update(len(batch["label"]))
+            bar.update(len(batch["label"]))
         labels_a, scores_a = np.concatenate(labels), np.concatenate(scores)
         keep = np.concatenate(has_mask).astype(bool)
         pix_masks = np.concatenate(masks)[keep] if keep.any() else None
         pix_maps = np.concatenate(maps)[keep] if keep.any() else None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            per_class[cls] = compute_metrics(labels_a, scores_a, pix_masks, pix_maps,
-                                             aupro_method=aupro_method, pixel=pix_masks is not None)
-        for w in caught:
-            if log:
-                log(f"{name}/{cls}: {w.message}")
+        per_class[cls] = compute_metrics(labels_a, scores_a, pix_masks, pix_maps,
+                                         aupro_method=aupro_method, pixel=pix_masks is not None,
+                                         where=f"{name}/{cls}")
         if fig_dir is not None:
-            from .eval.figures import save_curves
+            from .figures import save_curves
 
             if len(set(labels_a.tolist())) == 2:
                 save_curves(labels_a, scores_a, str(fig_dir / cls))
         del masks, maps, pix_masks, pix_maps
-    if bar is not None:
-        bar.close()
+    bar.close()
     if not per_class:
         raise S2SWError(f"no test items in {Path(data_root) / 'meta.json'}")
     report = build_report(name, per_class, aupro_method=aupro_method)
