@@ -58,7 +58,7 @@ def test_predict_folder_skips_corrupt_and_writes_results(capsys, tmp_path, image
     scored = [r for r in summary["results"] if r["error"] is None]
     assert all(0 <= r["score"] <= 1 and r["anomalous"] == (r["score"] > 0.5) for r in scored)
     assert sorted(os.listdir(out / "overlays")) == ["a.png", "b.png", "sub__c.png"]
-    assert (out / "results.csv").read_text().splitlines()[0] == "path,name,score,anomalous,overlay,error"
+    assert (out / "results.csv").read_text().splitlines()[0] == "path,name,score,anomalous,map_max,map_mean,overlay,error"
     assert "sub/c.bmp" in stdout
     assert "3 scored, 1 skipped" in stdout
 
@@ -69,12 +69,17 @@ def test_predict_calibrated_threshold_flags_at_most_fpr(capsys, tmp_path, images
     for i in range(10):
         _png(good / f"g{i}.png", 100 + i)
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "predict", str(good), "--out", str(out), "--calibrate", str(good),
-                        "--fpr", "0.2", "--no-overlays", "--quiet", *TINY)
-    assert code == 0 and "calibrated threshold" in err
+    code, stdout, err = _run(capsys, "predict", str(good), "--out", str(out), "--calibrate", str(good),
+                             "--fpr", "0.2", "--no-overlays", "--quiet", *TINY)
+    assert code == 0, err
     summary = json.loads((out / "results.json").read_text())
-    flagged = sum(r["anomalous"] for r in summary["results"])
-    assert flagged <= 2
+    # split-conformal rank: ceil((10 + 1) * (1 - 0.2)) = 9, so exactly the largest score is above
+    cal = summary["calibration"]
+    assert (cal["n"], cal["rank"]) == (10, 9) and abs(cal["bound"] - (1 - 9 / 11)) < 1e-12
+    scores = sorted(r["score"] for r in summary["results"])
+    assert summary["threshold"] == scores[8]
+    assert sum(r["anomalous"] for r in summary["results"]) == 1 == cal["flagged"]
+    assert "from 10 known-good images (rank 9 of 10)" in stdout
     assert not (out / "overlays").exists()
 
 
@@ -179,3 +184,54 @@ def test_train_command_from_a_checkpoint(capsys, tmp_path):
     assert code == 0  # lr 0: fine-tuning from the checkpoint leaves it unchanged
     a, b = load_prompts(first).tensors, load_prompts(tmp_path / "b" / "prompts_last.safetensors").tensors
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predict_every_entry_is_a_row_under_its_own_name(capsys, tmp_path):
+    d = tmp_path / "line"
+    d.mkdir()
+    _png(d / "a.png", 1)
+    frames = [Image.fromarray(np.full((40, 50, 3), v, np.uint8)) for v in (30, 220)]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
+    os.symlink(d / "a.png", d / "same1.png")
+    os.symlink(d / "a.png", d / "same2.png")
+    os.symlink(d / "gone.png", d / "dangling.png")
+    (d / "=cmd()+1.png").write_bytes((d / "a.png").read_bytes())
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "predict", str(d), "--out", str(out), "--quiet", *TINY)
+    assert code == 0, err
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["name"] for r in rows] == ["=cmd()+1.png", "a.png", "anim.gif", "dangling.png", "same1.png", "same2.png"]
+    by = {r["name"]: r for r in rows}
+    assert by["anim.gif"]["error"] is None and by["anim.gif"]["score"] is not None  # GIF: first frame
+    assert "broken symbolic link" in by["dangling.png"]["error"] and "dangling.png" in err
+    assert by["same1.png"]["score"] == pytest.approx(by["a.png"]["score"], abs=1e-6)
+    assert by["same2.png"]["score"] == pytest.approx(by["a.png"]["score"], abs=1e-6)
+    assert "5 scored, 1 skipped" in stdout
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert any(line.split(",")[1] == "'=cmd()+1.png" for line in csv_lines[1:])  # no formula in a spreadsheet
+    assert sorted(os.listdir(out / "overlays")) == ["_cmd___1.png", "a.png", "anim.png", "same1.png", "same2.png"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--threshold", "nan"], "--threshold"),
+    (["--threshold", "inf"], "--threshold"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--fpr", "1.5"], "--fpr"),
+])
+def test_predict_bad_numbers(capsys, tmp_path, images, argv, needle):
+    out = tmp_path / "o"
+    code, _, err = _run(capsys, "predict", str(images), "--out", str(out), *argv, *TINY)
+    _assert_user_error(code, err, needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "demo", "test"])
+def test_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, images, command):
+    target = tmp_path / "taken.txt"
+    target.write_text("keep me")
+    argv = {"predict": ["predict", str(images), "--out", str(target), *TINY],
+            "demo": ["demo", "--out", str(target)],
+            "test": ["test", "--data", str(tmp_path), "--out", str(target), *TINY]}[command]
+    code, _, err = _run(capsys, *argv)
+    _assert_user_error(code, err, "taken.txt", "not a folder")
+    assert target.read_text() == "keep me"

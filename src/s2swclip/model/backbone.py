@@ -72,9 +72,6 @@ class S2SWBackbone(nn.Module):
         self.context_length = int(clip.positional_embedding.shape[0])
 
     # ----------------------------------------------------------------------------------- vision
-    def grid_size(self, image_size: int) -> int:
-        return image_size // self.patch_size
-
     def positional_embedding(self, grid: int) -> torch.Tensor:
         """[G*G+1, W] positional embedding for a grid side, resized from the native table."""
         pos = self.clip.visual.positional_embedding

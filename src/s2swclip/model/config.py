@@ -62,10 +62,6 @@ class DetectorConfig:
         d["feature_layers"] = list(self.feature_layers)
         return d
 
-    @property
-    def faithful(self) -> bool:
-        return self.layer_aliasing and self.round_deep_prompts and not self.global_ln_post
-
 
 @dataclass(frozen=True)
 class TrainConfig:
