@@ -10,7 +10,7 @@ Public API::
     out.anomaly_maps               # [B,S,S], smoothed
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["load_detector", "S2SWDetector", "Prediction", "DetectorConfig", "S2SWError", "__version__"]
 
