@@ -1,8 +1,4 @@
-<<<<<<< HEAD
-"""The detector's composition (docs/method.md §5-§6) against straightforward transcriptions."""
-=======
 """The detector's composition (``docs/method.md`` §5-§7) against plain transcriptions."""
->>>>>>> method-doc
 
 import numpy as np
 import pytest
