@@ -102,9 +102,11 @@ def test_wrong_checkpoint_kind_is_a_clear_error(tmp_path):
 
 
 def test_checkpoint_for_another_width_is_a_clear_error(tmp_path, tiny_detector):
-    sd = _authors_state_dict(tiny_detector)
+    sd = {k: v for k, v in _authors_state_dict(tiny_detector).items() if not k.startswith("token")
+          and not k.startswith("tokenized")}  # a consistent checkpoint of text width 32
     sd["ctx_pos"] = torch.zeros(1, 1, 14, 32)
     sd["ctx_neg"] = torch.zeros(1, 1, 14, 32)
+    sd.update({f"compound_prompts_text.{k}": torch.zeros(4, 32) for k in range(8)})
     path = tmp_path / "other.pth"
     torch.save({"prompt_learner": sd}, path)
     with pytest.raises(S2SWError, match="does not fit"):
