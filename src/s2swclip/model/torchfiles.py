@@ -85,13 +85,15 @@ def _load_failure_reason(e: Exception) -> str:
     text = str(e)
     refused = re.search(r"GLOBAL ([\w.]+)", text)
     if refused:
-        return f"it refers to {refused.group(1)}, which is not tensor data (nothing was run)"
+        name = refused.group(1) if "." in refused.group(1) else f"builtins.{refused.group(1)}"
+        return f"it refers to {name}, which is not tensor data; nothing was run"
     if isinstance(e, EOFError) or "EOF" in text:
         return "the file is empty or truncated"
     if "zip archive" in text:
         return "it is a corrupt zip archive (truncated, or not written by PyTorch)"
     first = text.splitlines()[0] if text else ""
-    if isinstance(e, pickle.UnpicklingError) or not first or re.search(r"weights.only", first, re.I):
+    if (isinstance(e, (pickle.UnpicklingError, KeyError)) or not first
+            or re.search(r"weights.only", first, re.I)):  # KeyError: an unknown legacy-format magic
         return "it is not a PyTorch tensor file"
     return f"{type(e).__name__}: {first[:200]}"
 
@@ -122,7 +124,7 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
             return _Archive(z, os.path.getsize(path)).state_dict()
     except UnreadableFile:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
         raise UnreadableFile(f"corrupt zip archive ({_short(e)})") from None
     except RecursionError:
         raise UnreadableFile("data.pkl is nested too deeply") from None
@@ -384,7 +386,7 @@ class _Unpickler(pickle.Unpickler):
         allowed = _ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
             raise UnreadableFile(f"data.pkl refers to {_short(f'{module}.{name}')}, which is not "
-                                 f"tensor data (refused, nothing was run)")
+                                 f"tensor data; nothing was run")
         return allowed
 
     def persistent_load(self, pid: Any) -> _Storage:

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from ..errors import S2SWError
-from .torchfiles import UnreadableFile, is_torchscript_archive, read_torchscript_state_dict, torch_load_tensors
+from .torchfiles import (UnreadableFile, is_torchscript_archive, read_torchscript_state_dict,
+                         torch_load_tensors)
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 # OpenAI metadata entries, and the text attention mask that TorchScript archives store as a tensor
