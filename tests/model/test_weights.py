@@ -230,6 +230,13 @@ def test_hand_built_archive_reads(tmp_path):
     (dict(pkl=_module_pickle(b"Vw\nI3\n")), "is not a tensor"),
     (dict(pkl=b"\x80\x02(I1\nt."), "does not hold a module"),
     (dict(pkl=b"\x80\x02c__torch__\nM\n)\x81}(Vw\n"), "malformed data.pkl"),
+    # BUILD on the reader's objects: a tensor (Tensor.__setstate__ would call set_), a storage
+    # type and an allowed function (both shared by every load)
+    (dict(pkl=_module_pickle(b"Vw\n" + _tensor() + b"(I0\nI0\n(I2\nt(I1\nttb")), "modify an object"),
+    (dict(pkl=_module_pickle(b"Vw\n" + _tensor() + b"Vx\nctorch\nFloatStorage\n}(Vdtype\nI1\nub")),
+     "modify an object"),
+    (dict(pkl=_module_pickle(b"Vw\n" + _tensor() + b"Vx\nctorch.jit._pickle\nbuild_intlist\n}(Vz\nI1\nub")),
+     "modify an object"),
 ])
 def test_malformed_archive_is_refused(tmp_path, kwargs, reason):
     path = _archive(tmp_path / "bad.pt", **kwargs)
@@ -238,6 +245,9 @@ def test_malformed_archive_is_refused(tmp_path, kwargs, reason):
     with pytest.raises(S2SWError) as e:
         load_weights_file(path)
     _assert_one_line(e.value, str(path), "cannot read weights file")
+    # and the reader is unchanged for the next file
+    sd = read_torchscript_state_dict(_archive(tmp_path / "ok.pt"))
+    assert sd["w"].dtype == torch.float32 and torch.equal(sd["w"], torch.tensor([1.0, 2.0]))
 
 
 def test_truncated_archive_is_refused(tmp_path):

@@ -21,7 +21,8 @@ Weights and prompt files are untrusted user input. Two PyTorch formats reach us:
   ``data.pkl`` is unpickled with an allow-list of globals (tensor rebuilding, storage types,
   ``OrderedDict``, TorchScript's typed-list/dict tags, ``torch.device``), each replaced by an
   inert function of this module; ``__torch__.*`` classes become inert placeholders that only keep
-  their pickled state. The source files are only scanned, line by line, for the two declarations
+  their pickled state. Pickle's BUILD (which sets attributes, or calls ``__setstate__``) works
+  on those placeholders only: the reader's own objects, tensors included, refuse it. The source files are only scanned, line by line, for the two declarations
   and for a ``__setstate__`` method; nothing in them is compiled or run. A class with a
   ``__setstate__`` is refused: its restored state is whatever that code would compute, which a
   reader that runs nothing cannot reproduce. Memory is bounded by the file: the storage records
@@ -126,6 +127,8 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
         raise UnreadableFile(f"corrupt zip archive ({_short(e)})") from None
+    except OSError as e:
+        raise UnreadableFile(f"the file cannot be read ({e.strerror or type(e).__name__})") from None
     except RecursionError:
         raise UnreadableFile("data.pkl is nested too deeply") from None
     except Exception as e:  # a malformed pickle fails in many types; none of them ran anything
@@ -153,22 +156,46 @@ class _ArchiveObject:
         self.state = state
 
 
+class _Sealed:
+    """Refuses pickle's BUILD, so data.pkl cannot set attributes on this reader's objects."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnreadableFile("data.pkl tries to modify an object it did not create")
+
+
 @dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_Sealed):
     """Stand-in for ``torch.<Type>Storage`` in a persistent id: only names the dtype."""
 
     dtype: torch.dtype
 
 
 @dataclass(frozen=True)
-class _Storage:
+class _Storage(_Sealed):
     """A storage read from the archive: flat tensor [numel] of its dtype."""
 
     data: torch.Tensor
 
 
+@dataclass(frozen=True)
+class _TensorRecord(_Sealed):
+    """A tensor of data.pkl, wrapped: a bare tensor would accept BUILD (``Tensor.__setstate__``)."""
+
+    tensor: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Allowed(_Sealed):
+    """An allow-listed global: this module's inert function standing for it."""
+
+    function: Any
+
+    def __call__(self, *args: Any) -> Any:
+        return self.function(*args)
+
+
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                    hooks: Any, metadata: Any = None) -> torch.Tensor:
+                    hooks: Any, metadata: Any = None) -> _TensorRecord:
     """``torch._utils._rebuild_tensor_v2``, checked: a strided view [*size] of ``storage``."""
     ok = (isinstance(storage, _Storage) and isinstance(size, tuple) and isinstance(stride, tuple)
           and len(size) == len(stride) <= 64 and type(offset) is int and offset >= 0
@@ -185,7 +212,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
         in_bounds = offset <= numel
     if not in_bounds:
         raise UnreadableFile("data.pkl holds a tensor reaching past its storage")
-    return storage.data.as_strided(size, stride, offset)
+    return _TensorRecord(storage.data.as_strided(size, stride, offset))
 
 
 def _typed_list(values: Any) -> list:
@@ -206,14 +233,14 @@ def _device(*args: Any) -> tuple:
 
 
 _ALLOWED_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch.jit._pickle", "build_intlist"): _typed_list,
-    ("torch.jit._pickle", "build_doublelist"): _typed_list,
-    ("torch.jit._pickle", "build_boollist"): _typed_list,
-    ("torch.jit._pickle", "build_tensorlist"): _typed_list,
-    ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
-    ("torch", "device"): _device,
+    ("torch._utils", "_rebuild_tensor_v2"): _Allowed(_rebuild_tensor),
+    ("collections", "OrderedDict"): _Allowed(collections.OrderedDict),
+    ("torch.jit._pickle", "build_intlist"): _Allowed(_typed_list),
+    ("torch.jit._pickle", "build_doublelist"): _Allowed(_typed_list),
+    ("torch.jit._pickle", "build_boollist"): _Allowed(_typed_list),
+    ("torch.jit._pickle", "build_tensorlist"): _Allowed(_typed_list),
+    ("torch.jit._pickle", "restore_type_tag"): _Allowed(_restore_type_tag),
+    ("torch", "device"): _Allowed(_device),
     **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
 }
 
@@ -306,9 +333,9 @@ class _Archive:
             value = state[name]
             if value is None:
                 continue
-            if not isinstance(value, torch.Tensor):
+            if not isinstance(value, _TensorRecord):
                 raise UnreadableFile(f"{_short(prefix + name)} is not a tensor")
-            out[prefix + name] = value
+            out[prefix + name] = value.tensor
         for name, value in state.items():
             if isinstance(value, _ArchiveObject) and value.decl.is_module:
                 self._collect(value, f"{prefix}{name}.", out, seen, depth + 1)
