@@ -192,12 +192,14 @@ def _module_pickle(attrs: bytes = None, cls=b"M", memo=False) -> bytes:
 
 def _archive(path, pkl=None, records=None, source=_SOURCE, byteorder=b"little", deflate=()):
     records = {"0": struct.pack("<2f", 1.0, 2.0)} if records is None else records
+    def method(name):
+        return zipfile.ZIP_DEFLATED if name in deflate else zipfile.ZIP_STORED
+
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("a/data.pkl", _module_pickle() if pkl is None else pkl)
-        z.writestr("a/code/__torch__.py", source)
+        z.writestr("a/data.pkl", _module_pickle() if pkl is None else pkl, compress_type=method("data.pkl"))
+        z.writestr("a/code/__torch__.py", source, compress_type=method("code"))
         for key, data in records.items():
-            z.writestr(f"a/data/{key}", data,
-                       compress_type=zipfile.ZIP_DEFLATED if key in deflate else zipfile.ZIP_STORED)
+            z.writestr(f"a/data/{key}", data, compress_type=method(key))
         z.writestr("a/constants.pkl", b"\x80\x02).")
         z.writestr("a/byteorder", byteorder)
     return path
@@ -248,6 +250,19 @@ def test_malformed_archive_is_refused(tmp_path, kwargs, reason):
     # and the reader is unchanged for the next file
     sd = read_torchscript_state_dict(_archive(tmp_path / "ok.pt"))
     assert sd["w"].dtype == torch.float32 and torch.equal(sd["w"], torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("record", ["data.pkl", "code"])
+def test_records_inflating_beyond_the_limits_are_refused(tmp_path, record):
+    """A few kB of deflated padding that would inflate past the reader's 64 MiB limits."""
+    padding = 65 << 20
+    if record == "data.pkl":
+        path = _archive(tmp_path / "bomb.pt", pkl=_module_pickle() + b"\0" * padding, deflate=(record,))
+    else:
+        path = _archive(tmp_path / "bomb.pt", source=_SOURCE + " " * padding, deflate=(record,))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(UnreadableFile, match="exceeds the reader's size limit"):
+        read_torchscript_state_dict(path)
 
 
 def test_truncated_archive_is_refused(tmp_path):

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 _MAX_PICKLE_BYTES = 64 << 20  # data.pkl of OpenAI's ViT-L-14-336px.pt is ~0.1 MB
-_MAX_CODE_BYTES = 16 << 20
+_MAX_CODE_BYTES = 64 << 20  # all source files read, together (OpenAI's: ~2 MB)
 _MAX_MODULE_DEPTH = 64
 _READ_CHUNK = 16 << 20
 
@@ -296,6 +296,7 @@ class _Archive:
             raise UnreadableFile(f"its tensors are stored {_short(byteorder)}-endian, this machine "
                                  f"is {sys.byteorder}-endian")
         self.budget = file_size  # stored records cannot hold more bytes than the file
+        self.code_budget = _MAX_CODE_BYTES
         self.storages: dict[str, _Storage] = {}
         self.classes: dict[str, type[_ArchiveObject]] = {}
         self.sources: dict[str, dict[str, _ClassDecl]] = {}
@@ -304,7 +305,8 @@ class _Archive:
         with self.z.open(info) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise UnreadableFile(f"record {_short(info.filename)} is larger than {limit >> 20} MiB")
+            raise UnreadableFile(f"record {_short(info.filename)} exceeds the reader's size limit "
+                                 f"({limit >> 20} MiB)")
         return data
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -350,7 +352,9 @@ class _Archive:
             raise UnreadableFile(f"data.pkl names a malformed class {_short(qualname)}")
         if module not in self.sources:
             info = self.records.get(f"{self.prefix}/code/{'/'.join(parts)}.py")
-            source = self._read(info, _MAX_CODE_BYTES).decode("utf-8", "replace") if info else ""
+            source = self._read(info, self.code_budget) if info else b""
+            self.code_budget -= len(source)
+            source = source.decode("utf-8", "replace")
             self.sources[module] = _scan_classes(source)
         decl = self.sources[module].get(name)
         if decl is None:
