@@ -224,6 +224,8 @@ def test_hand_built_archive_reads(tmp_path):
     (dict(deflate=("0",)), "compressed"),
     (dict(byteorder=b"big"), "big"),
     (dict(source=""), "no source for class"),
+    (dict(source=_SOURCE.replace('["w", ]', '["w", os.system]')), "declares malformed __parameters__"),
+    (dict(source=_SOURCE.replace('["w", ]', '[1]')), "declares malformed __parameters__"),
     (dict(source=_SOURCE + "  def __setstate__(self, state: int) -> NoneType:\n    return None\n"),
      "__setstate__"),
     (dict(pkl=b"\x80\x02c__torch__\nM\n)\x81(I1\ntb."), "no attribute dict"),
