@@ -70,7 +70,6 @@ def save_prompts(path: str | os.PathLike, learner: PromptLearner, meta: dict[str
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
-
 def load_prompts(path: str | os.PathLike) -> PromptCheckpoint:
     """Read and fully validate a prompt checkpoint of either format (detected from the content).
 
