@@ -131,9 +131,13 @@ def load_detector(
     if ckpt is not None and "vocabulary" in ckpt.config:
         vocabulary = {k: tuple(v) for k, v in ckpt.config["vocabulary"].items()}
     gen = torch.Generator().manual_seed(seed)
-    learner = PromptLearner(bb.token_embedding, bb.text_width, bb.context_length, n_ctx=config.n_ctx,
-                            depth=config.depth, deep_tokens=config.deep_tokens,
-                            vocabulary=vocabulary, generator=gen)
+    try:
+        learner = PromptLearner(bb.token_embedding, bb.text_width, bb.context_length, n_ctx=config.n_ctx,
+                                depth=config.depth, deep_tokens=config.deep_tokens,
+                                vocabulary=vocabulary, generator=gen)
+    except ValueError as e:  # prompts that do not fit this backbone's text context
+        source = f"prompt checkpoint {ckpt.path}" if ckpt is not None else "the prompt options"
+        raise S2SWError(f"{source} cannot be used with backbone {info['backbone']}: {e}") from None
     if ckpt is not None:
         ckpt.apply(learner)
     elif not untrained_ok:

@@ -10,9 +10,8 @@ Three sources of weights:
   AnomalyCLIP code (``attn.qkv``/``attn.proj``) are mapped back;
 * ``None``: random initialisation (tests, the offline demo).
 
-Loading is safe: ``torch.load(..., weights_only=True)`` or safetensors. OpenAI's TorchScript
-archives cannot be read with ``weights_only``; they are opened with ``torch.jit.load`` (which
-runs no Python pickle code) and only their tensors are kept.
+Loading runs nothing from the file: safetensors, ``torch.load(..., weights_only=True)``, or, for
+OpenAI's TorchScript archives, this package's own reader of their tensors (:mod:`.torchfiles`).
 """
 
 from __future__ import annotations
@@ -20,14 +19,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import S2SWError
+from .torchfiles import (UnreadableFile, is_torchscript_archive, read_torchscript_state_dict,
+                         torch_load_tensors)
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 # OpenAI metadata entries, and the text attention mask that TorchScript archives store as a tensor
@@ -38,14 +37,6 @@ _DPAM_KEY_MAP = {
     ".attn.proj.weight": ".attn.out_proj.weight",
     ".attn.proj.bias": ".attn.out_proj.bias",
 }
-
-
-def list_backbones() -> list[str]:
-    """Names accepted as ``backbone``: this package's configs, then open_clip's."""
-    import open_clip
-
-    ours = sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
-    return ours + [m for m in open_clip.list_models() if m not in ours]
 
 
 def resolve_model_config(backbone: str) -> tuple[str, dict[str, Any]]:
@@ -123,25 +114,19 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise S2SWError(f"weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        elif _is_torchscript(path):
-            with warnings.catch_warnings():  # torch.jit is deprecated, but it is OpenAI's format
-                warnings.simplefilter("ignore", FutureWarning)
-                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            obj: Any = _load_safetensors(path)
+        elif is_torchscript_archive(path):
+            obj = read_torchscript_state_dict(path)
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except S2SWError:
-        raise
-    except Exception as e:
-        raise S2SWError(f"cannot read weights file {path}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
+            obj = torch_load_tensors(path)
+    except UnreadableFile as e:
+        raise S2SWError(f"cannot read weights file {path}: {e}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if (not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj)
+            or not all(isinstance(v, torch.Tensor) for v in obj.values())):
         raise S2SWError(f"weights file {path} does not hold a CLIP state dict")
     out = {}
     for k, v in obj.items():
@@ -155,11 +140,14 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return out
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in z.namelist())
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors reports a bad file in several types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnreadableFile(f"not a valid safetensors file ({first[:200]})") from None
 
 
 def create_clip(
