@@ -1,6 +1,6 @@
 """Public metrics API: ``from s2swclip.metrics import aupro, image_auroc, ...``.
 
-Re-exports :mod:`s2swclip.eval.metrics`; see that module for the definitions and methods.
+Re-exports :mod:`s2swclip.eval.metrics`; see that package for the definitions and methods.
 """
 
 from .eval.metrics import (  # noqa: F401

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from s2swclip.errors import S2SWError
-from s2swclip.eval import metrics as M
+from s2swclip.eval.metrics import inputs, ranking
 from s2swclip.metrics import (
     METRIC_KEYS,
     UndefinedMetricError,
@@ -98,8 +98,8 @@ def test_pixel_metrics_equal_sklearn(seed, quantise, dtype):
 def test_pixel_metrics_chunked_equal_unchunked(monkeypatch):
     masks, maps = pixel_case(11, n=9, quantise=16)
     ref = (pixel_auroc(masks, maps), pixel_ap(masks, maps), pixel_f1max(masks, maps))
-    monkeypatch.setattr(M, "_CHUNK_PIXELS", 17 * 23 * 2)
-    monkeypatch.setattr(M, "_SORT_CHUNK_PIXELS", 17 * 23 * 3)
+    monkeypatch.setattr(inputs, "_CHUNK_PIXELS", 17 * 23 * 2)
+    monkeypatch.setattr(ranking, "_SORT_CHUNK_PIXELS", 17 * 23 * 3)
     got = (pixel_auroc(masks, maps), pixel_ap(masks, maps), pixel_f1max(masks, maps))
     assert got == pytest.approx(ref, abs=1e-12)
 
