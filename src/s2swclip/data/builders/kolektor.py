@@ -11,17 +11,8 @@ import re
 
 from ...errors import S2SWError
 from .common import (
-    _check_root,
-    _child,
-    _empty_error,
-    _find_dir,
-    _finish,
-    _images,
-    _item,
-    _pair_masks,
-    _stem,
-    _subdirs,
-    _warn_missing,
+    _check_root, _child, _empty_error, _find_dir, _finish, _images, _item, _pair_masks, _stem,
+    _subdirs, _warn_missing,
 )
 from .mvtec_style import _mvtec_base, _scan_mvtec_style
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Sequence
-
 from ...errors import S2SWError
 from .common import _check_root, _child, _empty_error, _find_dir, _finish, _images, _item, _stem, _walk_dirs
 from .mvtec_style import _mvtec_base, _scan_mvtec_style
@@ -17,22 +15,24 @@ from .mvtec_style import _mvtec_base, _scan_mvtec_style
 __all__ = ["build_headct", "build_brainmri", "build_br35h"]
 
 
-def _binary_folders(
-    root: str,
-    base: str,
-    cls: str,
-    normal: Sequence[str],
-    abnormal: Sequence[str],
-) -> list[dict]:
+def _no_yes_items(root: str, base: str) -> list[dict]:
+    """Items of the images in ``base/no`` (normal) and ``base/yes`` (anomalous): class ``brain``,
+    no masks, the folder's name as ``specie_name``."""
     items = []
-    for name in list(normal) + list(abnormal):
+    for name, is_abn in (("no", 0), ("yes", 1)):
         d = _child(base, name)
         if d is None:
             continue
-        is_abn = name in abnormal
         for img in _images(d):
-            items.append(_item(root, img, "", cls, os.path.basename(d), int(is_abn)))
+            items.append(_item(root, img, "", "brain", os.path.basename(d), is_abn))
     return items
+
+
+def _no_yes_meta(dataset: str, root: str, base: str, write: bool, meta_path) -> dict:
+    items = _no_yes_items(root, base)
+    if not items:
+        raise _empty_error(dataset, root, "images in no/ and yes/")
+    return _finish({"train": {}, "test": {"brain": items}}, root, write, meta_path)
 
 
 def _has_no_yes(d: str) -> bool:
@@ -56,10 +56,7 @@ def build_brainmri(root, *, write: bool = True, meta_path=None) -> dict:
     base = cand if cand is not None and _has_no_yes(cand) else _find_dir(root, _has_no_yes, max_depth=2)
     if base is None:
         raise _empty_error(dataset, root, "brain_tumor_dataset/no and brain_tumor_dataset/yes folders (or no/ and yes/)")
-    items = _binary_folders(root, base, "brain", ("no",), ("yes",))
-    if not items:
-        raise _empty_error(dataset, root, "images in no/ and yes/")
-    return _finish({"train": {}, "test": {"brain": items}}, root, write, meta_path)
+    return _no_yes_meta(dataset, root, base, write, meta_path)
 
 
 def build_br35h(root, *, write: bool = True, meta_path=None) -> dict:
@@ -78,10 +75,7 @@ def build_br35h(root, *, write: bool = True, meta_path=None) -> dict:
     base = _find_dir(root, _has_no_yes, max_depth=2)
     if base is None:
         raise _empty_error(dataset, root, "no/ and yes/ folders (pred/ is ignored)")
-    items = _binary_folders(root, base, "brain", ("no",), ("yes",))
-    if not items:
-        raise _empty_error(dataset, root, "images in no/ and yes/")
-    return _finish({"train": {}, "test": {"brain": items}}, root, write, meta_path)
+    return _no_yes_meta(dataset, root, base, write, meta_path)
 
 
 def _read_headct_labels(path: str) -> dict[int, int]:
@@ -143,7 +137,7 @@ def build_headct(root, *, write: bool = True, meta_path=None) -> dict:
         return _finish({"train": {}, "test": {"brain": items}}, root, write, meta_path)
     base = _find_dir(root, _has_no_yes, max_depth=2)
     if base is not None:
-        items = _binary_folders(root, base, "brain", ("no",), ("yes",))
+        items = _no_yes_items(root, base)
         if items:
             return _finish({"train": {}, "test": {"brain": items}}, root, write, meta_path)
     base = _mvtec_base(root)

@@ -11,20 +11,8 @@ import re
 from typing import Sequence
 
 from .common import (
-    _check_root,
-    _child,
-    _empty_error,
-    _find_dir,
-    _finish,
-    _images,
-    _item,
-    _natural_key,
-    _pair_masks,
-    _rel,
-    _stem,
-    _subdirs,
-    _walk_dirs,
-    _warn_missing,
+    _check_root, _child, _empty_error, _find_dir, _finish, _images, _item, _natural_key,
+    _pair_masks, _rel, _stem, _subdirs, _walk_dirs, _warn_missing,
 )
 
 __all__ = ["build_isic", "build_colondb", "build_clinicdb", "build_kvasir", "build_endo", "build_tn3k"]

@@ -11,18 +11,8 @@ import os
 from typing import Sequence
 
 from .common import (
-    _check_root,
-    _child,
-    _empty_error,
-    _find_dir,
-    _finish,
-    _images,
-    _item,
-    _natural_key,
-    _pair_masks,
-    _rel,
-    _subdirs,
-    _warn_missing,
+    _check_root, _child, _empty_error, _find_dir, _finish, _images, _item, _natural_key,
+    _pair_masks, _rel, _subdirs, _warn_missing,
 )
 
 __all__ = ["build_mvtec", "build_mpdd", "build_btad", "build_dtd", "build_mvtec_style"]

@@ -24,6 +24,7 @@ import warnings
 from typing import Any
 
 from ...errors import S2SWError
+from . import pro, ranking
 from .inputs import UndefinedMetricError, _Stack, _to_numpy
 from .pro import AUPRO_METHODS, aupro
 from .ranking import (
@@ -39,21 +40,7 @@ from .ranking import (
     roc_points,
 )
 
-__all__ = [
-    "METRIC_KEYS",
-    "AUPRO_METHODS",
-    "UndefinedMetricError",
-    "image_auroc",
-    "image_ap",
-    "image_f1max",
-    "pixel_auroc",
-    "pixel_ap",
-    "pixel_f1max",
-    "aupro",
-    "compute_metrics",
-    "roc_points",
-    "pr_points",
-]
+__all__ = ["METRIC_KEYS", "UndefinedMetricError", "compute_metrics", *ranking.__all__, *pro.__all__]
 
 #: The keys of :func:`compute_metrics`' result, in order.
 METRIC_KEYS = (
@@ -89,29 +76,23 @@ def compute_metrics(
         )
     out: dict = {k: None for k in METRIC_KEYS}
 
-    def undefined(keys, err):
-        warnings.warn(f"{', '.join(keys)} recorded as None: {err}", UserWarning, stacklevel=3)
+    def record(keys, compute):
+        # compute() gives one value per key; an undefined metric stays None, with a warning
+        try:
+            out.update(zip(keys, compute()))
+        except UndefinedMetricError as err:
+            warnings.warn(f"{', '.join(keys)} recorded as None: {err}", UserWarning, stacklevel=3)
 
-    keys = ("image_auroc", "image_ap", "image_f1max")
-    try:
-        st = _image_stats(labels, scores, "image metrics")
-        out.update(image_auroc=st.auroc(), image_ap=st.ap(), image_f1max=st.f1max())
-    except UndefinedMetricError as err:
-        undefined(keys, err)
+    def ranked(stats):
+        return stats.auroc(), stats.ap(), stats.f1max()
 
+    # METRIC_KEYS: the three image ranking metrics, the three pixel ones, AUPRO
+    record(METRIC_KEYS[:3], lambda: ranked(_image_stats(labels, scores, "image metrics")))
     if pixel and masks is not None and maps is not None:
         n_img = _to_numpy(scores).size
         n_maps = len(_Stack(maps, "maps"))
         if n_maps != n_img:
             raise S2SWError(f"{n_maps} maps for {n_img} image scores; they must match")
-        keys = ("pixel_auroc", "pixel_ap", "pixel_f1max")
-        try:
-            st = _pixel_stats(masks, maps, "pixel metrics")
-            out.update(pixel_auroc=st.auroc(), pixel_ap=st.ap(), pixel_f1max=st.f1max())
-        except UndefinedMetricError as err:
-            undefined(keys, err)
-        try:
-            out["pixel_aupro"] = aupro(masks, maps, method=aupro_method)
-        except UndefinedMetricError as err:
-            undefined(("pixel_aupro",), err)
+        record(METRIC_KEYS[3:6], lambda: ranked(_pixel_stats(masks, maps, "pixel metrics")))
+        record(METRIC_KEYS[6:], lambda: [aupro(masks, maps, method=aupro_method)])
     return out

@@ -31,14 +31,8 @@ import numpy as np
 from .inputs import UndefinedMetricError, _check_finite, _chunks, _image_inputs, _pair
 
 __all__ = [
-    "image_auroc",
-    "image_ap",
-    "image_f1max",
-    "pixel_auroc",
-    "pixel_ap",
-    "pixel_f1max",
-    "roc_points",
-    "pr_points",
+    "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max",
+    "roc_points", "pr_points",
 ]
 
 # Negative pixels sorted per chunk when counting ranks.
