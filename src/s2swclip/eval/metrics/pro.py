@@ -27,13 +27,15 @@ alone promoted ``float32 / int`` like ``float32 / int64``); ``np.arange`` theref
 float64 thresholds, and ``maps > th`` -- a float32 array against a float64 scalar -- was
 evaluated in float32 by value-based casting, i.e. against ``th`` rounded to float32. Under
 NumPy >= 2 (NEP 50) the same lines keep ``delta`` in float32 and compare in float64, which
-shifts the grid (about 1e-6 on the area for 20 maps of 518²). :func:`_released_thresholds` writes
-NumPy 1.x's steps out: (1) ``span = max - min`` rounded to the maps' precision; (2) ``delta =
-span / 200`` in float64; (3) arange's length ``ceil(span / delta)``, in float64 (usually 200);
-(4) the first two thresholds ``start = min`` and ``second = start + delta``; (5) arange's fill
-loop ``start + i * (second - start)`` for the rest (a multiply then an add, as NumPy's x86-64
-builds compute it); (6) each threshold rounded to the maps' precision for the comparison.
-float64 maps compute everything in float64, the same under either NumPy.
+shifts the grid (measured on 20 maps: 3.7e-8 on the area at 518², up to 5.7e-6 at 48²).
+:func:`_released_thresholds` writes NumPy 1.x's steps out: (1) ``span = max - min`` rounded to
+the maps' precision; (2) ``delta = span / 200`` in float64; (3) arange's length
+``ceil(span / delta)`` in float64 (200, or 201 for about one range in twenty); (4) the first two
+thresholds ``start = min`` and ``second = start + delta``; (5) arange's fill loop
+``start + i * (second - start)`` for the rest (a multiply then an add, as NumPy's x86-64 builds
+compute it); (6) each threshold rounded to the maps' precision for the comparison. float64 maps
+compute everything in float64, the same under either NumPy. (Checked against NumPy 1.26.4:
+identical thresholds on 5,518 random ranges, identical area on 20 maps of 518².)
 
 Undefined cases raise :class:`~.inputs.UndefinedMetricError`: masks without any anomalous
 region, no normal pixel, constant maps for grid200 (its grid is empty). Constant maps are well
