@@ -1,6 +1,7 @@
 """meta.json builders on small fake trees in each dataset's original layout."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -145,12 +146,17 @@ def test_mvtec(tmp_path):
     check_readable(tmp_path, "train")
 
 
-def test_mvtec_defect_without_ground_truth_warns(tmp_path):
+def test_mvtec_defect_without_ground_truth_warns(tmp_path, caplog):
     mvtec_tree(tmp_path, "bottle")
     img(tmp_path / "bottle/test/unlabelled/000.png")
-    with pytest.warns(UserWarning, match="no mask found"):
+    img(tmp_path / "bottle/test/unlabelled/001.png")
+    with caplog.at_level(logging.WARNING, logger="s2swclip"):
         s = build_meta("mvtec", tmp_path)
-    assert s["anomalous_without_mask"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        'MVTec AD: no mask found for anomalous image bottle/test/unlabelled/000.png (and 1 more); '
+        'such images get mask_path "" and count for image-level metrics only.'
+    ]
+    assert s["anomalous_without_mask"] == 2
     it = by_path(load(tmp_path), "test", "bottle")["bottle/test/unlabelled/000.png"]
     assert it["anomaly"] == 1 and it["mask_path"] == ""
 

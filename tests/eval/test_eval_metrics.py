@@ -1,7 +1,6 @@
 """Image/pixel AUROC, AP, F1-max against scikit-learn; input forms; degenerate inputs."""
 
-import math
-import warnings
+import logging
 
 import numpy as np
 import pytest
@@ -251,18 +250,24 @@ def test_compute_metrics_all_keys():
         compute_metrics(labels, scores, aupro_method="nope")
 
 
-def test_compute_metrics_undefined_become_none_with_warning():
+def test_compute_metrics_undefined_become_none_with_a_logged_warning(caplog):
     masks, maps = pixel_case(4, n=6)
     labels = np.ones(6)  # every image anomalous: image metrics undefined
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = compute_metrics(labels, np.linspace(0, 1, 6), np.zeros_like(masks), maps)
-    text = " ".join(str(w.message) for w in caught)
-    assert len(caught) == 3 and all(issubclass(w.category, UserWarning) for w in caught)
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
-        assert key in text
-    assert out["image_auroc"] is None and out["pixel_aupro"] is None and out["pixel_auroc"] is None
-    assert not any(isinstance(v, float) and math.isnan(v) for v in out.values())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        compute_metrics(np.array([0, 1, 0, 1, 1, 0]), np.linspace(0, 1, 6), masks, maps)
+    with caplog.at_level(logging.WARNING, logger="s2swclip"):
+        out = compute_metrics(labels, np.linspace(0, 1, 6), np.zeros_like(masks), maps, where="toy/a")
+    messages = [r.getMessage() for r in caplog.records]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 3
+    assert [m.split(" recorded as None: ")[0] for m in messages] == [
+        "toy/a: image_auroc, image_ap, image_f1max",
+        "toy/a: pixel_auroc, pixel_ap, pixel_f1max",
+        "toy/a: pixel_aupro",
+    ]
+    assert all(r.name == "s2swclip.eval.metrics" for r in caplog.records)
+    assert out == {k: None for k in METRIC_KEYS}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="s2swclip"):
+        out = compute_metrics(np.array([0, 1, 0, 1, 1, 0]), np.linspace(0, 1, 6), masks, maps)
+    assert caplog.records == [] and None not in out.values()
+    with caplog.at_level(logging.WARNING, logger="s2swclip"):
+        compute_metrics(labels, np.linspace(0, 1, 6))
+    assert caplog.records[0].getMessage().startswith("image_auroc, image_ap, image_f1max recorded as None: ")

@@ -8,7 +8,7 @@ Masks are paired with images by file stem (``000.png`` <-> ``000.png`` / ``000_m
 ``ISIC_0000003_Segmentation.png`` / ``0002_label.PNG`` / ``10000_GT.png`` / ``p1.tiff``); if no
 stem matches at all in a folder pair but the counts are equal, they are paired in sorted
 order, as the authors' scripts do. An anomalous image whose mask cannot be found gets
-``mask_path ""`` (image-level metrics only) and a warning.
+``mask_path ""`` (image-level metrics only) and a warning is logged.
 
 An item is one entry of ``meta.json``: ``{"img_path", "mask_path", "cls_name", "specie_name",
 "anomaly"}`` with paths relative to the dataset root and ``/`` separators.
@@ -17,9 +17,9 @@ An item is one entry of ``meta.json``: ``{"img_path", "mask_path", "cls_name", "
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import warnings
 from typing import Callable, Iterable, Sequence
 
 from ...errors import S2SWError
@@ -27,6 +27,8 @@ from ...fileio import atomic_write_text
 from ..images import is_image_name
 
 __all__ = ["write_meta", "summarize_meta"]
+
+log = logging.getLogger(__name__)
 
 _MASK_SUFFIXES = ("", "_mask", "_segmentation", "_label", "_gt", "_seg", "-mask", "_m")
 
@@ -142,10 +144,9 @@ def _pair_masks(images: Sequence[str], masks: Sequence[str]) -> dict[str, str]:
 def _warn_missing(dataset: str, missing: list[str]) -> None:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        warnings.warn(
-            f"{dataset}: no mask found for anomalous image {missing[0]}{more}; such images get mask_path \"\" "
-            f"and count for image-level metrics only.",
-            stacklevel=3,
+        log.warning(
+            "%s: no mask found for anomalous image %s%s; such images get mask_path \"\" and count for "
+            "image-level metrics only.", dataset, missing[0], more,
         )
 
 

@@ -15,12 +15,12 @@ of :class:`s2swclip.errors.S2SWError`; invalid inputs (shape mismatch, NaN/inf s
 labels) raise ``S2SWError``. Well-defined corner cases keep their value: constant scores give
 AUROC 0.5, AP = positive fraction P/(P+N), F1-max = 2P/(2P+N), exact AUPRO = ``max_fpr / 2``
 (the curve jumps from (0, 0) to (1, 1), so the interpolated overlap at ``max_fpr`` is
-``max_fpr``). :func:`compute_metrics` records ``None`` (with a warning) for undefined metrics.
+``max_fpr``). :func:`compute_metrics` records ``None`` for undefined metrics and logs a warning.
 """
 
 from __future__ import annotations
 
-import warnings
+import logging
 from typing import Any
 
 from ...errors import S2SWError
@@ -39,6 +39,8 @@ from .ranking import (
     pr_points,
     roc_points,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["METRIC_KEYS", "UndefinedMetricError", "compute_metrics", *ranking.__all__, *pro.__all__]
 
@@ -61,14 +63,16 @@ def compute_metrics(
     maps: Any = None,
     aupro_method: str = "exact",
     pixel: bool = True,
+    where: str | None = None,
 ) -> dict:
     """All seven metrics as a dict keyed by :data:`METRIC_KEYS` (values in [0, 1] or None).
 
     Image metrics use ``labels``/``scores``. Pixel metrics are computed when ``pixel`` is true
     and both ``masks`` and ``maps`` are given; otherwise the four pixel keys are present with
     value ``None``. A metric that is undefined for these inputs (see
-    :class:`UndefinedMetricError`) is recorded as ``None`` and a ``UserWarning`` names it;
-    invalid inputs still raise :class:`S2SWError`.
+    :class:`UndefinedMetricError`) is recorded as ``None`` and a warning naming it is logged
+    (logger ``s2swclip.eval.metrics``), prefixed with ``where`` (e.g. ``"mvtec/bottle"``) when
+    given; invalid inputs still raise :class:`S2SWError`.
     """
     if aupro_method not in AUPRO_METHODS:
         raise S2SWError(
@@ -81,7 +85,7 @@ def compute_metrics(
         try:
             out.update(zip(keys, compute()))
         except UndefinedMetricError as err:
-            warnings.warn(f"{', '.join(keys)} recorded as None: {err}", UserWarning, stacklevel=3)
+            log.warning("%s%s recorded as None: %s", f"{where}: " if where else "", ", ".join(keys), err)
 
     def ranked(stats):
         return stats.auroc(), stats.ap(), stats.f1max()
