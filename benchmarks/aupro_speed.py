@@ -4,7 +4,8 @@ The reference loop is a straightforward transcription of the structure of the au
 code (threshold x image x region): for each of the 200 thresholds it binarises all maps, labels
 each image's mask (8-connectivity) and sums each region's true positives, then counts false
 positives over all negative pixels; FPR < 0.3 points are kept, the FPR axis min-max rescaled and
-the trapezoid area taken. ``--hoist`` labels every mask once, before the threshold loop (a
+the trapezoid area taken. Its thresholds are computed as under NumPy 1.x, which the released code
+ran under (float64 step, comparisons in the maps' float32). ``--hoist`` labels every mask once, before the threshold loop (a
 stricter, faster baseline).
 
 Targets (200 maps at 518 x 518): grid200 >= 50x faster than the loop and within 1e-6 of it;
@@ -50,12 +51,14 @@ def loop_grid200(masks, maps, max_step=200, expect_fpr=0.3, hoist=False):
     """200-threshold loop in the shape of the authors' code (threshold x image x region)."""
     binary = np.zeros(maps.shape, dtype=bool)
     min_th, max_th = maps.min(), maps.max()
-    delta = (max_th - min_th) / max_step
+    # NumPy 1.x, which the released code ran under, computed this step in float64 and compared
+    # the float32 maps with each threshold in float32; written out so NumPy >= 2 does the same
+    delta = np.float64(max_th - min_th) / max_step
     labelled = [ndimage.label(m, structure=EIGHT)[0] for m in masks] if hoist else None
     inverse = (1 - masks.astype(np.uint8)) if hoist else None
     pros, fprs = [], []
     for th in np.arange(min_th, max_th, delta):
-        np.greater(maps, th, out=binary)
+        np.greater(maps, maps.dtype.type(th), out=binary)
         pro = []
         for i, (b, mask) in enumerate(zip(binary, masks)):
             lab = labelled[i] if hoist else ndimage.label(mask, structure=EIGHT)[0]

@@ -1,13 +1,15 @@
 """meta.json builders on small fake trees in each dataset's original layout."""
 
 import json
+import logging
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from s2swclip.data.builders import BUILDERS, build_meta, summarize_meta, write_meta
+from s2swclip.data.builders import BUILDERS, build_meta, describe, summarize_meta, write_meta
+from s2swclip.data.images import IMAGE_EXTENSIONS
 from s2swclip.data.dataset import AnomalyDataset
 from s2swclip.errors import S2SWError
 
@@ -72,11 +74,44 @@ def mvtec_tree(root, cls="bottle", defects=("broken", "crack"), normal="good", i
 # ------------------------------------------------------------------------------ registry, writing
 def test_registry_and_aliases(tmp_path):
     assert set(BUILDERS) == ALL_NAMES
+    assert list(describe()) == list(BUILDERS)
+    assert describe()["sdd"] == "SDD (KolektorSDD, KolektorSDD2)" and describe()["folder"].endswith("MVTec-style folder")
     mvtec_tree(tmp_path)
-    for name in ("MVTec", "mvtec-ad", "MVTEC_AD"):
+    for name in ("MVTec", "mvtec-ad", "MVTEC_AD", "mvtec ad"):
         assert build_meta(name, tmp_path)["dataset"] == "mvtec"
-    with pytest.raises(S2SWError, match="unknown dataset 'nope'"):
+    assert build_meta("custom", tmp_path)["dataset"] == "folder"
+    assert build_meta("MVTec-style", tmp_path)["dataset"] == "folder"
+    with pytest.raises(S2SWError, match="unknown dataset 'nope'") as e:
         build_meta("nope", tmp_path)
+    assert str(e.value).endswith(", ".join(sorted(ALL_NAMES, key=list(BUILDERS).index)) + ".")
+
+
+def test_image_files_are_those_pillow_decodes(tmp_path):
+    """Any format of the one list (GIF, PPM, ...) counts as an image; other files, hidden files and
+    resource forks are ignored, and masks are still paired by stem across formats."""
+    assert {".gif", ".ppm", ".png", ".tiff"} <= set(IMAGE_EXTENSIONS)
+    assert not {".txt", ".csv", ".json", ".db", ".md"} & set(IMAGE_EXTENSIONS)
+    base = tmp_path / "widget"
+    img(base / "train/good/000.gif")
+    img(base / "train/good/001.ppm")
+    img(base / "test/good/000.png")
+    img(base / "test/dent/000.gif", value=200)
+    img(base / "test/dent/001.tif", value=200)
+    mask(base / "ground_truth/dent/000_mask.png")
+    mask(base / "ground_truth/dent/001_mask.png")
+    for junk in ("notes.txt", "Thumbs.db", "._000.png", ".hidden.png", "labels.csv"):
+        for d in ("train/good", "test/dent", "ground_truth/dent"):
+            (base / d / junk).write_bytes(b"not an image")
+    img(base / "test/__MACOSX/000.png")  # a resource-fork folder is no defect type
+    s = build_meta("folder", tmp_path)
+    assert s["splits"] == {"train": {"widget": {"normal": 2, "anomaly": 0, "with_mask": 0}},
+                           "test": {"widget": {"normal": 1, "anomaly": 2, "with_mask": 2}}}
+    test = by_path(load(tmp_path), "test", "widget")
+    assert sorted(test) == ["widget/test/dent/000.gif", "widget/test/dent/001.tif", "widget/test/good/000.png"]
+    assert test["widget/test/dent/000.gif"]["mask_path"] == "widget/ground_truth/dent/000_mask.png"
+    assert test["widget/test/dent/001.tif"]["mask_path"] == "widget/ground_truth/dent/001_mask.png"
+    check_readable(tmp_path)
+    check_readable(tmp_path, "train")
 
 
 def test_atomic_write_leaves_no_temp(tmp_path):
@@ -111,12 +146,17 @@ def test_mvtec(tmp_path):
     check_readable(tmp_path, "train")
 
 
-def test_mvtec_defect_without_ground_truth_warns(tmp_path):
+def test_mvtec_defect_without_ground_truth_warns(tmp_path, caplog):
     mvtec_tree(tmp_path, "bottle")
     img(tmp_path / "bottle/test/unlabelled/000.png")
-    with pytest.warns(UserWarning, match="no mask found"):
+    img(tmp_path / "bottle/test/unlabelled/001.png")
+    with caplog.at_level(logging.WARNING, logger="s2swclip"):
         s = build_meta("mvtec", tmp_path)
-    assert s["anomalous_without_mask"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        'MVTec AD: no mask found for anomalous image bottle/test/unlabelled/000.png (and 1 more); '
+        'such images get mask_path "" and count for image-level metrics only.'
+    ]
+    assert s["anomalous_without_mask"] == 2
     it = by_path(load(tmp_path), "test", "bottle")["bottle/test/unlabelled/000.png"]
     assert it["anomaly"] == 1 and it["mask_path"] == ""
 

@@ -1,14 +1,13 @@
 """Image/pixel AUROC, AP, F1-max against scikit-learn; input forms; degenerate inputs."""
 
-import math
-import warnings
+import logging
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from s2swclip.errors import S2SWError
-from s2swclip.eval import metrics as M
+from s2swclip.eval.metrics import inputs, ranking
 from s2swclip.metrics import (
     METRIC_KEYS,
     UndefinedMetricError,
@@ -98,8 +97,8 @@ def test_pixel_metrics_equal_sklearn(seed, quantise, dtype):
 def test_pixel_metrics_chunked_equal_unchunked(monkeypatch):
     masks, maps = pixel_case(11, n=9, quantise=16)
     ref = (pixel_auroc(masks, maps), pixel_ap(masks, maps), pixel_f1max(masks, maps))
-    monkeypatch.setattr(M, "_CHUNK_PIXELS", 17 * 23 * 2)
-    monkeypatch.setattr(M, "_SORT_CHUNK_PIXELS", 17 * 23 * 3)
+    monkeypatch.setattr(inputs, "_CHUNK_PIXELS", 17 * 23 * 2)
+    monkeypatch.setattr(ranking, "_SORT_CHUNK_PIXELS", 17 * 23 * 3)
     got = (pixel_auroc(masks, maps), pixel_ap(masks, maps), pixel_f1max(masks, maps))
     assert got == pytest.approx(ref, abs=1e-12)
 
@@ -114,15 +113,19 @@ def test_pixel_input_forms():
         (list(masks.astype(np.uint8)), [torch.from_numpy(m) for m in maps]),
         (masks.astype(np.float64), maps.astype(np.float16).astype(np.float32)),
     ]
-    for i, (m, x) in enumerate(forms):
-        if i < 3:
-            assert pixel_auroc(m, x) == pytest.approx(ref_auc, abs=1e-12)
-            assert aupro(m, x) == pytest.approx(ref_pro, abs=1e-12)
-            assert aupro(m, x, method="grid200") == pytest.approx(
-                aupro(masks, maps, method="grid200"), abs=1e-12
-            )
-        else:
-            assert 0 <= pixel_auroc(m, x) <= 1
+    for m, x in forms[:3]:
+        assert pixel_auroc(m, x) == pytest.approx(ref_auc, abs=1e-12)
+        assert aupro(m, x) == pytest.approx(ref_pro, abs=1e-12)
+        assert aupro(m, x, method="grid200") == pytest.approx(
+            aupro(masks, maps, method="grid200"), abs=1e-12
+        )
+    # float64 masks are binarised at 0.5; float16-rounded maps have ties of their own
+    m, x = forms[3]
+    assert pixel_auroc(m, x) == pytest.approx(roc_auc_score(masks.ravel(), x.ravel()), abs=1e-12)
+    assert pixel_auroc(m * 0.6, x) == pytest.approx(pixel_auroc(m, x), abs=1e-12)
+    assert pixel_ap(torch.from_numpy(x).half(), x) == pytest.approx(
+        average_precision_score(x.ravel() > 0.5, x.ravel()), abs=1e-12
+    )
     # a single [H,W] pair is one image
     assert pixel_auroc(masks[0], maps[0]) == pytest.approx(
         roc_auc_score(masks[0].ravel(), maps[0].ravel()), abs=1e-12
@@ -223,9 +226,18 @@ def test_compute_metrics_all_keys():
     scores = maps.reshape(6, -1).max(1)
     out = compute_metrics(labels, scores, masks, maps)
     assert tuple(out) == METRIC_KEYS
-    assert all(isinstance(v, float) and 0 <= v <= 1 for v in out.values())
-    assert out["pixel_aupro"] == pytest.approx(aupro(masks, maps))
-    assert out["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
+    assert all(isinstance(v, float) for v in out.values())
+    y, s = masks.ravel(), maps.ravel()
+    expected = {
+        "image_auroc": roc_auc_score(labels, scores),
+        "image_ap": average_precision_score(labels, scores),
+        "image_f1max": sk_f1max(labels, scores),
+        "pixel_auroc": roc_auc_score(y, s),
+        "pixel_ap": average_precision_score(y, s),
+        "pixel_f1max": sk_f1max(y, s),
+        "pixel_aupro": aupro(masks, maps),
+    }
+    assert out == pytest.approx(expected, abs=1e-12)
     g = compute_metrics(labels, scores, masks, maps, aupro_method="grid200")
     assert g["pixel_aupro"] == pytest.approx(aupro(masks, maps, method="grid200"))
     img_only = compute_metrics(labels, scores)
@@ -238,18 +250,24 @@ def test_compute_metrics_all_keys():
         compute_metrics(labels, scores, aupro_method="nope")
 
 
-def test_compute_metrics_undefined_become_none_with_warning():
+def test_compute_metrics_undefined_become_none_with_a_logged_warning(caplog):
     masks, maps = pixel_case(4, n=6)
     labels = np.ones(6)  # every image anomalous: image metrics undefined
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = compute_metrics(labels, np.linspace(0, 1, 6), np.zeros_like(masks), maps)
-    text = " ".join(str(w.message) for w in caught)
-    assert len(caught) == 3 and all(issubclass(w.category, UserWarning) for w in caught)
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
-        assert key in text
-    assert out["image_auroc"] is None and out["pixel_aupro"] is None and out["pixel_auroc"] is None
-    assert not any(isinstance(v, float) and math.isnan(v) for v in out.values())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        compute_metrics(np.array([0, 1, 0, 1, 1, 0]), np.linspace(0, 1, 6), masks, maps)
+    with caplog.at_level(logging.WARNING, logger="s2swclip"):
+        out = compute_metrics(labels, np.linspace(0, 1, 6), np.zeros_like(masks), maps, where="toy/a")
+    messages = [r.getMessage() for r in caplog.records]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 3
+    assert [m.split(" recorded as None: ")[0] for m in messages] == [
+        "toy/a: image_auroc, image_ap, image_f1max",
+        "toy/a: pixel_auroc, pixel_ap, pixel_f1max",
+        "toy/a: pixel_aupro",
+    ]
+    assert all(r.name == "s2swclip.eval.metrics" for r in caplog.records)
+    assert out == {k: None for k in METRIC_KEYS}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="s2swclip"):
+        out = compute_metrics(np.array([0, 1, 0, 1, 1, 0]), np.linspace(0, 1, 6), masks, maps)
+    assert caplog.records == [] and None not in out.values()
+    with caplog.at_level(logging.WARNING, logger="s2swclip"):
+        compute_metrics(labels, np.linspace(0, 1, 6))
+    assert caplog.records[0].getMessage().startswith("image_auroc, image_ap, image_f1max recorded as None: ")

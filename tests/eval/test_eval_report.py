@@ -94,10 +94,9 @@ def test_write_and_load(tmp_path, report):
     assert list(rows[0]) == ["dataset", "class", *METRIC_KEYS, "aupro_method"]
     assert float(rows[0]["image_auroc"]) == 0.90
     assert rows[2]["pixel_auroc"] == "" and rows[3]["aupro_method"] == "grid200"
-    for r in rows:
-        for k in METRIC_KEYS:
-            if r[k]:
-                assert 0.0 <= float(r[k]) <= 1.0
+    for r in rows:  # every cell is the report's number, written exactly
+        values = report["mean"] if r["class"] == "mean" else report["classes"][r["class"]]
+        assert [float(r[k]) if r[k] else None for k in METRIC_KEYS] == [values[k] for k in METRIC_KEYS]
     assert load_report(paths["json"]) == report
     assert to_csv(report) == (out / "report.csv").read_text()
     # rewriting replaces the files in place
@@ -119,6 +118,7 @@ def test_load_errors(tmp_path):
 
 def test_end_to_end_with_compute_metrics(tmp_path):
     import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     from s2swclip.metrics import compute_metrics
 
@@ -127,10 +127,14 @@ def test_end_to_end_with_compute_metrics(tmp_path):
     for cls in ("a", "b"):
         masks = np.zeros((4, 16, 16), bool)
         masks[1, 3:8, 4:9] = masks[3, 10:14, 2:6] = True
-        maps = (rng.random((4, 16, 16)) + masks).astype(np.float32)
-        labels = masks.reshape(4, -1).any(1)
-        per_class[cls] = compute_metrics(labels, maps.reshape(4, -1).max(1), masks, maps)
+        maps = (rng.random((4, 16, 16)) + 0.5 * masks).astype(np.float32)
+        labels, scores = masks.reshape(4, -1).any(1), maps.reshape(4, -1).mean(1)
+        per_class[cls] = compute_metrics(labels, scores, masks, maps)
+        assert per_class[cls]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
+        assert per_class[cls]["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
     rep = build_report("toy", per_class)
     write_report(rep, str(tmp_path))
-    assert json.loads((tmp_path / "report.json").read_text())["aupro_method"] == "exact"
-    assert all(0 <= v <= 1 for v in rep["mean"].values())
+    assert json.loads((tmp_path / "report.json").read_text()) == rep
+    assert rep["aupro_method"] == "exact"
+    for k in METRIC_KEYS:
+        assert rep["mean"][k] == pytest.approx((per_class["a"][k] + per_class["b"][k]) / 2, abs=1e-12)

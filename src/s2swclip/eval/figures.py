@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import S2SWError
 from ..fileio import atomic_write_bytes
-from .metrics import _to_numpy, image_ap, image_auroc, pr_points, roc_points
+from .metrics import image_ap, image_auroc, pr_points, roc_points
+from .metrics.inputs import _to_numpy
 
 __all__ = ["jet_colormap", "heatmap_overlay", "save_overlay", "save_curves"]
 
