@@ -217,7 +217,7 @@ def cmd_serve(args) -> int:
 
 # -------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from .data.builders import BUILDERS
+    from .data.builders import describe
     from .eval.metrics import AUPRO_METHODS
 
     parser = _Parser(prog="s2swclip", description="Zero-shot visual anomaly detection with S2SWCLIP.")
@@ -279,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("build-meta", help="write meta.json for a dataset in its original layout")
-    p.add_argument("dataset", help=f"dataset name: {', '.join(BUILDERS)}")
+    p = sub.add_parser("build-meta", help="write meta.json for a dataset in its original layout",
+                       description="datasets: " + "; ".join(f"{k} = {v}" for k, v in describe().items()))
+    p.add_argument("dataset", help="dataset name (see the list above)")
     p.add_argument("root", help="the dataset's root folder")
     p.set_defaults(func=cmd_build_meta)
 
