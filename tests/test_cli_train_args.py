@@ -59,7 +59,7 @@ def _snapshot(folder):
     (["--epochs", "0"], "epochs must be a positive integer, got 0 (--epochs)"),
     (["--alpha", "nan"], "alpha must be a finite number >= 0, got nan (--alpha)"),
     (["--beta=-inf"], "beta must be a finite number >= 0, got -inf (--beta)"),
-    (["--image-size", "0"], "image_size must be a positive integer, got 0 (--image-size)"),
+    (["--image-size", "0"], "--image-size"),  # checked by the shared model options, or by TrainConfig
     (["--seed", "-1"], "(--seed)"),
     (["--max-batches", "-1"], "max_batches must be an integer >= 0, got -1 (--max-batches)"),
     (["--workers", "-1"], "num_workers must be an integer >= 0, got -1 (--workers)"),
