@@ -335,4 +335,3 @@ def test_invalid_run_arguments_are_refused_before_anything_is_written(tmp_path, 
     with pytest.raises(S2SWError, match=re.escape(needle)):
         train(tmp_path / "no-data", tmp_path / "out", **dict(SMALL, **kw))
     assert os.listdir(tmp_path) == []
-
