@@ -191,13 +191,12 @@ def _set_references(det, args) -> None:
         if args.shots is not None:
             raise S2SWError(f"--shots selects images of a folder; {path} is a references file")
         det.load_references(path)
-        logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from {path}")
-        return
-    refs = read_reference_images(source, det.config.image_size, shots=args.shots,
-                                 max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
-    det.set_references(torch.from_numpy(refs.pixels))
-    logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from {source} "
-                                     f"(weight {det.config.few_shot_weight})")
+    else:
+        refs = read_reference_images(source, det.config.image_size, shots=args.shots,
+                                     max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
+        det.set_references(torch.from_numpy(refs.pixels))
+    logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
+                                           f"{source} (weight {det.config.few_shot_weight})")
 
 
 # ------------------------------------------------------------------------------------ commands
