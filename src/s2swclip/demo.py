@@ -83,6 +83,7 @@ def _few_shot_step(det, untrained, target, zero_shot: dict, *, seed: int, shots:
     references, fused with the trained prompts (``det``, w = 0.5) and alone (``untrained``, w = 1)."""
     from .eval.protocol import evaluate_dataset
 
+    t0 = time.time()
     fused = evaluate_dataset(det, target, dataset_name="held-out, few-shot", batch_size=8, progress=False,
                              shots=shots, shot_seed=seed)
     untrained.config = untrained.config.replace(few_shot_weight=1.0)
@@ -92,7 +93,8 @@ def _few_shot_step(det, untrained, target, zero_shot: dict, *, seed: int, shots:
             f"few-shot, {shots} refs/class, w=0.5": fused["mean"],
             f"references only, {shots} refs/class, w=1": only["mean"]}
     width = max(map(len, rows))
-    lines = ["zero-shot vs few-shot on the held-out images (mean over categories; random tiny backbone):",
+    lines = [f"zero-shot vs few-shot on the held-out images (mean over categories; random tiny backbone; "
+             f"few-shot runs took {time.time() - t0:.1f} s):",
              f"  {'':<{width}}  " + "  ".join(f"{k:>11}" for k in FEW_SHOT_KEYS)]
     for name, mean in rows.items():
         lines.append(f"  {name:<{width}}  " + "  ".join(
