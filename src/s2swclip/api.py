@@ -84,7 +84,11 @@ def load_detector(
         seed: seed of the random prompt initialisation (and of random weights).
         untrained_ok: do not warn when ``prompts`` is None (training starts from there).
         **options: any :class:`~s2swclip.model.config.DetectorConfig` field (e.g.
-            ``wavelet_lambda=0.5``, ``layer_aliasing=False``, ``sigma=4``).
+            ``wavelet_lambda=0.5``, ``layer_aliasing=False``, ``sigma=4``). The few-normal-shot
+            mode's (used once ``det.set_references(images)`` is called): ``few_shot_weight=0.5``
+            (w in [0, 1]; 1: references only, no trained prompts needed),
+            ``few_shot_layers=(6, 12, 18, 24)``, ``few_shot_stream="plain"``, ``coreset=None``
+            (or a fraction in (0, 1] of each layer's reference tokens to keep).
 
     Returns:
         An :class:`~s2swclip.model.detector.S2SWDetector` in eval mode on ``device``.
@@ -120,6 +124,7 @@ def load_detector(
     if max(layers) > n_blocks or config.dpam_layers > n_blocks:
         raise S2SWError(f"backbone {info['backbone']} has {n_blocks} vision layers, but "
                         f"feature_layers={list(layers)} / dpam_layers={config.dpam_layers} ask for more")
+    _check_few_shot_options(config, n_blocks)
     patch = int(clip.visual.conv1.kernel_size[0])
     if config.image_size < patch:
         raise S2SWError(f"image size {config.image_size} is smaller than the backbone's {patch}-pixel "
@@ -147,3 +152,22 @@ def load_detector(
                       prompts_format=None if ckpt is None else ckpt.kind)
     det = S2SWDetector(bb, learner, config, provenance=provenance)
     return det.to(dev).eval()
+
+
+# ------------------------------------------------------------------------- few-normal-shot mode
+def _check_few_shot_options(config: DetectorConfig, n_blocks: int) -> None:
+    """The few-shot options of ``config`` are usable with a backbone of ``n_blocks`` layers."""
+    from .model.references import FEW_SHOT_STREAMS
+
+    w = config.few_shot_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+        raise S2SWError(f"few_shot_weight must be a number in [0, 1] (1: references only), got {w!r}")
+    layers = config.few_shot_layers
+    if not layers or len(set(layers)) != len(layers) or any(not 1 <= x <= n_blocks for x in layers):
+        raise S2SWError(f"few_shot_layers must be distinct layer numbers in 1..{n_blocks}, got {list(layers)}")
+    if config.few_shot_stream not in FEW_SHOT_STREAMS:
+        raise S2SWError(f"few_shot_stream must be one of {', '.join(FEW_SHOT_STREAMS)}, "
+                        f"got {config.few_shot_stream!r}")
+    c = config.coreset
+    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1):
+        raise S2SWError(f"coreset must be None or the fraction of reference tokens to keep, in (0, 1], got {c!r}")

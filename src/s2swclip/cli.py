@@ -62,6 +62,30 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _finite(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 # ------------------------------------------------------------------------------- arguments
 def _add_model_args(p: argparse.ArgumentParser, prompts: bool = True) -> None:
     from .api import PRECISIONS
@@ -93,9 +117,86 @@ def _weights(value: str | None):
 def _detector(args):
     from .api import load_detector
 
-    return load_detector(args.backbone, _weights(args.weights), getattr(args, "prompts", None),
-                         image_size=args.image_size, device=args.device, precision=args.precision,
-                         preset=args.preset, cache_dir=args.cache_dir)
+    options = _few_shot_options(args)
+    det = load_detector(args.backbone, _weights(args.weights), getattr(args, "prompts", None),
+                        image_size=args.image_size, device=args.device, precision=args.precision,
+                        preset=args.preset, cache_dir=args.cache_dir,
+                        untrained_ok=_references_only(args), **options)
+    _set_references(det, args)
+    return det
+
+
+# ----------------------------------------------------------------------- few-normal-shot mode
+def _add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False) -> None:
+    """predict/serve: ``--reference DIR [--shots K]``; test (``protocol``): ``--shots K
+    --shot-seed S [S ...]``; both: ``--few-shot-weight W``, ``--coreset F``."""
+    g = p.add_argument_group("few-shot (known-good reference images of the product)")
+    if protocol:
+        g.add_argument("--shots", type=_positive_int, metavar="K",
+                       help="few-shot protocol: K normal references per class, drawn from the train split "
+                            "(from the test normals, then excluded from scoring, when there is none)")
+        g.add_argument("--shot-seed", type=_seed, nargs="+", metavar="S",
+                       help="seed(s) of the draw (default 0); several seeds: mean +- std in the report")
+    else:
+        g.add_argument("--reference", metavar="DIR",
+                       help="folder (or image files, glob) of known-good images, or a references .safetensors "
+                            "file saved with det.save_references: turns the few-shot mode on")
+        g.add_argument("--shots", type=_positive_int, metavar="K",
+                       help="use the first K reference images (sorted by path; default: all)")
+    g.add_argument("--few-shot-weight", type=_unit_interval, metavar="W",
+                   help="weight of the few-shot map and score in [0, 1] (default 0.5); 1: references only, "
+                        "no trained prompts needed")
+    g.add_argument("--coreset", type=_share, metavar="F",
+                   help="keep this fraction of each layer's reference tokens (greedy k-center): less memory "
+                        "and time with many references")
+
+
+def _few_shot_options(args) -> dict:
+    """Detector options of the few-shot flags; refuses flags that would be ignored."""
+    if not hasattr(args, "few_shot_weight"):
+        return {}
+    on = args.shots is not None if hasattr(args, "shot_seed") else args.reference is not None
+    need = "--shots K" if hasattr(args, "shot_seed") else "--reference DIR"
+    given = [flag for flag, value in (("--few-shot-weight", args.few_shot_weight), ("--coreset", args.coreset),
+                                      ("--shot-seed", getattr(args, "shot_seed", None)),
+                                      ("--shots", None if hasattr(args, "shot_seed") else args.shots))
+             if value is not None]
+    if given and not on:
+        raise S2SWError(f"{given[0]} only applies to the few-shot mode: add {need}")
+    options = {}
+    if args.few_shot_weight is not None:
+        options["few_shot_weight"] = args.few_shot_weight
+    if args.coreset is not None:
+        options["coreset"] = args.coreset
+    return options
+
+
+def _references_only(args) -> bool:
+    """References with weight 1: the prompts play no part (no warning about untrained ones)."""
+    on = getattr(args, "reference", None) is not None or getattr(args, "shots", None) is not None
+    return on and getattr(args, "few_shot_weight", None) == 1
+
+
+def _set_references(det, args) -> None:
+    """``--reference``: a references file is loaded, images are read like query images."""
+    source = getattr(args, "reference", None)
+    if source is None:
+        return
+    import torch
+
+    from .inference.references import read_reference_images
+
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        if args.shots is not None:
+            raise S2SWError(f"--shots selects images of a folder; {path} is a references file")
+        det.load_references(path)
+    else:
+        refs = read_reference_images(source, det.config.image_size, shots=args.shots,
+                                     max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
+        det.set_references(torch.from_numpy(refs.pixels))
+    logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
+                                           f"{source} (weight {det.config.few_shot_weight})")
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -126,11 +227,18 @@ def cmd_test(args) -> int:
     for root in args.data:
         name = Path(root).resolve().name
         out = Path(args.out) / name if len(args.data) > 1 else Path(args.out)
-        report = evaluate_dataset(det, root, dataset_name=name, batch_size=args.batch_size,
-                                  classes=args.classes, aupro_method=args.aupro, out_dir=out,
-                                  figures_per_class=args.figures, progress=not args.quiet,
-                                  num_workers=args.workers)
-        print(format_markdown(report))
+        common = dict(dataset_name=name, batch_size=args.batch_size, classes=args.classes,
+                      aupro_method=args.aupro, out_dir=out, figures_per_class=args.figures,
+                      progress=not args.quiet, num_workers=args.workers)
+        if args.shots is not None:  # few-normal-shot protocol
+            from .eval.fewshot import evaluate_few_shot, format_few_shot
+
+            report = evaluate_few_shot(det, root, shots=args.shots, seeds=args.shot_seed or [0], **common)
+            print(format_markdown(report))
+            print(format_few_shot(report))
+        else:
+            report = evaluate_dataset(det, root, **common)
+            print(format_markdown(report))
         print(f"report: {out / 'report.json'}")
     return 0
 
@@ -145,6 +253,8 @@ def cmd_predict(args) -> int:
     collect_inputs(args.inputs)
     if args.calibrate is not None:
         collect_inputs([args.calibrate])
+    if args.reference is not None:
+        collect_inputs([args.reference])
     summary = predict_files(as_scorer(_detector(args)), args.inputs, args.out, threshold=args.threshold,
                             calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
                             overlays=not args.no_overlays, progress=not args.quiet,
@@ -254,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", type=int, default=4, help="overlay figures per class (0: none)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    _add_few_shot_args(p, protocol=True)
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("predict", help="score images, folders or globs")
@@ -271,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse images larger than this many megapixels (default 40)")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    _add_few_shot_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on synthetic data (tiny random backbone)")
@@ -307,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoded megapixels held at once by all requests together (memory budget)")
     p.add_argument("--upload-timeout", type=_positive, default=30.0,
                    help="seconds without data before a stalled upload is answered 408")
+    _add_few_shot_args(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

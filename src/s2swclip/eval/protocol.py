@@ -39,12 +39,17 @@ def evaluate_dataset(
     figures_per_class: int = 0,
     progress: bool = True,
     num_workers: int = 0,
+    shots: int | None = None,
+    shot_seed: int = 0,
 ) -> dict:
     """Score the test split of ``data_root`` class by class and compute the metrics.
 
     Pixel metrics use the items that have a mask (normal images and anomalous ones with a mask
     file); image metrics use all items. With ``out_dir`` the report (JSON, CSV) and figures
     (``figures/<class>/*.png`` overlays, ``figures/<class>_roc.png``/``_pr.png``) are written.
+    With ``shots``, each class is scored with ``shots`` normal references drawn with
+    ``shot_seed`` (:mod:`s2swclip.eval.fewshot`; the detector's references are cleared at the
+    end) and the report gains a ``few_shot`` entry.
 
     Returns the report dict ``{"dataset", "aupro_method", "classes": {...}, "mean": {...}}``.
     """
@@ -54,11 +59,19 @@ def evaluate_dataset(
 
     size = int(image_size or det.config.image_size)
     ds = AnomalyDataset(data_root, split="test", image_size=size, classes=classes)
+    plan = None
+    if shots is not None:  # few-normal-shot protocol
+        from .fewshot import describe_few_shot, draw_references
+
+        plan = draw_references(ds, int(shots), int(shot_seed))
     name = dataset_name or Path(data_root).resolve().name
     per_class: dict[str, dict] = {}
     fig_dir = Path(out_dir) / "figures" if out_dir is not None and figures_per_class else None
-    bar = make_progress(len(ds), f"testing {name}", enabled=progress)
+    total = len(ds) - (sum(map(len, plan.excluded.values())) if plan is not None else 0)
+    bar = make_progress(total, f"testing {name}", enabled=progress)
     for cls, idx in ds.class_indices().items():
+        if plan is not None:
+            idx = plan.use(det, cls, idx)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size,
                                              shuffle=False, num_workers=num_workers)
         labels, scores, has_mask, masks, maps = [], [], [], [], []
@@ -96,9 +109,14 @@ def evaluate_dataset(
                 save_curves(labels_a, scores_a, str(fig_dir / cls))
         del masks, maps, pix_masks, pix_maps
     bar.close()
+    if plan is not None:
+        det.clear_references()
     if not per_class:
         raise S2SWError(f"no test items in {Path(data_root) / 'meta.json'}")
     report = build_report(name, per_class, aupro_method=aupro_method)
+    if plan is not None:
+        report["few_shot"] = dict(shots=plan.shots, seeds=[plan.seed], **describe_few_shot(det),
+                                  references={str(plan.seed): plan.describe()})
     if out_dir is not None:
         write_report(report, out_dir)
     return report

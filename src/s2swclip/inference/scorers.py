@@ -32,6 +32,8 @@ class DetectorScorer:
         det = self.detector
         info = dict(getattr(det, "provenance", {}) or {})
         device = getattr(det, "device", None)
+        references = _describe_references(det)
+        references_only = references is not None and references["few_shot_weight"] == 1
         return {
             "engine": "pytorch",
             "backbone": info.get("backbone"),
@@ -41,8 +43,19 @@ class DetectorScorer:
             "image_size": self.image_size,
             "precision": getattr(det.config, "precision", None),
             "device": None if device is None else str(device),
-            "untrained_prompts": info.get("prompts") is None,
+            "untrained_prompts": info.get("prompts") is None and not references_only,
+            "references": references,
         }
+
+
+def _describe_references(det) -> dict[str, Any] | None:
+    """The few-normal-shot mode in use: count and settings, or None when no references are set."""
+    count = int(getattr(det, "num_references", 0) or 0)
+    if not count:
+        return None
+    bank = det.references
+    return {"count": count, "few_shot_weight": float(det.config.few_shot_weight), "layers": list(bank.layers),
+            "stream": bank.stream, "coreset": bank.coreset, "bank_bytes": int(bank.nbytes)}
 
 
 def as_scorer(model, image_size: int | None = None):

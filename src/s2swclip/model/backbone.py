@@ -15,6 +15,9 @@ An adapted forward over open_clip's own modules (no vendored CLIP):
   then ``ln_post`` and the projection. With ``layer_aliasing`` (faithful default) every layer at
   or after the last plain block yields the DPAM stream after the LAST block, as the released
   code does through an in-place update of a stored tensor; without it, true per-layer features.
+* Extra per-layer features on request (the few-shot mode's, see
+  :mod:`s2swclip.model.references`): the plain or the DPAM stream at any layers, from the same
+  forward pass, never aliased, then ``ln_post`` and the projection.
 * Global feature: class token of the original stream after the last block times the projection,
   without ``ln_post`` in faithful mode (``global_ln_post=False``), with it otherwise (then it
   equals open_clip's ``encode_image``).
@@ -83,17 +86,30 @@ class S2SWBackbone(nn.Module):
         patch = patch.reshape(width, grid * grid).transpose(0, 1)
         return torch.cat([pos[:1], patch], dim=0)
 
-    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode_image(self, images: torch.Tensor, extra_layers: tuple[int, ...] = (),
+                     extra_stream: str = "plain"):
         """Run the vision tower.
 
         Args:
             images: [B, 3, S, S] CLIP-normalised.
+            extra_layers: 1-based layers whose features are returned in addition, from the
+                same forward pass (the few-shot mode's reference features); never aliased.
+            extra_stream: stream of the extra features: ``"plain"`` (the original stream, the
+                block outputs as open_clip computes them) or ``"dpam"`` (the DPAM stream; the
+                plain one at layers before DPAM starts).
 
         Returns:
             ``(global_feature [B, C], patch_features)`` where ``patch_features`` is a list (one
             entry per ``feature_layers``) of [B, N, C] tensors, N = (S // P)^2 + 1. Entries that
-            are the same feature (layer aliasing) are the same tensor object.
+            are the same feature (layer aliasing) are the same tensor object. With
+            ``extra_layers``, a third item: a list of [B, N, C] tensors, one per extra layer
+            (after ``ln_post`` and the projection, like the patch features).
         """
+        if extra_stream not in ("plain", "dpam"):
+            raise ValueError(f"extra_stream must be 'plain' or 'dpam', got {extra_stream!r}")
+        n_blocks = len(self.clip.visual.transformer.resblocks)
+        if any(not 1 <= layer <= n_blocks for layer in extra_layers):
+            raise ValueError(f"extra_layers {tuple(extra_layers)} must lie in 1..{n_blocks}")
         visual = self.clip.visual
         x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, W, G, G]
         grid = x.shape[-1]
@@ -105,6 +121,7 @@ class S2SWBackbone(nn.Module):
 
         blocks = visual.transformer.resblocks
         wanted = set(self.feature_layers)
+        extra = set(extra_layers)
         plain_out: dict[int, torch.Tensor] = {}
         dpam_out: dict[int, torch.Tensor] = {}
         x_d = None
@@ -112,15 +129,17 @@ class S2SWBackbone(nn.Module):
             layer = i + 1
             if i < self.dpam_start:
                 x = _run_block(block, x)
-                if layer in wanted:
+                if layer in wanted or layer in extra:
                     plain_out[layer] = x
             else:
                 if x_d is None:
                     x_d = x
                 x, vv = _dpam_block(block, x)
                 x_d = x_d + vv
-                if layer in wanted:
+                if layer in wanted or (layer in extra and extra_stream == "dpam"):
                     dpam_out[layer] = x_d
+                if layer in extra and extra_stream == "plain":
+                    plain_out[layer] = x
 
         final_dpam = x_d
         tokens: list[torch.Tensor] = []
@@ -141,7 +160,16 @@ class S2SWBackbone(nn.Module):
         cls_token = x[:, 0]
         if self.global_ln_post:
             cls_token = visual.ln_post(cls_token)
-        return cls_token @ visual.proj, patch_features
+        glob = cls_token @ visual.proj
+        if not extra_layers:
+            return glob, patch_features
+        extra_features = []
+        for layer in extra_layers:
+            t = dpam_out[layer] if extra_stream == "dpam" and layer in dpam_out else plain_out[layer]
+            if id(t) not in projected:
+                projected[id(t)] = visual.ln_post(t) @ visual.proj
+            extra_features.append(projected[id(t)])
+        return glob, patch_features, extra_features
 
     # ------------------------------------------------------------------------------------- text
     def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:

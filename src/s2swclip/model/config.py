@@ -47,6 +47,11 @@ class DetectorConfig:
     dwt_mix: float = 0.99
     swt_mix: float = 0.01
     sigma: float = 4.0
+    # few-normal-shot mode (s2swclip.model.references; used only when references are set)
+    few_shot_weight: float = 0.5  # w: maps/scores = (1 - w) * zero-shot + w * few-shot
+    few_shot_layers: tuple[int, ...] = (6, 12, 18, 24)
+    few_shot_stream: str = "plain"  # "plain": the original stream; "dpam": the DPAM stream
+    coreset: float | None = None  # fraction of each layer's reference tokens kept (greedy k-center)
     # numerics
     precision: str = "fp32"
 
@@ -55,13 +60,15 @@ class DetectorConfig:
         if unknown:
             raise S2SWError(f"unknown detector option(s): {', '.join(sorted(unknown))} "
                             f"(known: {', '.join(f.name for f in fields(self))})")
-        if "feature_layers" in changes:
-            changes["feature_layers"] = tuple(int(x) for x in changes["feature_layers"])
+        for key in ("feature_layers", "few_shot_layers"):
+            if key in changes:
+                changes[key] = tuple(int(x) for x in changes[key])
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["feature_layers"] = list(self.feature_layers)
+        d["few_shot_layers"] = list(self.few_shot_layers)
         return d
 
 

@@ -57,6 +57,14 @@
         m.device,
       ].filter(Boolean);
       els.info.textContent = parts.join(" · ");
+      if (m.references) {  // few-normal-shot mode: known-good reference images in use
+        const r = document.createElement("span");
+        r.className = "references";
+        r.textContent = " · few-shot: " + m.references.count + " reference image" +
+          (m.references.count === 1 ? "" : "s") + ", weight " + m.references.few_shot_weight +
+          (m.references.few_shot_weight === 1 ? " (references only)" : "");
+        els.info.appendChild(r);
+      }
       if (m.untrained_prompts) {
         const w = document.createElement("span");
         w.className = "warn";

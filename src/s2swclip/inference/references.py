@@ -1,0 +1,61 @@
+"""Reference images for the few-normal-shot mode, read exactly like the images being scored.
+
+``predict``, ``serve`` (and any engine) use :func:`read_reference_images`: the same input rules
+as the images to score (:func:`~s2swclip.inference.inputs.collect_inputs`) and the same decoding
+and preprocessing (:func:`~s2swclip.data.images.decode_for_model`: EXIF orientation, RGB
+conversion, bicubic resize, OpenAI mean/std). Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.images import ImageError, decode_for_model
+from ..errors import S2SWError
+from .inputs import collect_inputs
+
+__all__ = ["ReferenceImages", "read_reference_images"]
+
+
+@dataclass
+class ReferenceImages:
+    """Decoded reference images: ``pixels`` float32 [K, 3, S, S] (CLIP-normalised) and the
+    absolute ``paths`` they came from, in the same order."""
+
+    pixels: np.ndarray
+    paths: list[str]
+
+
+def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: int | None = None,
+                          max_pixels: int | None = None) -> ReferenceImages:
+    """Read the known-good images of ``source`` (a folder, an image file or a glob pattern).
+
+    Args:
+        source: where the references are (folders are walked recursively, sorted by path).
+        image_size: S, the model input side.
+        shots: use the first ``shots`` images (sorted by path); None: all of them.
+        max_pixels: refuse larger images (from the header, before decoding).
+
+    Raises:
+        S2SWError: one line, when ``source`` holds no image, fewer than ``shots`` images, or an
+            image that cannot be used (references are few and chosen: none is skipped silently).
+    """
+    entries = collect_inputs([source])
+    if shots is not None:
+        if shots < 1:
+            raise S2SWError(f"--shots must be at least 1, got {shots}")
+        if len(entries) < shots:
+            raise S2SWError(f"--reference {source} holds {len(entries)} image(s), fewer than --shots {shots}")
+        entries = entries[:shots]
+    pixels = np.empty((len(entries), 3, image_size, image_size), np.float32)
+    for i, entry in enumerate(entries):
+        if entry.problem is not None:
+            raise S2SWError(f"reference image unusable: {entry.problem}")
+        try:
+            pixels[i] = decode_for_model(entry.path, image_size, preview_side=1, max_pixels=max_pixels).pixels
+        except ImageError as e:
+            raise S2SWError(f"reference image unusable: {e} (remove it from {source})") from None
+    return ReferenceImages(pixels, [e.path for e in entries])
