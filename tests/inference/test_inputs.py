@@ -57,10 +57,12 @@ def test_unreadable_subfolder_is_an_entry_with_its_reason(folder, monkeypatch):
 
 
 def test_files_globs_and_duplicates(folder):
-    entries = collect_inputs([folder / "notes.txt", str(folder / "*.png"), folder / "a.png"])
+    (folder / "notes.dat").write_text("not an image")
+    entries = collect_inputs([folder / "notes.dat", str(folder / "*.png"), folder / "a.png"])
     rel = [os.path.relpath(e.path, folder) for e in entries]
-    # a file named explicitly is taken whatever its extension; the same path given twice is one entry
-    assert rel == ["a.png", "broken.png", "link1.png", "link2.png", "notes.txt"]
+    # a file named explicitly is taken whatever its extension (manifests apart: .txt, .csv,
+    # .parquet); the same path given twice is one entry
+    assert rel == ["a.png", "broken.png", "link1.png", "link2.png", "notes.dat"]
 
 
 def test_missing_input_and_nothing_found(tmp_path):
