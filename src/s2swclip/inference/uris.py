@@ -153,8 +153,8 @@ def read_uri_bytes(uri: str, max_bytes: int = MAX_REMOTE_BYTES, what: str = "ima
         if info.type == pafs.FileType.Directory:
             raise ImageError("unreadable", f"{what} path is a folder, not a file: {uri}")
         if info.size is not None and info.size > max_bytes:
-            raise ImageError("unreadable", f"{what} file {uri} is {info.size:,} bytes, more than the "
-                                           f"{max_bytes:,} read from remote stores")
+            raise ImageError("unreadable", f"{what} file {uri} is {info.size:,} bytes, more than the limit "
+                                           f"of {max_bytes:,} bytes for remote files")
         if info.size == 0:
             raise ImageError("empty", f"{what} file is empty: {uri}")
         with fs.open_input_stream(path) as f:
@@ -162,6 +162,6 @@ def read_uri_bytes(uri: str, max_bytes: int = MAX_REMOTE_BYTES, what: str = "ima
     except OSError as exc:
         raise ImageError("unreadable", f"cannot read {what} file {uri}: {exc}") from None
     if len(data) > max_bytes:
-        raise ImageError("unreadable", f"{what} file {uri} is more than the {max_bytes:,} bytes read "
-                                       f"from remote stores")
+        raise ImageError("unreadable", f"{what} file {uri} is more than the limit of {max_bytes:,} bytes "
+                                       f"for remote files")
     return data
