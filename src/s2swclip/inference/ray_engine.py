@@ -280,17 +280,25 @@ class _ScoreWorker:
 
 
 # ----------------------------------------------------------------------------------- Ray session
-def _check_reachable(address: str) -> None:
-    """Fail fast (seconds, not Ray's minutes of retries) when nothing listens at the address."""
+def _parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a cluster address (None for ``auto``); S2SWError when malformed."""
     if address == "auto":
-        return
+        return None
     hostport = address.split("://", 1)[1] if address.startswith("ray://") else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise S2SWError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto "
                         f"(the address 'ray start --head' prints, e.g. 10.0.0.5:6379)")
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (seconds, not Ray's minutes of retries) when nothing listens at the address."""
+    target = _parse_address(address)
+    if target is None:
+        return
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S):
+        with socket.create_connection(target, timeout=_CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
         raise S2SWError(f"cannot reach a Ray cluster at --ray-address {address} ({exc.strerror or exc}); "
@@ -308,13 +316,13 @@ def _ray_session(address: str | None, local_cpus: int | None):
     except ImportError:
         raise S2SWError("--engine ray needs Ray: pip install 's2swclip[ray]'") from None
     if ray.is_initialized():
+        if address is not None:
+            log.info("using the Ray this program already initialised, not --ray-address %s", address)
         yield ray, False
         return
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address is None:
         kwargs.update(include_dashboard=False, num_cpus=local_cpus)
-    else:
-        _check_reachable(address)
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -539,6 +547,8 @@ def predict_ray(
     if calibrate_dir is not None:
         collect_inputs([calibrate_dir])
     spec.check()
+    if ray_address is not None:  # before anything is written
+        _check_reachable(ray_address)
     names = display_names([e.path for e in entries])
     overlay_files = overlay_names(names) if overlays else None
     settings = {"scorer": {k: v for k, v in spec.describe().items() if k != "device"},
