@@ -19,7 +19,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 import s2swclip  # noqa: E402
 from s2swclip.cli import main  # noqa: E402
-from s2swclip.inference.ray_engine import read_results  # noqa: E402
+from s2swclip.inference.shards import read_results  # noqa: E402
 
 TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "56"]
 SRC = str(Path(s2swclip.__file__).resolve().parents[1])

@@ -23,7 +23,8 @@ pytest.importorskip("pyarrow")
 import s2swclip  # noqa: E402
 from s2swclip.errors import S2SWError  # noqa: E402
 from s2swclip.inference.local import RESULT_FIELDS, predict_files  # noqa: E402
-from s2swclip.inference.ray_engine import committed_paths, predict_ray, read_results  # noqa: E402
+from s2swclip.inference.ray_engine import predict_ray  # noqa: E402
+from s2swclip.inference.shards import committed_paths, read_results  # noqa: E402
 from s2swclip.inference.spec import ScorerSpec  # noqa: E402
 from s2swclip.model.checkpoint import save_prompts  # noqa: E402
 

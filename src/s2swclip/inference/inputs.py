@@ -31,7 +31,7 @@ import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from ..data.images import IMAGE_EXTENSIONS, ImageError, is_image_name
 from ..errors import S2SWError

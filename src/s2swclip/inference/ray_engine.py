@@ -14,32 +14,21 @@ cluster (or this machine), resumable:
 3. rows stream back to the driver, which alone writes: every ``shard_rows`` rows (or
    ``flush_seconds``) it writes the overlays of those rows, then one Parquet shard, atomically.
 
-Output folder::
-
-    DIR/results/part-<run>-<seq>.parquet   rows (:data:`~.local.RESULT_FIELDS`), committed atomically
-    DIR/results/_run.json                  the settings the rows depend on, threshold, calibration
-    DIR/results/.lock                      held while a run writes (one writer per folder)
-    DIR/overlays/*.png                     heat-map overlays (optional)
-    DIR/summary.json                       counts, written when a run completes
-
-``pyarrow.parquet.read_table("DIR/results")`` (or pandas, Spark, DuckDB) reads the rows; names
-starting with ``_`` or ``.`` are skipped by such readers. Rerunning the same command after a
-crash (``kill -9`` of the driver at any moment) scores only inputs without a committed row and
-never duplicates one: a row is committed once, with its shard; a shard interrupted while
-written is a hidden temporary file, removed by the next run. A run with different settings
-(model, threshold, calibration, overlays, pixel limit) refuses a folder holding another run's
-rows. Inputs added since are scored by the rerun; rows are never removed.
+Output folder: ``DIR/results/`` Parquet shards, ``DIR/overlays/`` (see :mod:`.shards`), and
+``DIR/summary.json`` (counts) when a run completes. Rerunning the same command after a crash
+(``kill -9`` of the driver at any moment) scores only inputs without a committed row and never
+duplicates one. A run with different settings (model, threshold, calibration, overlays, pixel
+limit) refuses a folder holding another run's rows. Inputs added since are scored by the rerun;
+rows are never removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
 import os
-import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -50,156 +39,21 @@ import numpy as np
 from PIL import Image
 
 from ..errors import S2SWError
-from ..fileio import atomic_write_bytes, atomic_write_text, check_output_dir
+from ..fileio import atomic_write_text, check_output_dir
 from ..progress import progress as make_progress
 from .calibration import Calibration, conformal_threshold
 from .inputs import InputEntry, collect_inputs, display_names
 from .local import RESULT_FIELDS, apply_listing_problem, overlay_names, result_row
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, Decoder, InferencePipeline, ScoredImage
+from .shards import (OVERLAY_PNG, RESULTS, ResultsFolder, require_pyarrow, committed_paths, count_rows,
+                     rows_in_flight_schema)
 from .spec import ScorerSpec
 
-__all__ = ["RaySummary", "committed_paths", "predict_ray", "read_results", "result_schema"]
+__all__ = ["RaySummary", "predict_ray"]
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results"
-RUN_RECORD = "_run.json"
-_FORMAT = 1
-_SHARD_GLOB = "part-*.parquet"
 _CONNECT_TIMEOUT_S = 5.0
-
-
-def _pyarrow():
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise S2SWError("--engine ray needs Ray Data and pyarrow: pip install 's2swclip[ray]'") from None
-    return pa, pq
-
-
-def result_schema():
-    """The Parquet schema of a results shard: :data:`~.local.RESULT_FIELDS`, typed."""
-    pa, _ = _pyarrow()
-    types = {"path": pa.string(), "name": pa.string(), "score": pa.float64(), "anomalous": pa.bool_(),
-             "map_max": pa.float64(), "map_mean": pa.float64(), "map_frac_above": pa.float64(),
-             "overlay": pa.string(), "error": pa.string(), "error_code": pa.string()}
-    return pa.schema([(f, types[f]) for f in RESULT_FIELDS])
-
-
-def _worker_schema():
-    pa, _ = _pyarrow()
-    return result_schema().append(pa.field("overlay_png", pa.binary()))
-
-
-# --------------------------------------------------------------------------------- reading rows
-def _shards(results: Path) -> list[Path]:
-    return sorted(results.glob(_SHARD_GLOB))
-
-
-def _read_shard(path: Path, columns: Sequence[str] | None = None):
-    pa, pq = _pyarrow()
-    try:
-        return pq.read_table(path, columns=columns, schema=result_schema())
-    except (OSError, pa.ArrowException) as exc:
-        raise S2SWError(f"results shard {path} cannot be read ({str(exc).splitlines()[0]}); delete it "
-                        f"to score its images again") from None
-
-
-def read_results(out_dir: str | os.PathLike):
-    """Every committed row under ``out_dir/results``, as a pyarrow Table sorted by path (the
-    inputs' order). Raises :class:`S2SWError` when there is none."""
-    pa, _ = _pyarrow()
-    results = Path(out_dir) / RESULTS
-    shards = _shards(results) if results.is_dir() else []
-    if not shards:
-        raise S2SWError(f"no results under {results}: run 's2swclip predict ... --engine ray --out {out_dir}'")
-    table = pa.concat_tables([_read_shard(s) for s in shards])
-    return table.sort_by("path")
-
-
-def committed_paths(out_dir: str | os.PathLike) -> set[str]:
-    """Paths that have a committed row under ``out_dir/results``."""
-    results = Path(out_dir) / RESULTS
-    done: set[str] = set()
-    for s in _shards(results) if results.is_dir() else []:
-        done.update(_read_shard(s, ["path"]).column("path").to_pylist())
-    return done
-
-
-# ------------------------------------------------------------------------------- the output folder
-class _Output:
-    """The results folder of one run: lock, run record, shard commits (driver side only)."""
-
-    def __init__(self, out: Path, settings: dict[str, Any]):
-        self.out = out
-        self.results = out / RESULTS
-        self.settings = json.loads(json.dumps(settings))
-        self.run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-        self.seq = 0
-        self._lock = None
-
-    def __enter__(self) -> _Output:
-        import fcntl
-
-        self.results.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.results / ".lock", "a+")
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise S2SWError(f"another run is writing to {self.out}; wait for it to finish, or choose "
-                            f"another --out") from None
-        for tmp in self.results.glob(".*.tmp"):  # shards a crashed run did not finish
-            tmp.unlink(missing_ok=True)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._lock.close()
-
-    def record(self) -> dict[str, Any] | None:
-        """The run record, after checking that it was written for the same settings."""
-        path = self.results / RUN_RECORD
-        if not path.exists():
-            if _shards(self.results):
-                raise S2SWError(f"{self.results} holds result shards but no {RUN_RECORD}: it was not "
-                                f"written by this program; choose another --out")
-            return None
-        try:
-            rec = json.loads(path.read_text())
-            old = rec["settings"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise S2SWError(f"cannot read {path} ({exc}); delete the folder {self.results} to start over") from None
-        if rec.get("format") != _FORMAT:
-            raise S2SWError(f"{path} was written by another version (format {rec.get('format')!r}); "
-                            f"choose another --out")
-        for key in sorted(set(old) | set(self.settings)):
-            if old.get(key) != self.settings.get(key):
-                raise S2SWError(f"{self.out} holds results of a different run ({key}: {old.get(key)!r} "
-                                f"there, {self.settings.get(key)!r} now); rerun with the same settings "
-                                f"to resume it, or choose another --out")
-        return rec
-
-    def write_record(self, threshold: float | None, calibration: Calibration | None) -> None:
-        rec = {"format": _FORMAT, "settings": self.settings, "threshold": threshold,
-               "calibration": None if calibration is None else vars(calibration)}
-        atomic_write_text(self.results / RUN_RECORD, json.dumps(rec, indent=2, allow_nan=False))
-
-    def commit(self, tables: list) -> int:
-        """Write the overlays of these rows, then the rows as one shard (atomically)."""
-        pa, pq = _pyarrow()
-        table = pa.concat_tables(tables)
-        if not table.num_rows:
-            return 0
-        pngs = table.column("overlay_png").to_pylist()
-        for overlay, png in zip(table.column("overlay").to_pylist(), pngs):
-            if png is not None:
-                atomic_write_bytes(self.out / overlay, png)
-        buf = io.BytesIO()
-        pq.write_table(table.select(list(RESULT_FIELDS)).cast(result_schema()), buf)
-        self.seq += 1
-        atomic_write_bytes(self.results / f"part-{self.run_id}-{self.seq:05d}.parquet", buf.getvalue())
-        return table.num_rows
 
 
 # ------------------------------------------------------------------------------------ Ray stages
@@ -252,7 +106,7 @@ class _ScoreWorker:
             self.failure = exc
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        pa, _ = _pyarrow()
+        pa, _ = require_pyarrow()
         if self.failure is not None:
             raise self.failure
         n = len(batch["path"])
@@ -275,8 +129,8 @@ class _ScoreWorker:
             rows.append(result_row(rec, overlay))
             rec.release()
         cols = {f: [r[f] for r in rows] for f in RESULT_FIELDS}
-        cols["overlay_png"] = pngs
-        return pa.Table.from_pydict(cols, schema=_worker_schema())
+        cols[OVERLAY_PNG] = pngs
+        return pa.Table.from_pydict(cols, schema=rows_in_flight_schema())
 
 
 # ----------------------------------------------------------------------------------- Ray session
@@ -441,7 +295,7 @@ def _score_tables(ray, job: _Job, planned) -> Iterator:
 def _plan(entries: Sequence[InputEntry], names: Sequence[str], overlays: Sequence[str] | None, keep):
     """The inputs to score as a pyarrow Table (``index``, ``path``, ``name``, ``problem``,
     ``overlay``; empty strings for none), those for which ``keep(path)`` holds."""
-    pa, _ = _pyarrow()
+    pa, _ = require_pyarrow()
     idx = [i for i, e in enumerate(entries) if keep(e.path)]
     return pa.table({"index": pa.array(idx, pa.int64()),
                      "path": pa.array([entries[i].path for i in idx], pa.string()),
@@ -541,7 +395,7 @@ def predict_ray(
     elif device not in ("cpu",):
         raise S2SWError(f"--device {device} with --engine ray: give the workers GPUs with --gpus-per-worker "
                         f"(e.g. 1, or 0.5 for two workers per GPU)")
-    _pyarrow()
+    require_pyarrow()
     out = check_output_dir(out_dir)
     entries = collect_inputs(inputs)
     if calibrate_dir is not None:
@@ -555,7 +409,7 @@ def predict_ray(
                 "threshold": threshold, "overlays": bool(overlays), "max_pixels": max_pixels,
                 "calibrate": None if calibrate_dir is None else os.path.abspath(os.fspath(calibrate_dir)),
                 "fpr": None if calibrate_dir is None else float(fpr)}
-    with _Output(out, settings) as output:
+    with ResultsFolder(out, settings) as output:
         record = output.record()
         done = committed_paths(out)
         planned = _plan(entries, names, overlay_files, lambda p: p not in done)
@@ -583,50 +437,49 @@ def predict_ray(
                     output.write_record(thr, calibration)
                 if planned.num_rows:
                     n_new = _run(ray, job, planned, output, shard_rows, flush_seconds, progress)
-        summary = _summarise(out, thr, calibration, n_new, n_already)
+        summary = RaySummary(thr, calibration, *count_rows(out), n_new, n_already, out / RESULTS)
     atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2, allow_nan=False))
     return summary
 
 
-def _run(ray, job: _Job, planned, output: _Output, shard_rows: int, flush_seconds: float,
+def _run(ray, job: _Job, planned, output: ResultsFolder, shard_rows: int, flush_seconds: float,
          progress: bool) -> int:
-    """Score the planned inputs and commit their rows; returns the rows committed."""
+    """Score the planned inputs and commit their rows; returns the rows committed. Rows already
+    scored when the run stops (an interrupt, a failing worker) are committed before it ends."""
     bar = make_progress(planned.num_rows, "scoring on Ray", enabled=progress)
     pending: list = []
     n_pending = committed = 0
     seen: set[str] = set()
     last = time.monotonic()
+    writing = False
+
+    def flush() -> None:
+        nonlocal pending, n_pending, committed, last, writing
+        writing = True
+        committed += output.commit(pending)
+        pending, n_pending, last, writing = [], 0, time.monotonic(), False
+
     try:
         for table in _score_tables(ray, job, planned):
             keep = [p not in seen for p in table.column("path").to_pylist()]
             if not all(keep):  # never expected (Ray Data delivers each block once): never a duplicate row
                 log.warning("dropped %d repeated row(s)", keep.count(False))
-                table = table.filter(_pyarrow()[0].array(keep))
+                table = table.filter(require_pyarrow()[0].array(keep))
             seen.update(table.column("path").to_pylist())
-            for path, err in zip(table.column("name").to_pylist(), table.column("error").to_pylist()):
+            for name, err in zip(table.column("name").to_pylist(), table.column("error").to_pylist()):
                 if err is not None:
-                    log.warning("skipped %s: %s", path, err)
+                    log.warning("skipped %s: %s", name, err)
             pending.append(table)
             n_pending += table.num_rows
             bar.update(table.num_rows)
             if n_pending >= shard_rows or time.monotonic() - last >= flush_seconds:
-                committed += output.commit(pending)
-                pending, n_pending, last = [], 0, time.monotonic()
+                flush()
+        if pending:
+            flush()
     except BaseException:
-        if pending:  # rows already scored are kept (an interrupt, a failing worker)
-            committed += output.commit(pending)
+        if pending and not writing:
+            flush()
         raise
     finally:
         bar.close()
-    if pending:
-        committed += output.commit(pending)
     return committed
-
-
-def _summarise(out: Path, threshold, calibration, n_new: int, n_already: int) -> RaySummary:
-    n_scored = n_failed = 0
-    for s in _shards(out / RESULTS):
-        errors = _read_shard(s, ["error"]).column("error")
-        n_failed += len(errors) - errors.null_count
-        n_scored += errors.null_count
-    return RaySummary(threshold, calibration, n_scored, n_failed, n_new, n_already, out / RESULTS)
