@@ -63,3 +63,22 @@ def test_check_names_what_is_wrong_before_any_worker_starts(tmp_path, kwargs, ne
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown scorer kind 'onnx'"):
         ScorerSpec("onnx", ()).build()
+
+
+def test_engine_and_spec_import_no_torch_until_a_detector_is_built():
+    """Decoding tasks and the driver's planning stay torch-free, so that workers of a torch-free
+    scorer kind need no PyTorch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import s2swclip
+
+    code = ("import sys; import s2swclip.inference.ray_engine, s2swclip.inference.shards; "
+            "from s2swclip.inference.spec import ScorerSpec; "
+            "ScorerSpec.detector('S2SW-Tiny-24L', None, preset='visa-to-all').image_size(); "
+            "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))")
+    src = str(Path(s2swclip.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "[]"

@@ -25,6 +25,7 @@ rows are never removed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -305,10 +306,11 @@ def _plan(entries: Sequence[InputEntry], names: Sequence[str], overlays: Sequenc
 
 
 def _calibrate(ray, job: _Job, folder: str | os.PathLike, fpr: float) -> Calibration:
+    """Score the known-good images of ``folder`` on Ray: their conformal threshold."""
     entries = collect_inputs([folder])
     planned = _plan(entries, display_names([e.path for e in entries]), None, lambda p: True)
     scores = []
-    for t in _score_tables(ray, job, planned):
+    for t in _score_tables(ray, dataclasses.replace(job, overlays=False, threshold=None), planned):
         scores.extend(s for s in t.column("score").to_pylist() if s is not None)
     cal = conformal_threshold(scores, fpr)
     log.info("calibrated %s", cal.describe())
@@ -334,6 +336,23 @@ class RaySummary:
                 "calibration": None if self.calibration is None else vars(self.calibration),
                 "n_scored": self.n_scored, "n_failed": self.n_failed, "n_rows": self.n_scored + self.n_failed,
                 "n_new": self.n_new, "n_already_done": self.n_already_done, "results": RESULTS}
+
+
+def _worker_spec(spec: ScorerSpec, gpus: float, cpus: float) -> ScorerSpec:
+    """The spec the workers build: on CUDA exactly when they get GPUs (Ray assigns them, so a
+    worker's device is plain ``cuda``)."""
+    if not (gpus >= 0 and cpus > 0):
+        raise S2SWError(f"--gpus-per-worker must be >= 0 and --cpus-per-worker > 0, got {gpus!r}, {cpus!r}")
+    device = str(spec.settings.get("device", "cpu"))
+    if gpus > 0:
+        if device.startswith("cuda:"):
+            raise S2SWError(f"--device {device}: Ray assigns each worker its GPUs (--gpus-per-worker); "
+                            f"use --device cuda")
+        return spec.replace(device="cuda")
+    if device != "cpu":
+        raise S2SWError(f"--device {device} with --engine ray: give the workers GPUs with --gpus-per-worker "
+                        f"(e.g. 1, or 0.5 for two workers per GPU)")
+    return spec
 
 
 def predict_ray(
@@ -380,21 +399,10 @@ def predict_ray(
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not math.isfinite(threshold)):
         raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
-    for name, value, low in (("--workers", workers, 1), ("--batch-size", batch_size, 1), ("shard_rows", shard_rows, 1)):
-        if int(value) != value or value < low:
-            raise S2SWError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not (gpus_per_worker >= 0 and cpus_per_worker > 0):
-        raise S2SWError(f"--gpus-per-worker must be >= 0 and --cpus-per-worker > 0, got {gpus_per_worker!r}, "
-                        f"{cpus_per_worker!r}")
-    device = str(spec.settings.get("device", "cpu"))
-    if gpus_per_worker > 0:
-        if device.startswith("cuda:"):
-            raise S2SWError(f"--device {device}: Ray assigns each worker its GPUs (--gpus-per-worker); "
-                            f"use --device cuda")
-        spec = spec.replace(device="cuda")
-    elif device not in ("cpu",):
-        raise S2SWError(f"--device {device} with --engine ray: give the workers GPUs with --gpus-per-worker "
-                        f"(e.g. 1, or 0.5 for two workers per GPU)")
+    for name, value in (("--workers", workers), ("--batch-size", batch_size), ("shard_rows", shard_rows)):
+        if int(value) != value or value < 1:
+            raise S2SWError(f"{name} must be an integer >= 1, got {value!r}")
+    spec = _worker_spec(spec, gpus_per_worker, cpus_per_worker)
     require_pyarrow()
     out = check_output_dir(out_dir)
     entries = collect_inputs(inputs)
@@ -431,7 +439,7 @@ def predict_ray(
                 _check_resources(ray, owned_local, int(workers), float(cpus_per_worker), float(gpus_per_worker))
                 if calibrate_dir is not None and calibration is None:
                     calibration = _calibrate(ray, job, calibrate_dir, fpr)
-                    job = _Job(**{**vars(job), "threshold": calibration.threshold})
+                    job = dataclasses.replace(job, threshold=calibration.threshold)
                     thr = calibration.threshold
                 if record is None:
                     output.write_record(thr, calibration)
