@@ -126,16 +126,20 @@ def main() -> None:
         ray.shutdown()
 
         print(f"{args.backbone} at {args.image_size} px, {args.n} JPEG images {args.side}x{args.side * 3 // 4}, "
-              f"batch {args.batch_size}, {args.cpus} CPUs for Ray ({os.cpu_count()} here), median of {args.rounds} rounds")
-        print(f"model load (once, in this process): {load_s:.1f} s; local Ray instance start (ray.init): {init_s:.1f} s")
+              f"batch {args.batch_size}, {args.cpus} CPUs for Ray ({os.cpu_count()} here), "
+              f"median of {args.rounds} rounds")
+        print(f"model load (once, in this process): {load_s:.1f} s; "
+              f"local Ray instance start (ray.init): {init_s:.1f} s")
         print()
-        print("| engine | run s | images/s overall | images/s steady | steady ratio to local | fixed overhead per run s |")
+        print("| engine | run s | images/s overall | images/s steady | steady ratio to local "
+              "| fixed overhead per run s |")
         print("|---|---:|---:|---:|---:|---:|")
         base = None
         for name, runs in results.items():
             total, steady, overhead = (statistics.median(v) for v in zip(*runs))
             base = steady if base is None else base
-            print(f"| {name} | {total:.1f} | {args.n / total:.2f} | {steady:.2f} | {steady / base:.2f} | {overhead:.1f} |")
+            print(f"| {name} | {total:.1f} | {args.n / total:.2f} | {steady:.2f} | {steady / base:.2f} "
+                  f"| {overhead:.1f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -186,7 +186,8 @@ def _add_ray_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", metavar="ADDR", default=None,
                    help="Ray cluster to join (HOST:PORT printed by 'ray start --head', ray://HOST:PORT, or auto); "
                         "default: start Ray on this machine")
-    g.add_argument("--workers", type=_positive_int, default=None, help="scoring actors, each loads the model once (default 1)")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="scoring actors, each loads the model once (default 1)")
     g.add_argument("--gpus-per-worker", type=_non_negative, default=None,
                    help="GPUs per scoring actor (default 0: CPU; 0.5 puts two actors on each GPU)")
     g.add_argument("--cpus-per-worker", type=_positive, default=None,

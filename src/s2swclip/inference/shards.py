@@ -8,8 +8,9 @@ Layout::
     DIR/overlays/*.png                     heat-map overlays (optional)
 
 A shard is written whole to a hidden temporary file and renamed
-(:func:`~s2swclip.fileio.atomic_write_bytes`): a row is committed exactly when its shard is, and
-a shard interrupted while written is a hidden ``.tmp`` file, removed by the next run. The overlays of a shard's rows are written before it.
+(:func:`~s2swclip.fileio.atomic_write_bytes`): a row is committed exactly when its shard is, and a
+shard interrupted while written is a hidden ``.tmp`` file, removed by the next run. The overlays
+of a shard's rows are written before it.
 ``pyarrow.parquet.read_table("DIR/results")`` (or pandas, Spark, DuckDB) reads the rows: names
 starting with ``_`` or ``.`` are skipped by such readers.
 """
