@@ -273,7 +273,10 @@ def _score_tables(ray, job: _Job, planned) -> Iterator:
     overlay); yields pyarrow Tables of worker rows as they complete (any order)."""
     from ray.data import ActorPoolStrategy
 
-    blocks = [planned.slice(i, job.block_rows) for i in range(0, planned.num_rows, job.block_rows)]
+    pa, _ = require_pyarrow()
+    # copies (take), not slices: a pickled slice would carry the whole table's buffers
+    blocks = [planned.take(pa.array(range(i, min(i + job.block_rows, planned.num_rows))))
+              for i in range(0, planned.num_rows, job.block_rows)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_decode_batch, batch_size=job.batch_size, batch_format="numpy",
                         num_cpus=1, memory=_decode_memory(job),
