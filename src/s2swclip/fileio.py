@@ -1,24 +1,33 @@
-"""Atomic file writes: a temporary file in the target folder, fsync, then ``os.replace``.
+"""Atomic file writes: a temporary file in the target folder, fsync, ``os.replace``, fsync the folder.
 
-A crash or a full disk never leaves a half-written checkpoint, report, figure or meta.json.
+A crash or a full disk never leaves a half-written checkpoint, report, figure or meta.json, and
+once a write returns, a power loss cannot undo it. New files get the permissions a plain
+``open(path, "w")`` would give them (``0o666`` less the umask).
+
+A process killed between writing the temporary file and ``os.replace`` leaves the temporary
+behind, named ``.<name>.<8 random characters>.tmp`` beside ``<name>``;
+:func:`remove_temporaries` deletes such leftovers.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 
 from .errors import S2SWError
 
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically; missing parent folders are created unless
-    ``make_parents`` is False (then a missing folder is an OSError)."""
+    """Write ``data`` to ``path`` atomically and durably; missing parent folders are created
+    unless ``make_parents`` is False (then a missing folder is an OSError)."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -31,6 +40,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool 
         except FileNotFoundError:
             pass
         raise
+    _fsync_folder(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, make_parents: bool = True) -> None:
@@ -54,3 +64,43 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise S2SWError(f"cannot write to {flag} {out}: {existing} is not writable; choose another folder")
     return out
+
+
+def remove_temporaries(folder: str | os.PathLike, target: re.Pattern[str]) -> list[Path]:
+    """Delete the temporary files that crashed atomic writes left in ``folder`` for targets whose
+    name matches ``target`` (``re.fullmatch``). Returns the paths removed."""
+    removed = []
+    for entry in os.scandir(folder):
+        m = _TEMPORARY.match(entry.name)
+        if m and target.fullmatch(m["target"]) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            removed.append(Path(entry.path))
+    if removed:
+        _fsync_folder(Path(folder))
+    return removed
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """Create ``.<name>.<random>.tmp`` beside ``path`` exclusively, mode 0o666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name beside {path}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; folders cannot be opened on Windows)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -156,11 +156,12 @@ def test_resume_after_the_driver_is_killed(cluster, data, local_rows, tmp_path):
         proc.wait()
     first = committed_paths(out)
     assert 32 <= len(first) < N_GOOD + 5
-    (out / "results" / ".part-x-00009.parquet.crashed.tmp").write_bytes(b"half a shard")
+    (out / "results" / ".part-x-00009.parquet.a1b2c3d4.tmp").write_bytes(b"half a shard")  # as fileio names them
+    (out / "overlays" / ".good__001.png.e5f6a7b8.tmp").write_bytes(b"half an overlay")
     s = predict_ray(spec, [imgs], out, threshold=THRESHOLD, batch_size=8, workers=1, shard_rows=64,
                     progress=False)
     assert s.n_already_done == len(first) and s.n_new == N_GOOD + 5 - len(first)
-    assert not list((out / "results").glob(".*.tmp"))
+    assert not list((out / "results").glob(".*.tmp")) and not list((out / "overlays").glob(".*.tmp"))
     rows = _rows(out)
     assert len({r["path"] for r in rows}) == len(rows) == N_GOOD + 5  # nothing twice, nothing missing
     assert_same_rows(rows, local_rows)

@@ -140,3 +140,35 @@ def test_page_scores_two_images_and_follows_the_slider(server_url, tmp_path):
         finally:
             browser.close()
     assert os.path.getsize(shot) > 10_000
+
+
+def test_page_asks_for_the_token_and_then_scores(tiny_detector):
+    """A server started with a token: the page shows the token field instead of the model, and
+    once the token is entered it loads the model information and scores an upload."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from s2swclip.serve.app import create_app
+    from s2swclip.serve.security import SecuritySettings
+
+    from .background import BackgroundServer
+
+    app = create_app(tiny_detector, batch_wait_ms=5, security=SecuritySettings(token="s3cret-token"))
+    with BackgroundServer(app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                                     chromium_sandbox=False)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/", wait_until="load")
+            page.wait_for_selector("#token-form:not([hidden])")
+            assert "needs an access token" in page.inner_text("#model-info")
+            page.fill("#token-input", "s3cret-token")
+            page.click("#token-form button")
+            page.wait_for_selector("#model-info:has-text('S2SW-Tiny-24L')")
+            assert page.is_hidden("#token-form")
+            page.set_input_files("#file-input", files=[
+                {"name": "part.png", "mimeType": "image/png", "buffer": part_image(3, True)}])
+            page.wait_for_selector(".card .score:not(:has-text('–'))", timeout=20000)
+            assert 0.0 < float(page.locator(".card .score").inner_text()) < 1.0
+        finally:
+            browser.close()

@@ -20,13 +20,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import S2SWError
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text, remove_temporaries
 from .calibration import Calibration
 from .local import RESULT_FIELDS
 
@@ -39,6 +40,8 @@ RUN_RECORD = "_run.json"
 OVERLAY_PNG = "overlay_png"
 _FORMAT = 1
 _SHARD_GLOB = "part-*.parquet"
+_OWN_FILES = re.compile(r"part-.+\.parquet|_run\.json")
+_OVERLAY_FILES = re.compile(r".+\.png")
 
 
 def require_pyarrow():
@@ -130,8 +133,10 @@ class ResultsFolder:
             self._lock.close()
             raise S2SWError(f"another run is writing to {self.out}; wait for it to finish, or choose "
                             f"another --out") from None
-        for tmp in self.results.glob(".*.tmp"):  # shards a crashed run did not finish
-            tmp.unlink(missing_ok=True)
+        # what a crashed run did not finish writing: shards, the run record, overlays
+        remove_temporaries(self.results, _OWN_FILES)
+        if (self.out / "overlays").is_dir():
+            remove_temporaries(self.out / "overlays", _OVERLAY_FILES)
         return self
 
     def __exit__(self, *exc) -> None:
