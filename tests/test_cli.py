@@ -58,7 +58,7 @@ def test_predict_folder_skips_corrupt_and_writes_results(capsys, tmp_path, image
     scored = [r for r in summary["results"] if r["error"] is None]
     assert all(0 <= r["score"] <= 1 and r["anomalous"] == (r["score"] > 0.5) for r in scored)
     assert sorted(os.listdir(out / "overlays")) == ["a.png", "b.png", "sub__c.png"]
-    assert (out / "results.csv").read_text().splitlines()[0] == "path,name,score,anomalous,map_max,map_mean,overlay,error"
+    assert (out / "results.csv").read_text().splitlines()[0] == "path,name,score,anomalous,map_max,map_mean,map_frac_above,overlay,error,error_code"
     assert "sub/c.bmp" in stdout
     assert "3 scored, 1 skipped" in stdout
 

@@ -48,6 +48,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def _positive(text: str) -> float:
     value = _finite(text)
     if value <= 0:
@@ -182,19 +189,9 @@ def _set_references(det, args) -> None:
     source = getattr(args, "reference", None)
     if source is None:
         return
-    import torch
+    from .inference.references import apply_references
 
-    from .inference.references import read_reference_images
-
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix == ".safetensors":
-        if args.shots is not None:
-            raise S2SWError(f"--shots selects images of a folder; {path} is a references file")
-        det.load_references(path)
-    else:
-        refs = read_reference_images(source, det.config.image_size, shots=args.shots,
-                                     max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
-        det.set_references(torch.from_numpy(refs.pixels))
+    apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
     logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
                                            f"{source} (weight {det.config.few_shot_weight})")
 
@@ -244,6 +241,9 @@ def cmd_test(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if args.engine == "ray":
+        return _predict_ray(args)
+    _refuse_ray_options(args)
     from .fileio import check_output_dir
     from .inference.inputs import collect_inputs
     from .inference.local import predict_files
@@ -272,6 +272,61 @@ def cmd_predict(args) -> int:
     if not summary.n_scored:
         raise S2SWError(f"none of the {summary.n_failed} input files could be read as an image")
     return 0
+
+
+# ---- predict --engine ray (scale-out batch scoring; s2swclip.inference.ray_engine) ----
+_RAY_OPTIONS = ("ray_address", "workers", "gpus_per_worker", "cpus_per_worker", "shard_rows")
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine", "--engine ray scores on Ray Data (pip install 's2swclip[ray]'): Parquet "
+                                       "shards under OUT/results/, resumable by rerunning the same command")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default): this process; ray: a Ray cluster or a local Ray instance")
+    g.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="Ray cluster to join (HOST:PORT printed by 'ray start --head', ray://HOST:PORT, or auto); "
+                        "default: start Ray on this machine")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="scoring actors, each loads the model once (default 1)")
+    g.add_argument("--gpus-per-worker", type=_non_negative, default=None,
+                   help="GPUs per scoring actor (default 0: CPU; 0.5 puts two actors on each GPU)")
+    g.add_argument("--cpus-per-worker", type=_positive, default=None,
+                   help="CPUs reserved per scoring actor (default 1); decoding tasks take 1 CPU each")
+    g.add_argument("--shard-rows", type=_positive_int, default=None,
+                   help="rows per committed Parquet shard (default 5000; a crash loses at most a shard)")
+
+
+def _refuse_ray_options(args) -> None:
+    given = [f"--{k.replace('_', '-')}" for k in _RAY_OPTIONS if getattr(args, k) is not None]
+    if given:
+        raise S2SWError(f"{', '.join(given)} only apply with --engine ray")
+
+
+def _predict_ray(args) -> int:
+    from .inference.inputs import collect_inputs
+    from .inference.ray_engine import predict_ray
+    from .inference.spec import ScorerSpec
+
+    if args.reference is not None:
+        collect_inputs([args.reference])  # checked before Ray starts
+    spec = ScorerSpec.detector(args.backbone, _weights(args.weights), args.prompts, image_size=args.image_size,
+                               device=args.device, precision=args.precision, preset=args.preset,
+                               cache_dir=args.cache_dir, reference=args.reference, shots=args.shots,
+                               max_pixels=int(args.max_mpx * 1e6), untrained_ok=_references_only(args),
+                               **_few_shot_options(args))
+    s = predict_ray(spec, args.inputs, args.out, threshold=args.threshold, calibrate_dir=args.calibrate,
+                    fpr=args.fpr, batch_size=args.batch_size, workers=args.workers or 1,
+                    gpus_per_worker=args.gpus_per_worker or 0.0, cpus_per_worker=args.cpus_per_worker or 1.0,
+                    ray_address=args.ray_address, overlays=not args.no_overlays, progress=not args.quiet,
+                    max_pixels=int(args.max_mpx * 1e6), shard_rows=args.shard_rows or 5000)
+    if s.calibration is not None:
+        print(s.calibration.describe())
+    print(f"{s.n_scored} scored, {s.n_failed} skipped ({s.n_new} rows written now, {s.n_already_done} already "
+          f"done); results in {s.results_dir}")
+    if not s.n_scored:
+        raise S2SWError(f"none of the {s.n_failed} input files could be read as an image")
+    return 0
+# ---- end of predict --engine ray ----
 
 
 def cmd_demo(args) -> int:
@@ -367,8 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_few_shot_args(p, protocol=True)
     p.set_defaults(func=cmd_test)
 
-    p = sub.add_parser("predict", help="score images, folders or globs")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p = sub.add_parser("predict", help="score images, folders, globs or manifests")
+    p.add_argument("inputs", nargs="+",
+                   help="image files, folders, glob patterns or manifests (.txt: one path per line; .csv/.parquet: "
+                        "a 'path' column); local paths or URIs (s3://, gs://, hdfs://, file://)")
     p.add_argument("--out", required=True, help="output folder for results.csv/json and overlays")
     _add_model_args(p)
     p.add_argument("--threshold", type=_finite, help="flag images scoring above this")
@@ -383,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--quiet", action="store_true")
     _add_few_shot_args(p)
+    _add_ray_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on synthetic data (tiny random backbone)")

@@ -77,3 +77,53 @@ def test_overlay_keeps_the_aspect_ratio_and_colours_by_scale():
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError):
         InferencePipeline(CountingScorer(), batch_size=0)
+
+
+def test_map_fraction_above_matches_a_plain_transcription():
+    from s2swclip.inference.pipeline import map_fraction_above
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        s = int(rng.integers(3, 40))
+        layers = int(rng.integers(1, 6))
+        amap = (rng.random((s, s)) * layers).astype(np.float32)
+        t = float(rng.random())
+        expected = sum(float(v) / layers > t for v in amap.ravel()) / (s * s)
+        assert map_fraction_above(amap, t, layers) == expected
+
+
+def test_pipeline_reports_map_fraction_on_the_score_scale():
+    scorer = CountingScorer()
+    scorer.map_scale = 2.0  # the ramp 0..1 read as 0..0.5 on the score scale
+    recs = list(InferencePipeline(scorer, threshold=0.25).run([(_png(1), "a.png")]))
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32)
+    assert recs[0].map_frac_above == np.count_nonzero(ramp.astype(np.float64) / 2 > 0.25) / ramp.size
+    # no threshold, or a scorer that does not say its map scale: no fraction
+    assert list(InferencePipeline(scorer).run([(_png(1), "a.png")]))[0].map_frac_above is None
+    assert list(InferencePipeline(CountingScorer(), threshold=0.25).run([(_png(1), "a.png")]))[0].map_frac_above is None
+
+
+def test_detector_map_scale_is_the_number_of_summed_layers(tiny_detector):
+    scorer = DetectorScorer(tiny_detector)
+    assert scorer.map_scale == len(tiny_detector.config.feature_layers) == 4
+    scores, maps = scorer.score(np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32))
+    assert 0 <= maps.min() and maps.max() <= scorer.map_scale  # per-layer probabilities, summed
+
+
+def test_decoder_reads_uris_like_paths(tmp_path):
+    from s2swclip.inference.pipeline import Decoder
+
+    (tmp_path / "a.png").write_bytes(_png(4))
+    dec = Decoder(32)
+    local = dec.decode(str(tmp_path / "a.png"))
+    remote = dec.decode(f"file://{tmp_path}/a.png")
+    assert remote.source == f"file://{tmp_path}/a.png" and remote.error is None
+    assert np.array_equal(local.pixels, remote.pixels) and (remote.width, remote.height) == (40, 30)
+    missing = dec.decode(f"file://{tmp_path}/gone.png")
+    assert missing.error_code == "missing" and f"file://{tmp_path}/gone.png" in missing.error
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    junk = dec.decode(f"file://{tmp_path}/junk.png")
+    assert junk.error_code == "not_an_image" and junk.error.startswith(f"file://{tmp_path}/junk.png: ")
+    (tmp_path / "big.png").write_bytes(_png(5))
+    big = Decoder(32, max_remote_bytes=100).decode(f"file://{tmp_path}/big.png")
+    assert big.error_code == "unreadable" and "more than the limit of 100 bytes" in big.error

@@ -1,9 +1,29 @@
 """The local engine of ``s2swclip predict``: score files on this machine, write the results.
 
-Inputs (files, folders, globs; see :mod:`.inputs`) go through the :mod:`.pipeline`; the
-output folder gets ``results.csv``, ``results.json`` and ``overlays/*.png`` (one per scored image,
-named after its input). Unreadable inputs are rows with an ``error``; they never stop the run.
-Every file is written atomically. Torch-free: the scorer decides what runs the model.
+Inputs (files, folders, globs, manifests; see :mod:`.inputs`) go through the :mod:`.pipeline`;
+the output folder gets ``results.csv``, ``results.json`` and ``overlays/*.png`` (one per scored
+image, named after its input). Unreadable inputs are rows with an ``error``; they never stop the
+run. Every file is written atomically. Torch-free: the scorer decides what runs the model.
+
+The row of an input (:data:`RESULT_FIELDS`, the same in every engine: ``results.csv``/``.json``
+here, the Parquet shards of :mod:`.ray_engine`):
+
+==================  ==========================================================================
+``path``            the input as listed: an absolute path or a URI
+``name``            relative to the inputs' common folder (``crack/000.png``)
+``score``           image anomaly score in [0, 1]; empty when not scored
+``anomalous``       ``score > threshold`` when a threshold is given or calibrated, else empty
+``map_max``         largest value of the anomaly map (the map's own scale, [0, number of
+                    feature layers]: the map sums one anomaly probability per layer)
+``map_mean``        mean of the anomaly map (same scale)
+``map_frac_above``  fraction of the map's pixels whose per-layer average (map / number of
+                    layers, on the score's [0, 1] scale) is above the threshold: the share of
+                    the image flagged at the image's operating point; empty without a threshold
+``overlay``         the overlay PNG, relative to the output folder; empty when not written
+``error``           why the input was not scored (one line); empty when scored
+``error_code``      ``missing``, ``unreadable``, ``empty``, ``not_an_image``,
+                    ``too_many_pixels``, ``corrupt``; empty when scored
+==================  ==========================================================================
 """
 
 from __future__ import annotations
@@ -25,12 +45,14 @@ from .calibration import Calibration, conformal_threshold
 from .inputs import collect_inputs, display_names
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage
 
-__all__ = ["RESULT_FIELDS", "PredictSummary", "calibrate", "predict_files", "result_row", "csv_safe"]
+__all__ = ["RESULT_FIELDS", "PredictSummary", "apply_listing_problem", "calibrate", "csv_safe", "overlay_names",
+           "predict_files", "result_row"]
 
 log = logging.getLogger(__name__)
 
 #: Columns of ``results.csv`` (and keys of each ``results.json`` row), in order.
-RESULT_FIELDS = ("path", "name", "score", "anomalous", "map_max", "map_mean", "overlay", "error")
+RESULT_FIELDS = ("path", "name", "score", "anomalous", "map_max", "map_mean", "map_frac_above", "overlay",
+                 "error", "error_code")
 
 
 @dataclass
@@ -66,7 +88,23 @@ def csv_safe(value: Any) -> Any:
 def result_row(rec: ScoredImage, overlay: str | None = None) -> dict[str, Any]:
     """The row of one record (the same in every engine's output)."""
     return {"path": rec.source, "name": rec.name, "score": rec.score, "anomalous": rec.anomalous,
-            "map_max": rec.map_max, "map_mean": rec.map_mean, "overlay": overlay, "error": rec.error}
+            "map_max": rec.map_max, "map_mean": rec.map_mean, "map_frac_above": rec.map_frac_above,
+            "overlay": overlay, "error": rec.error, "error_code": rec.error_code}
+
+
+def apply_listing_problem(rec: ScoredImage, problem: str | None) -> None:
+    """A file that could not be decoded, whose listing already told why (a broken link, an
+    unreadable folder), reports the listing's reason (code ``unreadable``)."""
+    if problem is not None and rec.error is not None:
+        rec.error, rec.error_code = problem, "unreadable"
+
+
+def overlay_names(names: Sequence[str]) -> list[str]:
+    """The overlay file of each input (``overlays/<flat name>.png``, relative to the output
+    folder), in input order: flat, sanitised and unique, decided for every input up front so
+    that every engine, and every resumed run, gives an input the same name."""
+    used: set[str] = set()
+    return [str(Path("overlays") / _overlay_name(n, used)) for n in names]
 
 
 def _overlay_name(display: str, used: set[str]) -> str:
@@ -135,23 +173,18 @@ def predict_files(
         cal = calibrate(pipe, calibrate_dir, fpr)
         pipe.threshold = cal.threshold
     summary = PredictSummary(pipe.threshold, cal)
-    used: set[str] = set()
     bar = make_progress(len(entries), "scoring", enabled=progress)
-    sources = []
-    problems = {}
-    for e, name in zip(entries, display_names([e.path for e in entries])):
-        if e.problem is not None:
-            problems[len(sources)] = e.problem
-        sources.append((e.path, name))
+    names = display_names([e.path for e in entries])
+    overlay_files = overlay_names(names)
+    sources = [(e.path, name) for e, name in zip(entries, names)]
     try:
         for rec in pipe.run(sources, progress=bar):
-            if rec.index in problems and rec.error is not None:  # the reason found while listing
-                rec.error, rec.error_code = problems[rec.index], "unreadable"
+            apply_listing_problem(rec, entries[rec.index].problem)
             overlay = None
             if rec.error is not None:
                 log.warning("skipped %s: %s", rec.name, rec.error)
             elif overlays:
-                overlay = str(Path("overlays") / _overlay_name(rec.name, used))
+                overlay = overlay_files[rec.index]
                 atomic_write_bytes(out / overlay, pipe.overlay(rec))
             summary.rows.append(result_row(rec, overlay))
             rec.release()

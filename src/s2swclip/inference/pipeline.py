@@ -26,9 +26,10 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import ImageError, PixelBudget, decode_for_model
+from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes
 
-__all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "InferencePipeline", "ScoredImage",
-           "Scorer", "overlay_png"]
+__all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "Decoder", "InferencePipeline", "ScoredImage",
+           "Scorer", "map_fraction_above", "overlay_png"]
 
 #: Largest image accepted (width x height), checked from the header before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -41,9 +42,13 @@ class Scorer(Protocol):
 
     Attributes:
         image_size: S, the input side it expects.
+        map_scale: the maps' upper bound ``L``, so that ``map / L`` is on the scores' [0, 1]
+            scale (the detector's map sums ``L`` per-layer anomaly probabilities, ``L`` = the
+            number of feature layers). Optional: without it ``map_frac_above`` stays empty.
     """
 
     image_size: int
+    map_scale: float
 
     def score(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``pixels`` float32 [B, 3, S, S] CLIP-normalised -> (scores [B], maps [B, S, S])."""
@@ -66,7 +71,9 @@ class ScoredImage:
             ``missing``, ``unreadable``, ``empty``, ``not_an_image``, ``too_many_pixels``,
             ``corrupt``).
         width, height: the original image size.
-        map_max, map_mean: statistics of the anomaly map.
+        map_max, map_mean: statistics of the anomaly map (its own scale, ``[0, map_scale]``).
+        map_frac_above: fraction of the map's pixels above the threshold on the score scale
+            (see :func:`map_fraction_above`); None without a threshold or a map scale.
         anomaly_map: [S, S] float32 map (dropped once written, see :meth:`release`).
         preview: RGB image, longest side S, for the overlay (dropped likewise).
         pixels: [3, S, S] model input until it is scored.
@@ -85,6 +92,7 @@ class ScoredImage:
     format: str | None = None
     map_max: float | None = None
     map_mean: float | None = None
+    map_frac_above: float | None = None
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
     preview: Image.Image | None = field(default=None, repr=False)
     pixels: np.ndarray | None = field(default=None, repr=False)
@@ -97,17 +105,29 @@ class ScoredImage:
     def decide(self, threshold: float | None) -> None:
         self.anomalous = None if threshold is None or self.score is None else bool(self.score > threshold)
 
-    def set_result(self, score: float, amap: np.ndarray, threshold: float | None = None) -> None:
+    def set_result(self, score: float, amap: np.ndarray, threshold: float | None = None,
+                   map_scale: float | None = None) -> None:
         self.score = float(score)
         self.anomaly_map = amap
         self.map_max = float(amap.max())
         self.map_mean = float(amap.mean())
+        self.map_frac_above = (None if threshold is None or map_scale is None
+                               else map_fraction_above(amap, threshold, map_scale))
         self.pixels = None
         self.decide(threshold)
 
     def release(self) -> None:
         """Drop the map, preview and pixels (keep only the numbers)."""
         self.anomaly_map = self.preview = self.pixels = None
+
+
+def map_fraction_above(amap: np.ndarray, threshold: float, map_scale: float) -> float:
+    """Fraction of the pixels of ``amap`` [S, S] whose value divided by ``map_scale`` is above
+    ``threshold``: with the detector, the share of the image whose per-layer average anomaly
+    probability exceeds the image-score threshold (the area flagged at the image's operating
+    point)."""
+    m = np.asarray(amap, dtype=np.float64) / float(map_scale)
+    return float(np.count_nonzero(m > float(threshold)) / max(1, m.size))
 
 
 def overlay_png(preview: Image.Image, amap: np.ndarray, *, vmin: float | None = None,
@@ -128,6 +148,56 @@ def overlay_png(preview: Image.Image, amap: np.ndarray, *, vmin: float | None = 
     buf = io.BytesIO()
     Image.fromarray(over).save(buf, format="PNG")
     return buf.getvalue()
+
+
+class Decoder:
+    """The decoding stage alone (no model needed): file -> model input + preview, or the reason
+    it cannot be scored. :class:`InferencePipeline` decodes with one; the Ray engine's CPU tasks
+    run one each.
+
+    Args:
+        image_size: S, the model input side.
+        max_pixels: refuse images with more pixels (from the header, before decoding).
+        max_inflight_pixels: decoded full-resolution pixels held at once by all threads.
+        preview_side: longest side of the overlay previews (default: the model size).
+        max_remote_bytes: largest file read from a URI (see :mod:`.uris`).
+    """
+
+    def __init__(self, image_size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS, preview_side: int | None = None,
+                 max_remote_bytes: int = MAX_REMOTE_BYTES):
+        self.image_size = int(image_size)
+        self.max_pixels = max_pixels
+        self.budget = PixelBudget(max_inflight_pixels)
+        self.preview_side = int(preview_side or self.image_size)
+        self.max_remote_bytes = int(max_remote_bytes)
+
+    def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
+               label: str | None = None) -> ScoredImage:
+        """Decode one file (a path, a URI or the file's bytes) into a record holding the model
+        input and the preview, or the reason it cannot be scored. Thread-safe; memory bounded by
+        the budget."""
+        shown = label if label is not None else (os.fspath(source) if not isinstance(source, (bytes, bytearray)) else "upload")
+        rec = ScoredImage(index, shown, name if name is not None else shown)
+        t = time.perf_counter()
+        try:
+            if is_uri(source):
+                try:
+                    data = read_uri_bytes(source, self.max_remote_bytes)
+                    d = decode_for_model(data, self.image_size, preview_side=self.preview_side,
+                                         max_pixels=self.max_pixels, budget=self.budget)
+                except ImageError as e:  # messages about bytes do not name the file
+                    raise ImageError(e.code, str(e) if source in str(e) else f"{source}: {e}") from None
+            else:
+                d = decode_for_model(source, self.image_size, preview_side=self.preview_side,
+                                     max_pixels=self.max_pixels, budget=self.budget)
+        except ImageError as e:
+            rec.error, rec.error_code = str(e), e.code
+        else:
+            rec.pixels, rec.preview = d.pixels, d.preview
+            rec.width, rec.height, rec.format = d.width, d.height, d.format
+        rec.timings_ms["decode"] = (time.perf_counter() - t) * 1000
+        return rec
 
 
 class InferencePipeline:
@@ -151,31 +221,21 @@ class InferencePipeline:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.scorer = scorer
         self.image_size = int(scorer.image_size)
+        self.map_scale = getattr(scorer, "map_scale", None)
         self.batch_size = int(batch_size)
         self.threshold = threshold
+        self.decoder = Decoder(self.image_size, max_pixels=max_pixels, max_inflight_pixels=max_inflight_pixels,
+                               preview_side=preview_side)
         self.max_pixels = max_pixels
-        self.budget = PixelBudget(max_inflight_pixels)
-        self.preview_side = int(preview_side or self.image_size)
+        self.budget = self.decoder.budget
+        self.preview_side = self.decoder.preview_side
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
 
     # ---------------------------------------------------------------------------- stages
     def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
                label: str | None = None) -> ScoredImage:
-        """Decode one file (a path or its bytes) into a record holding the model input and the
-        preview, or the reason it cannot be scored. Thread-safe; memory bounded by the budget."""
-        shown = label if label is not None else (os.fspath(source) if not isinstance(source, (bytes, bytearray)) else "upload")
-        rec = ScoredImage(index, shown, name if name is not None else shown)
-        t = time.perf_counter()
-        try:
-            d = decode_for_model(source, self.image_size, preview_side=self.preview_side,
-                                 max_pixels=self.max_pixels, budget=self.budget)
-        except ImageError as e:
-            rec.error, rec.error_code = str(e), e.code
-        else:
-            rec.pixels, rec.preview = d.pixels, d.preview
-            rec.width, rec.height, rec.format = d.width, d.height, d.format
-        rec.timings_ms["decode"] = (time.perf_counter() - t) * 1000
-        return rec
+        """See :meth:`Decoder.decode`."""
+        return self.decoder.decode(source, index=index, name=name, label=label)
 
     def score_batch(self, records: Sequence[ScoredImage]) -> None:
         """Score decoded records in one scorer call (in place)."""
@@ -190,7 +250,7 @@ class InferencePipeline:
                inference_ms: float = 0.0, queue_ms: Sequence[float] | None = None) -> None:
         """Put a scorer's outputs into the records (and apply the threshold)."""
         for i, r in enumerate(records):
-            r.set_result(float(scores[i]), np.asarray(maps[i], dtype=np.float32), self.threshold)
+            r.set_result(float(scores[i]), np.asarray(maps[i], dtype=np.float32), self.threshold, self.map_scale)
             r.timings_ms.update(inference=inference_ms, batch_size=len(records),
                                 queue=0.0 if queue_ms is None else queue_ms[i])
 

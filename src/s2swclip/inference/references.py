@@ -17,7 +17,7 @@ from ..data.images import ImageError, decode_for_model
 from ..errors import S2SWError
 from .inputs import collect_inputs
 
-__all__ = ["ReferenceImages", "read_reference_images"]
+__all__ = ["ReferenceImages", "apply_references", "read_reference_images"]
 
 
 @dataclass
@@ -59,3 +59,24 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
         except ImageError as e:
             raise S2SWError(f"reference image unusable: {e} (remove it from {source})") from None
     return ReferenceImages(pixels, [e.path for e in entries])
+
+
+def apply_references(det, source: str | os.PathLike, *, shots: int | None = None,
+                     max_pixels: int | None = None) -> None:
+    """Turn on the few-shot mode of ``det`` from ``source``: a references ``.safetensors`` file
+    (:meth:`~s2swclip.model.detector.S2SWDetector.save_references`) is loaded, anything else is
+    read with :func:`read_reference_images` and encoded. The one way every engine does it.
+
+    Raises:
+        S2SWError: one line, when the references cannot be used.
+    """
+    import torch
+
+    path = os.path.expanduser(os.fspath(source))
+    if os.path.isfile(path) and path.endswith(".safetensors"):
+        if shots is not None:
+            raise S2SWError(f"--shots selects images of a folder; {path} is a references file")
+        det.load_references(path)
+    else:
+        refs = read_reference_images(source, det.config.image_size, shots=shots, max_pixels=max_pixels)
+        det.set_references(torch.from_numpy(refs.pixels))

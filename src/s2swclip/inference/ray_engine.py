@@ -1,0 +1,496 @@
+"""Scale-out batch scoring on Ray Data: ``s2swclip predict --engine ray``.
+
+The same inputs, decoder, scorer and rows as the local engine (:mod:`.local`), spread over a Ray
+cluster (or this machine), resumable:
+
+1. the driver lists the inputs (:func:`~.inputs.collect_inputs`: folders, globs, manifests,
+   URIs), names them and decides their overlay files, exactly as the local engine does, and
+   skips those whose rows are already committed in ``DIR/results/`` (resume);
+2. Ray Data CPU tasks decode and preprocess (:class:`~.pipeline.Decoder`); an actor pool
+   scores, each actor building its scorer once from a picklable :class:`~.spec.ScorerSpec`
+   (``--workers N`` actors, ``--gpus-per-worker G`` GPUs each, ``--cpus-per-worker C`` CPUs);
+   Ray Data's streaming executor bounds what is in flight (backpressure), so memory does not
+   grow with the number of inputs;
+3. rows stream back to the driver, which alone writes: every ``shard_rows`` rows (or
+   ``flush_seconds``) it writes the overlays of those rows, then one Parquet shard, atomically.
+
+Output folder: ``DIR/results/`` Parquet shards, ``DIR/overlays/`` (see :mod:`.shards`), and
+``DIR/summary.json`` (counts) when a run completes. Rerunning the same command after a crash
+(``kill -9`` of the driver at any moment) scores only inputs without a committed row and never
+duplicates one. A run with different settings (model, threshold, calibration, overlays, pixel
+limit) refuses a folder holding another run's rows. Inputs added since are scored by the rerun;
+rows are never removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import S2SWError
+from ..fileio import atomic_write_text, check_output_dir
+from ..progress import progress as make_progress
+from .calibration import Calibration, conformal_threshold
+from .inputs import InputEntry, collect_inputs, display_names
+from .local import RESULT_FIELDS, apply_listing_problem, overlay_names, result_row
+from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, Decoder, InferencePipeline, ScoredImage
+from .shards import (OVERLAY_PNG, RESULTS, ResultsFolder, require_pyarrow, committed_paths, count_rows,
+                     rows_in_flight_schema)
+from .spec import ScorerSpec
+
+__all__ = ["RaySummary", "predict_ray"]
+
+log = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT_S = 5.0
+
+
+# ------------------------------------------------------------------------------------ Ray stages
+def _decode_batch(batch: dict[str, np.ndarray], *, image_size: int, max_pixels: int | None,
+                  max_inflight_pixels: int, overlays: bool) -> dict[str, np.ndarray]:
+    """CPU task: decode a batch of inputs. In: ``index, path, name, problem, overlay``; out: the
+    same plus ``ok``, ``error``, ``error_code``, ``pixels`` [n, 3, S, S] float32 (zeros where not
+    decoded) and, with overlays, ``preview`` (RGB bytes), ``preview_w``, ``preview_h``."""
+    dec = Decoder(image_size, max_pixels=max_pixels, max_inflight_pixels=max_inflight_pixels)
+    n = len(batch["path"])
+    pixels = np.zeros((n, 3, image_size, image_size), np.float32)
+    ok = np.zeros(n, bool)
+    error, code = np.full(n, "", object), np.full(n, "", object)
+    preview = np.full(n, b"", object)
+    pw, ph = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for i in range(n):
+        rec = dec.decode(str(batch["path"][i]), index=int(batch["index"][i]), name=str(batch["name"][i]))
+        apply_listing_problem(rec, str(batch["problem"][i]) or None)
+        if rec.decoded:
+            ok[i], pixels[i] = True, rec.pixels
+            if overlays:
+                preview[i] = rec.preview.tobytes()
+                pw[i], ph[i] = rec.preview.size
+        else:
+            error[i], code[i] = rec.error, rec.error_code or ""
+        rec.release()
+    out = dict(batch, ok=ok, error=error, error_code=code, pixels=pixels)
+    if overlays:
+        out.update(preview=preview, preview_w=pw, preview_h=ph)
+    return out
+
+
+class _ScoreWorker:
+    """Actor: builds the scorer once, then scores decoded batches into result rows (a pyarrow
+    Table with :data:`~.local.RESULT_FIELDS` and ``overlay_png``).
+
+    A scorer that cannot be built (a user error, e.g. weights that cannot be had) is reported
+    by the first batch, so that the driver gets the original error rather than an actor death.
+    """
+
+    def __init__(self, spec: ScorerSpec, threshold: float | None, overlays: bool):
+        self.overlays = overlays
+        self.failure: BaseException | None = None
+        try:
+            scorer = spec.build()
+            if int(scorer.image_size) != spec.image_size():
+                raise ValueError(f"scorer input size {scorer.image_size} != spec's {spec.image_size()}")
+            self.pipe = InferencePipeline(scorer, batch_size=1, threshold=threshold)
+        except Exception as exc:  # noqa: BLE001 - re-raised by __call__, with its type
+            self.failure = exc
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        pa, _ = require_pyarrow()
+        if self.failure is not None:
+            raise self.failure
+        n = len(batch["path"])
+        recs: list[ScoredImage] = []
+        for i in range(n):
+            rec = ScoredImage(int(batch["index"][i]), str(batch["path"][i]), str(batch["name"][i]))
+            if batch["ok"][i]:
+                rec.pixels = batch["pixels"][i]
+                if self.overlays:
+                    rec.preview = Image.frombytes("RGB", (int(batch["preview_w"][i]), int(batch["preview_h"][i])),
+                                                  batch["preview"][i])
+            else:
+                rec.error, rec.error_code = str(batch["error"][i]), str(batch["error_code"][i]) or None
+            recs.append(rec)
+        self.pipe.score_batch([r for r in recs if r.decoded])
+        rows, pngs = [], []
+        for i, rec in enumerate(recs):
+            overlay = str(batch["overlay"][i]) or None if rec.error is None and self.overlays else None
+            pngs.append(self.pipe.overlay(rec) if overlay is not None else None)
+            rows.append(result_row(rec, overlay))
+            rec.release()
+        cols = {f: [r[f] for r in rows] for f in RESULT_FIELDS}
+        cols[OVERLAY_PNG] = pngs
+        return pa.Table.from_pydict(cols, schema=rows_in_flight_schema())
+
+
+# ----------------------------------------------------------------------------------- Ray session
+def _parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a cluster address (None for ``auto``); S2SWError when malformed."""
+    if address == "auto":
+        return None
+    hostport = address.split("://", 1)[1] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise S2SWError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto "
+                        f"(the address 'ray start --head' prints, e.g. 10.0.0.5:6379)")
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (seconds, not Ray's minutes of retries) when nothing listens at the address."""
+    target = _parse_address(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise S2SWError(f"cannot reach a Ray cluster at --ray-address {address} ({exc.strerror or exc}); "
+                        f"start one with 'ray start --head' and pass the address it prints, or leave "
+                        f"--ray-address out to run on this machine") from None
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None, local_cpus: int | None):
+    """Ray, connected: reuses a Ray already initialised by the calling program (and leaves it
+    running), else connects to ``address`` or starts a local instance, and shuts it down after.
+    Yields ``(ray, owned_local)``."""
+    try:
+        import ray
+    except ImportError:
+        raise S2SWError("--engine ray needs Ray: pip install 's2swclip[ray]'") from None
+    if ray.is_initialized():
+        if address is not None:
+            log.info("using the Ray this program already initialised, not --ray-address %s", address)
+        yield ray, False
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address is None:
+        kwargs.update(include_dashboard=False, num_cpus=local_cpus)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at --ray-address {address}" if address else "a local Ray instance"
+        raise S2SWError(f"cannot start or join {where}: {str(exc).splitlines()[0]}") from None
+    try:
+        yield ray, address is None
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _data_context():
+    """Ray Data settings for this run (restored after): no Ray progress bars or execution
+    banners (we report progress), the original exception of a failing task."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    wanted = {"enable_progress_bars": False, "print_on_execution_start": False,
+              "raise_original_map_exception": True, "enable_auto_log_stats": False}
+    saved = {k: getattr(ctx, k) for k in wanted}
+    data_log = logging.getLogger("ray.data")
+    saved_level = data_log.level
+    for k, v in wanted.items():
+        setattr(ctx, k, v)
+    data_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        data_log.setLevel(saved_level)
+
+
+def _check_resources(ray, owned_local: bool, workers: int, cpus: float, gpus: float) -> None:
+    """Refuse (on a local instance) or warn (on a cluster, which may scale up) when the actor
+    pool plus one decoding task cannot be scheduled: Ray would wait for ever."""
+    total = ray.cluster_resources()
+    need_cpu, need_gpu = workers * cpus + 1, workers * gpus
+    have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if need_cpu <= have_cpu + 1e-9 and need_gpu <= have_gpu + 1e-9:
+        return
+    msg = (f"{workers} worker(s) x {cpus:g} CPU and {gpus:g} GPU, plus 1 CPU for decoding, need "
+           f"{need_cpu:g} CPUs and {need_gpu:g} GPUs; the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
+    if owned_local:
+        raise S2SWError(f"{msg}: use fewer --workers, a smaller --cpus-per-worker (e.g. 0.5) or "
+                        f"--gpus-per-worker, or a cluster (--ray-address)")
+    log.warning("%s; waiting for the cluster to provide them", msg)
+
+
+def _worker_error(exc: BaseException) -> S2SWError | None:
+    """The user error behind a failed Ray task, if there is one (one line)."""
+    seen: set[int] = set()
+    c: BaseException | None = exc
+    while c is not None and id(c) not in seen:
+        seen.add(id(c))
+        if isinstance(c, S2SWError):
+            first = str(c.args[0] if c.args else c).splitlines()[0]
+            return S2SWError(f"scoring worker: {first}")
+        c = getattr(c, "cause", None) or c.__cause__ or c.__context__
+    return None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the Ray stages need (picklable), shared by calibration and scoring."""
+
+    spec: ScorerSpec
+    threshold: float | None
+    overlays: bool
+    batch_size: int
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    max_pixels: int | None
+    max_inflight_pixels: int
+    block_rows: int
+
+
+def _decode_memory(job: _Job) -> int:
+    """Memory a decoding task reserves (bytes): one full-resolution image at ~8 bytes a pixel
+    (RGB and a converted copy; at most the per-image or in-flight pixel cap) and its output, a
+    batch of float32 model inputs. Ray starts no more decoding tasks than memory allows, and,
+    the resources differing from the actors', never fuses decoding into the scoring actors:
+    decoding stays in CPU tasks that scale apart from them."""
+    pixels = min(job.max_pixels or job.max_inflight_pixels, job.max_inflight_pixels)
+    s = job.spec.image_size()
+    return int(pixels * 8 + job.batch_size * 3 * s * s * 4)
+
+
+def _score_tables(ray, job: _Job, planned) -> Iterator:
+    """Run the Ray pipeline over ``planned`` (a pyarrow Table: index, path, name, problem,
+    overlay); yields pyarrow Tables of worker rows as they complete (any order)."""
+    from ray.data import ActorPoolStrategy
+
+    pa, _ = require_pyarrow()
+    # copies (take), not slices: a pickled slice would carry the whole table's buffers
+    blocks = [planned.take(pa.array(range(i, min(i + job.block_rows, planned.num_rows))))
+              for i in range(0, planned.num_rows, job.block_rows)]
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(_decode_batch, batch_size=job.batch_size, batch_format="numpy",
+                        num_cpus=1, memory=_decode_memory(job),
+                        fn_kwargs={"image_size": job.spec.image_size(), "max_pixels": job.max_pixels,
+                                   "max_inflight_pixels": job.max_inflight_pixels, "overlays": job.overlays})
+    ds = ds.map_batches(_ScoreWorker, batch_size=job.batch_size, batch_format="numpy",
+                        compute=ActorPoolStrategy(size=job.workers), num_cpus=job.cpus_per_worker,
+                        num_gpus=job.gpus_per_worker or None,
+                        fn_constructor_kwargs={"spec": job.spec, "threshold": job.threshold,
+                                               "overlays": job.overlays})
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as exc:
+        err = _worker_error(exc)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _plan(entries: Sequence[InputEntry], names: Sequence[str], overlays: Sequence[str] | None, keep):
+    """The inputs to score as a pyarrow Table (``index``, ``path``, ``name``, ``problem``,
+    ``overlay``; empty strings for none), those for which ``keep(path)`` holds."""
+    pa, _ = require_pyarrow()
+    idx = [i for i, e in enumerate(entries) if keep(e.path)]
+    return pa.table({"index": pa.array(idx, pa.int64()),
+                     "path": pa.array([entries[i].path for i in idx], pa.string()),
+                     "name": pa.array([names[i] for i in idx], pa.string()),
+                     "problem": pa.array([entries[i].problem or "" for i in idx], pa.string()),
+                     "overlay": pa.array([overlays[i] if overlays else "" for i in idx], pa.string())})
+
+
+def _calibrate(ray, job: _Job, folder: str | os.PathLike, fpr: float) -> Calibration:
+    """Score the known-good images of ``folder`` on Ray: their conformal threshold."""
+    entries = collect_inputs([folder])
+    planned = _plan(entries, display_names([e.path for e in entries]), None, lambda p: True)
+    scores = []
+    for t in _score_tables(ray, dataclasses.replace(job, overlays=False, threshold=None), planned):
+        scores.extend(s for s in t.column("score").to_pylist() if s is not None)
+    cal = conformal_threshold(scores, fpr)
+    log.info("calibrated %s", cal.describe())
+    return cal
+
+
+# ------------------------------------------------------------------------------------------ run
+@dataclass
+class RaySummary:
+    """What a Ray run did. Counts are over every row in the output folder (this run's and the
+    runs it resumed); ``n_new`` rows were committed by this run."""
+
+    threshold: float | None
+    calibration: Calibration | None
+    n_scored: int
+    n_failed: int
+    n_new: int
+    n_already_done: int
+    results_dir: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": "ray", "threshold": self.threshold,
+                "calibration": None if self.calibration is None else vars(self.calibration),
+                "n_scored": self.n_scored, "n_failed": self.n_failed, "n_rows": self.n_scored + self.n_failed,
+                "n_new": self.n_new, "n_already_done": self.n_already_done, "results": RESULTS}
+
+
+def _worker_spec(spec: ScorerSpec, gpus: float, cpus: float) -> ScorerSpec:
+    """The spec the workers build: on CUDA exactly when they get GPUs (Ray assigns them, so a
+    worker's device is plain ``cuda``)."""
+    if not (gpus >= 0 and cpus > 0):
+        raise S2SWError(f"--gpus-per-worker must be >= 0 and --cpus-per-worker > 0, got {gpus!r}, {cpus!r}")
+    device = str(spec.settings.get("device", "cpu"))
+    if gpus > 0:
+        if device.startswith("cuda:"):
+            raise S2SWError(f"--device {device}: Ray assigns each worker its GPUs (--gpus-per-worker); "
+                            f"use --device cuda")
+        return spec.replace(device="cuda")
+    if device != "cpu":
+        raise S2SWError(f"--device {device} with --engine ray: give the workers GPUs with --gpus-per-worker "
+                        f"(e.g. 1, or 0.5 for two workers per GPU)")
+    return spec
+
+
+def predict_ray(
+    spec: ScorerSpec,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    calibrate_dir: str | os.PathLike | None = None,
+    fpr: float = 0.01,
+    batch_size: int = 8,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    ray_address: str | None = None,
+    local_cpus: int | None = None,
+    overlays: bool = True,
+    progress: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
+    shard_rows: int = 5000,
+    flush_seconds: float = 60.0,
+) -> RaySummary:
+    """Score ``inputs`` on Ray and commit one row per input to Parquet shards under
+    ``out_dir/results`` (see the module docstring); resumes a run interrupted in ``out_dir``.
+
+    Args:
+        spec: what each worker loads (:meth:`ScorerSpec.detector`).
+        inputs: files, folders, glob patterns, manifests; local paths or URIs.
+        threshold, calibrate_dir, fpr: the decision threshold, as in
+            :func:`~.local.predict_files` (calibration images are scored on Ray too).
+        batch_size: images per scorer call.
+        workers: scoring actors; ``gpus_per_worker`` / ``cpus_per_worker``: Ray resources of
+            each (GPUs > 0: the workers run on CUDA; 0.5 puts two workers on a GPU).
+        ray_address: a running cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``); None:
+            a Ray already initialised by the calling program, else a local instance with
+            ``local_cpus`` CPUs (default: all).
+        shard_rows, flush_seconds: a shard is committed every ``shard_rows`` rows or
+            ``flush_seconds`` seconds, whichever comes first (the work a crash can lose).
+
+    Returns:
+        :class:`RaySummary`.
+    """
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
+    for name, value in (("--workers", workers), ("--batch-size", batch_size), ("shard_rows", shard_rows)):
+        if int(value) != value or value < 1:
+            raise S2SWError(f"{name} must be an integer >= 1, got {value!r}")
+    spec = _worker_spec(spec, gpus_per_worker, cpus_per_worker)
+    require_pyarrow()
+    out = check_output_dir(out_dir)
+    entries = collect_inputs(inputs)
+    if calibrate_dir is not None:
+        collect_inputs([calibrate_dir])
+    spec.check()
+    if ray_address is not None:  # before anything is written
+        _check_reachable(ray_address)
+    names = display_names([e.path for e in entries])
+    overlay_files = overlay_names(names) if overlays else None
+    settings = {"scorer": {k: v for k, v in spec.describe().items() if k != "device"},
+                "threshold": threshold, "overlays": bool(overlays), "max_pixels": max_pixels,
+                "calibrate": None if calibrate_dir is None else os.path.abspath(os.fspath(calibrate_dir)),
+                "fpr": None if calibrate_dir is None else float(fpr)}
+    with ResultsFolder(out, settings) as output:
+        record = output.record()
+        done = committed_paths(out)
+        planned = _plan(entries, names, overlay_files, lambda p: p not in done)
+        n_already = len(entries) - planned.num_rows
+        calibration = None
+        if record is not None and record.get("calibration") is not None:
+            calibration = Calibration(**record["calibration"])
+        thr = calibration.threshold if calibration is not None else threshold
+        # rows reach the driver one input block at a time: blocks of a few batches, at most a shard
+        block_rows = max(int(batch_size), min(4 * int(batch_size), int(shard_rows)))
+        job = _Job(spec, thr, bool(overlays), int(batch_size), int(workers), float(cpus_per_worker),
+                   float(gpus_per_worker), max_pixels, int(max_inflight_pixels), block_rows)
+        n_new = 0
+        if planned.num_rows or record is None:
+            if n_already:
+                log.info("resuming: %d of %d inputs already have rows in %s", n_already, len(entries),
+                         output.results)
+            with _ray_session(ray_address, local_cpus) as (ray, owned_local), _data_context():
+                _check_resources(ray, owned_local, int(workers), float(cpus_per_worker), float(gpus_per_worker))
+                if calibrate_dir is not None and calibration is None:
+                    calibration = _calibrate(ray, job, calibrate_dir, fpr)
+                    job = dataclasses.replace(job, threshold=calibration.threshold)
+                    thr = calibration.threshold
+                if record is None:
+                    output.write_record(thr, calibration)
+                if planned.num_rows:
+                    n_new = _run(ray, job, planned, output, shard_rows, flush_seconds, progress)
+        summary = RaySummary(thr, calibration, *count_rows(out), n_new, n_already, out / RESULTS)
+    atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2, allow_nan=False))
+    return summary
+
+
+def _run(ray, job: _Job, planned, output: ResultsFolder, shard_rows: int, flush_seconds: float,
+         progress: bool) -> int:
+    """Score the planned inputs and commit their rows; returns the rows committed. Rows already
+    scored when the run stops (an interrupt, a failing worker) are committed before it ends."""
+    bar = make_progress(planned.num_rows, "scoring on Ray", enabled=progress)
+    pending: list = []
+    n_pending = committed = 0
+    seen: set[str] = set()
+    last = time.monotonic()
+    writing = False
+
+    def flush() -> None:
+        nonlocal pending, n_pending, committed, last, writing
+        writing = True
+        committed += output.commit(pending)
+        pending, n_pending, last, writing = [], 0, time.monotonic(), False
+
+    try:
+        for table in _score_tables(ray, job, planned):
+            keep = [p not in seen for p in table.column("path").to_pylist()]
+            if not all(keep):  # never expected (Ray Data delivers each block once): never a duplicate row
+                log.warning("dropped %d repeated row(s)", keep.count(False))
+                table = table.filter(require_pyarrow()[0].array(keep))
+            seen.update(table.column("path").to_pylist())
+            for name, err in zip(table.column("name").to_pylist(), table.column("error").to_pylist()):
+                if err is not None:
+                    log.warning("skipped %s: %s", name, err)
+            pending.append(table)
+            n_pending += table.num_rows
+            bar.update(table.num_rows)
+            if n_pending >= shard_rows or time.monotonic() - last >= flush_seconds:
+                flush()
+        if pending:
+            flush()
+    except BaseException:
+        if pending and not writing:
+            flush()
+        raise
+    finally:
+        bar.close()
+    return committed

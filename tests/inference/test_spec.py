@@ -1,0 +1,84 @@
+"""ScorerSpec: what a scoring worker loads, as plain picklable data built where it runs."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from s2swclip.errors import S2SWError
+from s2swclip.inference.spec import ScorerSpec
+
+
+def test_spec_is_plain_data_and_builds_the_detector_of_load_detector(tmp_path, monkeypatch):
+    import s2swclip
+
+    monkeypatch.chdir(tmp_path)
+    spec = ScorerSpec.detector("S2SW-Tiny-24L", None, None, image_size=56)
+    again = pickle.loads(pickle.dumps(spec))
+    assert again == spec and hash(again) == hash(spec)
+    assert spec.describe() == {"kind": "detector", "backbone": "S2SW-Tiny-24L", "weights": None, "prompts": None,
+                               "image_size": 56, "device": "cpu", "precision": "fp32", "preset": None,
+                               "cache_dir": None}
+    scorer = again.build()
+    assert scorer.image_size == spec.image_size() == 56 and scorer.map_scale == 4
+    ref = s2swclip.load_detector("S2SW-Tiny-24L", None, None, image_size=56, untrained_ok=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 56, 56)).astype(np.float32)
+    scores, maps = scorer.score(x)
+    import torch
+
+    out = ref.predict(torch.from_numpy(x))
+    assert np.array_equal(scores, out.image_scores.numpy()) and np.array_equal(maps, out.anomaly_maps.numpy())
+
+
+def test_image_size_without_building():
+    assert ScorerSpec.detector("S2SW-Tiny-24L", None).image_size() == 518
+    assert ScorerSpec.detector("S2SW-Tiny-24L", None, preset="visa-to-all").image_size() == 410
+    assert ScorerSpec.detector("S2SW-Tiny-24L", None, preset="visa-to-all", image_size=96).image_size() == 96
+
+
+def test_local_files_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    spec = ScorerSpec.detector("S2SW-Tiny-24L", "w.safetensors", "nope.safetensors", cache_dir="cache")
+    s = spec.settings
+    assert s["weights"] == str(tmp_path / "w.safetensors")
+    assert s["prompts"] == "nope.safetensors"  # not there: kept as given, check() names it
+    assert s["cache_dir"] == str(tmp_path / "cache")
+    assert spec.replace(device="cuda").settings == {**s, "device": "cuda"}
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"weights": "gone/w.safetensors"}, "weights file not found"),
+    ({"prompts": "gone.safetensors"}, "gone.safetensors"),
+    ({"backbone": "no-such-net"}, "unknown backbone"),
+    ({"precision": "fp8"}, "invalid precision"),
+])
+def test_check_names_what_is_wrong_before_any_worker_starts(tmp_path, kwargs, needle):
+    args = {"backbone": "S2SW-Tiny-24L", "weights": None, **kwargs}
+    spec = ScorerSpec.detector(args.pop("backbone"), args.pop("weights"), **args)
+    with pytest.raises(S2SWError, match=needle):
+        spec.check()
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="unknown scorer kind 'onnx'"):
+        ScorerSpec("onnx", ()).build()
+
+
+def test_engine_and_spec_import_no_torch_until_a_detector_is_built():
+    """Decoding tasks and the driver's planning stay torch-free, so that workers of a torch-free
+    scorer kind need no PyTorch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import s2swclip
+
+    code = ("import sys; import s2swclip.inference.ray_engine, s2swclip.inference.shards; "
+            "from s2swclip.inference.spec import ScorerSpec; "
+            "ScorerSpec.detector('S2SW-Tiny-24L', None, preset='visa-to-all').image_size(); "
+            "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))")
+    src = str(Path(s2swclip.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,133 @@
+"""`s2swclip predict --engine ray` as a user meets it: manifests in, Parquet rows out, the same
+rows as the local engine, one clear line for each mistake."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+
+import s2swclip  # noqa: E402
+from s2swclip.cli import main  # noqa: E402
+from s2swclip.inference.shards import read_results  # noqa: E402
+
+TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "56"]
+SRC = str(Path(s2swclip.__file__).resolve().parents[1])
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_user_error(code, err, *needles):
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    """24 images listed by a text, a CSV and a Parquet manifest (overlapping), one missing path."""
+    root = tmp_path_factory.mktemp("manifests")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(24):
+        p = root / "imgs" / ("a", "b")[i % 2] / f"{i:02d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    (root / "list.txt").write_text("# first half, relative to this file\n" +
+                                   "".join(f"{os.path.relpath(p, root)}\n" for p in paths[:12]) + "imgs/gone.png\n")
+    with open(root / "list.csv", "w", newline="") as f:
+        f.write("path,label\n" + "".join(f"{p},x\n" for p in paths[8:18]))
+    pq.write_table(pa.table({"path": paths[16:]}), root / "list.parquet")
+    return root, paths
+
+
+def test_ray_engine_on_manifests_gives_the_local_engines_rows(capsys, cluster, manifests, tmp_path):
+    root, paths = manifests
+    inputs = [root / "list.txt", root / "list.csv", root / "list.parquet"]
+    code, out, err = _run(capsys, "predict", *inputs, "--out", tmp_path / "local", "--threshold", "0.5",
+                          "--quiet", *TINY)
+    assert code == 0, err
+    code, out, err = _run(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--threshold", "0.5", "--quiet",
+                          "--engine", "ray", "--workers", "2", "--cpus-per-worker", "0.5", "--shard-rows", "5",
+                          "--batch-size", "4", *TINY)
+    assert code == 0, err
+    assert "24 scored, 1 skipped (25 rows written now, 0 already done)" in out
+    local = json.loads((tmp_path / "local" / "results.json").read_text())["results"]
+    rows = read_results(tmp_path / "ray").to_pylist()
+    assert [r["path"] for r in rows] == sorted(paths + [str(root / "imgs" / "gone.png")])
+    floats = ("score", "map_max", "map_mean", "map_frac_above")
+    for r, q in zip(rows, local):  # the same rows; scores within 1e-6 (batches of 4 here, of 8 there)
+        assert {k: v for k, v in r.items() if k not in floats} == {k: v for k, v in q.items() if k not in floats}
+        assert all(r[f] == q[f] if q[f] is None else abs(r[f] - q[f]) <= 1e-6 for f in floats), (r, q)
+    assert rows[-1]["error_code"] == "missing" and rows[-1]["path"].endswith("gone.png")
+    assert len(list((tmp_path / "ray" / "results").glob("part-*.parquet"))) >= 3
+    # the header of the local CSV is the Parquet schema
+    header = (tmp_path / "local" / "results.csv").read_text().splitlines()[0].split(",")
+    assert header == pq.read_schema(next((tmp_path / "ray" / "results").glob("part-*.parquet"))).names
+
+    # the same command again: nothing to do; other settings: refused
+    code, out, err = _run(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--threshold", "0.5", "--quiet",
+                          "--engine", "ray", *TINY)
+    assert code == 0 and "(0 rows written now, 25 already done)" in out
+    code, out, err = _run(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--quiet", "--engine", "ray", *TINY)
+    _assert_user_error(code, err, "holds results of a different run", "threshold")
+
+
+def test_unreachable_ray_address_is_one_error_line_quickly(tmp_path):
+    """As a user runs it (a process of its own): no cluster there, one line in seconds, not
+    Ray's minutes of retries."""
+    (tmp_path / "a.png").write_bytes(b"")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "s2swclip.cli", "predict", str(tmp_path / "a.png"), "--out",
+                           str(tmp_path / "o"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", *TINY],
+                          env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - t
+    _assert_user_error(proc.returncode, proc.stderr, f"cannot reach a Ray cluster at --ray-address 127.0.0.1:{port}",
+                       "ray start --head")
+    assert elapsed < 60, elapsed  # imports included; the connection attempt itself is bounded by 5 s
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--workers", "2"], ["--workers only apply with --engine ray"]),
+    (["--engine", "ray", "--device", "cuda"], ["--device cuda with --engine ray", "--gpus-per-worker"]),
+    (["--engine", "ray", "--gpus-per-worker", "1", "--device", "cuda:1"], ["Ray assigns each worker its GPUs"]),
+    (["--engine", "ray", "--gpus-per-worker", "-1"], ["--gpus-per-worker", "must be >= 0"]),
+    (["--engine", "ray", "--ray-address", "nonsense"], ["is not HOST:PORT"]),
+    (["--engine", "ray", "--prompts", "missing.safetensors"], ["missing.safetensors"]),
+])
+def test_ray_usage_errors_are_one_line(capsys, tmp_path, argv, needles):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    code, _, err = _run(capsys, "predict", tmp_path / "a.png", "--out", tmp_path / "o", *TINY, *argv)
+    _assert_user_error(code, err, *needles)
