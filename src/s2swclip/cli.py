@@ -108,7 +108,8 @@ def cmd_train(args) -> int:
                    preset=args.preset or "visa-to-all", device=args.device, split=args.split,
                    init_prompts=args.prompts, precision=args.precision,
                    classes=args.classes, resume=args.resume, progress=not args.quiet,
-                   max_batches=args.max_batches, num_workers=args.workers, **overrides)
+                   max_batches=args.max_batches, num_workers=args.workers,
+                   cache_features=args.cache_features, cache_dtype=args.cache_dtype, **overrides)
     print(f"prompts written to {result.checkpoint}")
     return 0
 
@@ -240,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--max-batches", type=int, help="batches per epoch (quick runs)")
     p.add_argument("--workers", type=int, default=0, help="data loading workers")
+    p.add_argument("--cache-features", metavar="DIR|memory", default=None,
+                   help="compute the frozen image features once per image and reuse them in later epochs, "
+                        "stored in DIR (shareable by runs that differ only in training hyper-parameters) or "
+                        "in memory (small sets)")
+    p.add_argument("--cache-dtype", default="fp32", choices=("fp32", "fp16"),
+                   help="feature cache entries: fp32 (default; results bit-identical to an uncached run) "
+                        "or fp16 (half the space; slightly different prompts)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
