@@ -86,6 +86,12 @@ def _add_model_args(p: argparse.ArgumentParser, prompts: bool = True) -> None:
     g.add_argument("--cache-dir", default=None, help="download cache for pretrained weights")
 
 
+def _add_heatmap_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heatmap-scale", default="fixed", choices=("fixed", "image"),
+                   help="overlay colours: fixed (default; one scale, centred on the threshold when there is "
+                        "one, else the run's range; a normal image stays blue) or image (each map's own range)")
+
+
 def _weights(value: str | None):
     return None if value is None or str(value).lower() in ("none", "random") else value
 
@@ -130,7 +136,7 @@ def cmd_test(args) -> int:
         report = evaluate_dataset(det, root, dataset_name=name, batch_size=args.batch_size,
                                   classes=args.classes, aupro_method=args.aupro, out_dir=out,
                                   figures_per_class=args.figures, progress=not args.quiet,
-                                  num_workers=args.workers)
+                                  num_workers=args.workers, heatmap_scale=args.heatmap_scale)
         print(format_markdown(report))
         print(f"report: {out / 'report.json'}")
     return 0
@@ -149,7 +155,7 @@ def cmd_predict(args) -> int:
     summary = predict_files(as_scorer(_detector(args)), args.inputs, args.out, threshold=args.threshold,
                             calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
                             overlays=not args.no_overlays, progress=not args.quiet,
-                            max_pixels=int(args.max_mpx * 1e6))
+                            max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale)
     width = max((len(r["name"]) for r in summary.rows), default=10)
     for r in summary.rows:
         if r["error"]:
@@ -192,7 +198,8 @@ def build_serve_app(args):
                       batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
                       max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_mpx * 1e6),
                       max_inflight_pixels=int(args.max_inflight_mpx * 1e6), security=security,
-                      upload_idle_timeout_s=args.upload_timeout, warmup=True)
+                      upload_idle_timeout_s=args.upload_timeout, warmup=True,
+                      heatmap_scale=args.heatmap_scale)
 
 
 def cmd_serve(args) -> int:
@@ -260,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aupro", default="exact", choices=AUPRO_METHODS,
                    help="AUPRO: exact (MVTec definition) or grid200 (the released code's)")
     p.add_argument("--figures", type=int, default=4, help="overlay figures per class (0: none)")
+    _add_heatmap_arg(p)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_test)
@@ -278,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-mpx", type=_positive, default=40.0,
                    help="refuse images larger than this many megapixels (default 40)")
     p.add_argument("--no-overlays", action="store_true")
+    _add_heatmap_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -315,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoded megapixels held at once by all requests together (memory budget)")
     p.add_argument("--upload-timeout", type=_positive, default=30.0,
                    help="seconds without data before a stalled upload is answered 408")
+    _add_heatmap_arg(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -482,12 +482,11 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
     else:
         folder = check_output_dir(location, "--cache-features")
         files, where = EntryFiles(folder / key[:32], key, layout), str(folder)
+        existing = files.root
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
         try:
-            files.root.mkdir(parents=True, exist_ok=True)
-            manifest = files.root / "manifest.json"
-            if not manifest.is_file():
-                atomic_write_bytes(manifest, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
-            present, free = files.count(), shutil.disk_usage(files.root).free
+            present, free = files.count(), shutil.disk_usage(existing).free
         except OSError as e:
             raise S2SWError(f"cannot use --cache-features {folder}: {e.strerror or e}; choose another folder") from None
     per = layout.entry_bytes
@@ -500,6 +499,13 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
         raise S2SWError(f"--cache-features {where}: the cache needs {need / 1e9:.3f} GB more but {place} has only "
                         f"{free / 1e9:.3f} GB free; free some space, choose another folder, use --cache-dtype "
                         f"fp16 (half the size) or train without --cache-features")
+    if files.root is not None:
+        try:
+            manifest = files.root / "manifest.json"
+            if not manifest.is_file():
+                atomic_write_bytes(manifest, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
+        except OSError as e:
+            raise S2SWError(f"cannot write to --cache-features {where}: {e.strerror or e}; choose another folder") from None
     return FeatureCache(files, description, where), summary
 
 

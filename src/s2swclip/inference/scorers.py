@@ -17,11 +17,15 @@ class DetectorScorer:
     Args:
         detector: the detector.
         image_size: model input side (default: the detector's configured size).
+
+    ``map_scale`` is the number of feature layers: the map sums one anomaly probability per
+    layer (docs/method.md §6.3), so ``map / map_scale`` is on the image score's [0, 1] scale.
     """
 
     def __init__(self, detector, image_size: int | None = None):
         self.detector = detector
         self.image_size = int(image_size or detector.config.image_size)
+        self.map_scale = float(len(detector.config.feature_layers))
 
     def score(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self.detector.predict(torch.from_numpy(np.ascontiguousarray(pixels)))
