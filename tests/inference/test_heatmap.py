@@ -160,3 +160,42 @@ def test_predict_records_the_scale_and_draws_the_bar(tiny_detector, pictures, tm
         assert 0 < saved["heatmap"]["lo"] < saved["heatmap"]["hi"] < 1 and saved["heatmap"]["map_scale"] == 4.0
     for row in saved["results"]:
         assert Image.open(out / row["overlay"]).size == (224, 168 + COLORBAR_HEIGHT)
+
+
+# --------------------------------------------------------------------------- through the test protocol
+@pytest.mark.parametrize("mode", ["fixed", "image"])
+def test_test_figures_of_a_class_share_the_range_of_its_maps(tiny_detector, tmp_path, monkeypatch, mode):
+    import s2swclip.eval.figures as figures
+    from s2swclip.data.synthetic import generate_dataset
+    from s2swclip.eval.protocol import evaluate_dataset
+
+    root = generate_dataset(tmp_path / "syn", classes=["marble"], n_train_good=1, n_test_good=2,
+                            n_test_defect=3, image_size=96, seed=2)
+    drawn, maps = [], []
+    real_save, real_predict = figures.save_overlay, tiny_detector.predict
+
+    def save(image, mask, amap, path, **kw):
+        drawn.append((amap, kw["scale"]))
+        return real_save(image, mask, amap, path, **kw)
+
+    def predict(images):
+        out = real_predict(images)
+        maps.append(out.anomaly_maps.numpy())
+        return out
+
+    monkeypatch.setattr(figures, "save_overlay", save)
+    monkeypatch.setattr(tiny_detector, "predict", predict)
+    evaluate_dataset(tiny_detector, root, out_dir=tmp_path / "rep", figures_per_class=2, progress=False,
+                     batch_size=2, aupro_method="grid200", heatmap_scale=mode)
+    assert len(drawn) == 2
+    every = np.concatenate(maps)
+    for amap, scale in drawn:
+        if mode == "fixed":  # all of the class's maps, normal ones included, on the per-layer scale
+            assert (scale.source, scale.vmin, scale.vmax) == ("run", pytest.approx(every.min()),
+                                                              pytest.approx(every.max()))
+        else:
+            assert (scale.source, scale.vmin, scale.vmax) == ("image", pytest.approx(amap.min()),
+                                                              pytest.approx(amap.max()))
+        assert scale.map_scale == 4.0
+    pngs = sorted((tmp_path / "rep" / "figures" / "marble").glob("*.png"))
+    assert len(pngs) == 2 and all(Image.open(p).size == (3 * 224, 224 + 48 + 36) for p in pngs)
