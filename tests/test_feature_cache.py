@@ -379,3 +379,15 @@ def test_a_cache_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(S2SWError, match="--cache-features .*file.* is an existing file"):
         train(tmp_path / "no-data", tmp_path / "out", cache_features=tmp_path / "file", **SMALL)
+
+
+def test_the_cache_decodes_exactly_the_bytes_it_hashes(data):
+    ds = AnomalyDataset(data, image_size=56)
+    for i in (0, 5):
+        plain = ds[i]
+        path = ds.resolve(ds.items[i]["img_path"])
+        with open(path, "rb") as f:
+            from_bytes = ds.sample(i, image=f.read())
+        without = ds.sample(i, image=False)
+        assert torch.equal(plain["image"], from_bytes["image"]) and "image" not in without
+        assert all(torch.equal(plain["mask"], s["mask"]) and plain["label"] == s["label"] for s in (from_bytes, without))

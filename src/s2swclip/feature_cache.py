@@ -20,12 +20,13 @@ people; it is never read back). The run key hashes everything that determines th
 vision tower's architecture (its module description) and the bytes of all its weights (so a tag, a
 file and a random seed are all covered by content), the backbone-adaptation options that change
 image features (``feature_layers``, ``dpam_layers``, ``layer_aliasing``, ``global_ln_post``), the
-precision, the device kind, the library versions (s2swclip, torch, open_clip, Pillow), the image
-size and the dataset's preprocessing, and the entry dtype. An image's entry is named by the hash of
-the run key and the SHA-256 of the image file's bytes, read in the same go as the bytes that are
-decoded. A changed image, option or weight is therefore a different name, never a stale entry.
-Training hyper-parameters (learning rate, loss weights, epochs, seed, batch size) are not part of
-the key: runs of a sweep share one cache.
+precision, the device kind, the library versions (s2swclip, torch, open_clip), the image size and
+the dataset's preprocessing (with Pillow's version), and the entry dtype. An image's entry is named
+by the hash of the run key and the SHA-256 of the image file's bytes, read in the same go as the
+bytes that are decoded. A changed image, option or weight is therefore a different name, never a
+stale entry. Training hyper-parameters (learning rate, loss weights, epochs, batch size; the seed
+too, unless the weights are random, since those are drawn with it) are not part of the key: runs
+of a sweep share one cache.
 
 Storage. One safetensors file per image, ``DIR/<run key>/<k[:2]>/<k>.safetensors``: tensors
 ``global`` [C] and ``patch.<i>`` [N, C] for each DISTINCT patch tensor (with faithful layer
@@ -171,7 +172,6 @@ def probe_layout(det, image_size: int, dtype: str) -> Layout:
 # ---------------------------------------------------------------------------------------- keys
 def run_key(det, dataset, dtype: str) -> tuple[str, dict[str, Any]]:
     """The run key (hex SHA-256) and the description it hashes (see the module docstring)."""
-    import PIL
     import open_clip
 
     from . import __version__
@@ -190,8 +190,7 @@ def run_key(det, dataset, dtype: str) -> tuple[str, dict[str, Any]]:
     description = {
         "format": ENTRY_FORMAT, "entry_version": ENTRY_VERSION, "encoding_version": ENCODING_VERSION,
         "encoding": "one image at a time",
-        "versions": {"s2swclip": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
-                     "pillow": PIL.__version__},
+        "versions": {"s2swclip": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__},
         "vision_tower": hashlib.sha256(repr(visual).encode()).hexdigest(),
         "vision_weights": h.hexdigest(),
         "options": {"feature_layers": list(c.feature_layers), "dpam_layers": c.dpam_layers,
