@@ -117,6 +117,12 @@ def _add_model_args(p: argparse.ArgumentParser, prompts: bool = True) -> None:
     g.add_argument("--cache-dir", default=None, help="download cache for pretrained weights")
 
 
+def _add_heatmap_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heatmap-scale", default="fixed", choices=("fixed", "image"),
+                   help="overlay colours: fixed (default; one scale, centred on the threshold when there is "
+                        "one, else the run's range; a normal image stays blue) or image (each map's own range)")
+
+
 def _weights(value: str | None):
     return None if value is None or str(value).lower() in ("none", "random") else value
 
@@ -206,7 +212,8 @@ def cmd_train(args) -> int:
                    preset=args.preset or "visa-to-all", device=args.device, split=args.split,
                    init_prompts=args.prompts, precision=args.precision,
                    classes=args.classes, resume=args.resume, progress=not args.quiet,
-                   max_batches=args.max_batches, num_workers=args.workers, **overrides)
+                   max_batches=args.max_batches, num_workers=args.workers,
+                   cache_features=args.cache_features, cache_dtype=args.cache_dtype, **overrides)
     print(f"prompts written to {result.checkpoint}")
     return 0
 
@@ -226,7 +233,7 @@ def cmd_test(args) -> int:
         out = Path(args.out) / name if len(args.data) > 1 else Path(args.out)
         common = dict(dataset_name=name, batch_size=args.batch_size, classes=args.classes,
                       aupro_method=args.aupro, out_dir=out, figures_per_class=args.figures,
-                      progress=not args.quiet, num_workers=args.workers)
+                      progress=not args.quiet, num_workers=args.workers, heatmap_scale=args.heatmap_scale)
         if args.shots is not None:  # few-normal-shot protocol
             from .eval.fewshot import evaluate_few_shot, format_few_shot
 
@@ -258,7 +265,7 @@ def cmd_predict(args) -> int:
     summary = predict_files(as_scorer(_detector(args)), args.inputs, args.out, threshold=args.threshold,
                             calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
                             overlays=not args.no_overlays, progress=not args.quiet,
-                            max_pixels=int(args.max_mpx * 1e6))
+                            max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale)
     width = max((len(r["name"]) for r in summary.rows), default=10)
     for r in summary.rows:
         if r["error"]:
@@ -318,7 +325,8 @@ def _predict_ray(args) -> int:
                     fpr=args.fpr, batch_size=args.batch_size, workers=args.workers or 1,
                     gpus_per_worker=args.gpus_per_worker or 0.0, cpus_per_worker=args.cpus_per_worker or 1.0,
                     ray_address=args.ray_address, overlays=not args.no_overlays, progress=not args.quiet,
-                    max_pixels=int(args.max_mpx * 1e6), shard_rows=args.shard_rows or 5000)
+                    max_pixels=int(args.max_mpx * 1e6), shard_rows=args.shard_rows or 5000,
+                    heatmap_scale=args.heatmap_scale)
     if s.calibration is not None:
         print(s.calibration.describe())
     print(f"{s.n_scored} scored, {s.n_failed} skipped ({s.n_new} rows written now, {s.n_already_done} already "
@@ -356,7 +364,8 @@ def build_serve_app(args):
                       batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
                       max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_mpx * 1e6),
                       max_inflight_pixels=int(args.max_inflight_mpx * 1e6), security=security,
-                      upload_idle_timeout_s=args.upload_timeout, warmup=True)
+                      upload_idle_timeout_s=args.upload_timeout, warmup=True,
+                      heatmap_scale=args.heatmap_scale)
 
 
 def cmd_serve(args) -> int:
@@ -405,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--max-batches", type=int, help="batches per epoch (quick runs)")
     p.add_argument("--workers", type=int, default=0, help="data loading workers")
+    p.add_argument("--cache-features", metavar="DIR|memory", default=None,
+                   help="compute the frozen image features once per image and reuse them in later epochs, "
+                        "stored in DIR (shareable by runs that differ only in training hyper-parameters) or "
+                        "in memory (small sets)")
+    p.add_argument("--cache-dtype", default="fp32", choices=("fp32", "fp16"),
+                   help="feature cache entries: fp32 (default; results bit-identical to an uncached run) "
+                        "or fp16 (half the space; slightly different prompts)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -417,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aupro", default="exact", choices=AUPRO_METHODS,
                    help="AUPRO: exact (MVTec definition) or grid200 (the released code's)")
     p.add_argument("--figures", type=int, default=4, help="overlay figures per class (0: none)")
+    _add_heatmap_arg(p)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     _add_few_shot_args(p, protocol=True)
@@ -438,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-mpx", type=_positive, default=40.0,
                    help="refuse images larger than this many megapixels (default 40)")
     p.add_argument("--no-overlays", action="store_true")
+    _add_heatmap_arg(p)
     p.add_argument("--quiet", action="store_true")
     _add_few_shot_args(p)
     _add_ray_args(p)
@@ -478,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-timeout", type=_positive, default=30.0,
                    help="seconds without data before a stalled upload is answered 408")
     _add_few_shot_args(p)
+    _add_heatmap_arg(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -5,7 +5,10 @@ generators, epoch, history, log records and a fingerprint of the run's configura
 :mod:`s2swclip.train_state`). Derived from it afterwards, each written atomically:
 ``prompts_epochNNN.safetensors`` and ``prompts_last.safetensors`` (this package's prompt format)
 and ``train_log.jsonl`` (one JSON object per epoch: epoch, seconds, every loss term, the learning
-rate, whether features came from a cache). ``resume`` continues from the state and re-derives
+rate, whether features came from a cache). With ``cache_features`` the frozen image encoder's
+outputs are computed once per image and read back in later epochs (:mod:`s2swclip.feature_cache`;
+the images are encoded one at a time with or without it, so an fp32 cache changes nothing in the
+results). ``resume`` continues from the state and re-derives
 whatever a crash left missing or stale, so a run killed at any moment and resumed ends
 bit-identical to an uninterrupted one. Messages go to ``logging.getLogger("s2swclip.train")`` and
 are appended to ``train.log``.
@@ -30,11 +33,13 @@ import torch
 
 from . import __version__
 from .errors import S2SWError
+from .feature_cache import CACHE_DTYPES, MEMORY, collate_cached, encode_per_image, open_feature_cache
 from .fileio import atomic_write_bytes, atomic_write_text, check_output_dir, remove_temporaries
 from .model.checkpoint import PromptCheckpoint, load_prompts, save_prompts
 from .model.config import TRAIN_FLAGS, TrainConfig, get_preset
 from .model.objective import s2sw_objective
 from .model.prompts import PromptLearner
+from .progress import progress as make_progress
 from .train_state import (STATE_NAME, TrainState, encode_state, indexed_optimizer_state,
                           named_optimizer_state, one_line, read_state)
 
@@ -51,7 +56,7 @@ _COMMITTED = re.compile(r"train_state\.safetensors|prompts_last\.safetensors|"
 # what else a run's fingerprint records besides the TrainConfig fields, with the flag that sets it
 _RUN_FLAGS = {"backbone": "--backbone", "weights": "--weights", "precision": "--precision",
               "split": "--split", "classes": "--classes", "items": "--data",
-              "max_batches": "--max-batches", "detector_options": None}
+              "max_batches": "--max-batches", "detector_options": None, "feature_cache": "--cache-dtype"}
 
 
 @dataclass
@@ -89,6 +94,8 @@ def train(
     num_workers: int = 0,
     detector_options: dict[str, Any] | None = None,
     init_prompts: str | Path | None = None,
+    cache_features: str | Path | None = None,
+    cache_dtype: str = "fp32",
     **overrides: Any,
 ) -> TrainResult:
     """Learn the prompts on ``data_root`` (a ``meta.json`` dataset) and checkpoint to ``out_dir``.
@@ -105,6 +112,13 @@ def train(
         init_prompts: start from this prompt checkpoint (either format) instead of N(0, 0.02);
             not used when resuming (the state holds the prompts).
         max_batches: stop each epoch after this many batches (quick runs, tests).
+        num_workers: data-loader worker processes.
+        cache_features: a folder, or ``"memory"``: compute the frozen image features once per
+            image and reuse them in later epochs (:mod:`s2swclip.feature_cache`). The expected
+            size is logged first; a disk (memory) without the space is refused.
+        cache_dtype: ``fp32`` (results bit-identical to an uncached run) or ``fp16`` (half the
+            space; features rounded to float16 in every epoch, so the prompts differ slightly and
+            the run's fingerprint records it).
         **overrides: TrainConfig fields: epochs, batch_size, image_size, lr, betas, seed,
             alpha, beta, random_pair_prob, pairwise_hinge.
 
@@ -121,6 +135,12 @@ def train(
     cfg = resolve_train_config(preset, **overrides)
     _check_count(max_batches, "max_batches", "--max-batches", optional=True)
     _check_count(num_workers, "num_workers", "--workers")
+    if cache_dtype not in CACHE_DTYPES:
+        raise S2SWError(f"invalid --cache-dtype {cache_dtype!r}: choose one of {', '.join(CACHE_DTYPES)}")
+    if cache_features is None and cache_dtype != "fp32":
+        raise S2SWError(f"--cache-dtype {cache_dtype} applies to a feature cache: add --cache-features DIR|memory")
+    if cache_features is not None and str(cache_features) != MEMORY:
+        check_output_dir(cache_features, "--cache-features")
     out_dir = check_output_dir(out_dir)
     dataset = AnomalyDataset(data_root, split=split, image_size=cfg.image_size, classes=classes)
     if len(dataset) == 0:
@@ -130,6 +150,8 @@ def train(
         "split": split, "classes": list(dataset.classes), "items": len(dataset),
         "max_batches": max_batches, "detector_options": dict(sorted((detector_options or {}).items())),
         "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "epochs"}}, default=str))
+    if cache_features is not None and cache_dtype != "fp32":
+        fingerprint["feature_cache"] = cache_dtype  # rounded features change the results; fp32 does not
     state_path = out_dir / STATE_NAME
     state = _resumable_state(out_dir, fingerprint) if resume else None
     _prepare_out_dir(out_dir)
@@ -186,56 +208,76 @@ def train(
             note(f"re-exported {written.name} from {STATE_NAME} (epoch {state.epoch})")
         note(f"resumed from epoch {start_epoch}")
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                         generator=shuffle_gen, num_workers=num_workers)
+    # ---- image features: per image, from the feature cache when there is one (feature_cache.py)
+    cache = None
+    if cache_features is not None:
+        cache, summary = open_feature_cache(cache_features, cache_dtype, det, dataset)
+        note(summary)
+    loader = torch.utils.data.DataLoader(dataset if cache is None else cache.dataset(dataset),
+                                         batch_size=cfg.batch_size, shuffle=True, generator=shuffle_gen,
+                                         num_workers=num_workers,
+                                         collate_fn=None if cache is None else collate_cached)
     note(f"training on {len(dataset)} images of {len(dataset.classes)} classes from {data_root}; "
          f"{json.dumps(dataclasses.asdict(cfg))}")
     last = out_dir / LAST_NAME
     if start_epoch >= cfg.epochs:
         note(f"already trained for {start_epoch} epochs")
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        det.train()
-        sums = {k: 0.0 for k in LOSS_KEYS}
-        n = 0
-        total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-        bar = _progress(total_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            losses = s2sw_objective(det, batch["image"], batch["mask"], batch["label"],
-                                    alpha=cfg.alpha, beta=cfg.beta, generator=pair_gen,
-                                    random_pair_prob=cfg.random_pair_prob,
-                                    pairwise_hinge=cfg.pairwise_hinge)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            for k in LOSS_KEYS:
-                sums[k] += float(losses[k].detach())
-            n += 1
-            if bar is not None:
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            det.train()
+            sums = {k: 0.0 for k in LOSS_KEYS}
+            n = images_seen = images_cached = 0
+            total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+            bar = make_progress(total_batches, f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress, unit="batch")
+            if cache is not None:
+                cache.begin_epoch()
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                if cache is None:
+                    features, hits = encode_per_image(det, batch["image"]), 0
+                else:
+                    features, hits = cache.features(det, batch)
+                images_seen += len(batch["label"])
+                images_cached += hits
+                losses = s2sw_objective(det, None, batch["mask"], batch["label"], features=features,
+                                        alpha=cfg.alpha, beta=cfg.beta, generator=pair_gen,
+                                        random_pair_prob=cfg.random_pair_prob,
+                                        pairwise_hinge=cfg.pairwise_hinge)
+                optimizer.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                optimizer.step()
+                for k in LOSS_KEYS:
+                    sums[k] += float(losses[k].detach())
+                n += 1
                 bar.set_postfix({k: f"{sums[k] / n:.4f}" for k in ("total", "pixel_generic", "pixel_contrastive", "image_ce")})
                 bar.update(1)
-        if bar is not None:
             bar.close()
-        means = {k: sums[k] / max(n, 1) for k in LOSS_KEYS}
-        history.append({"epoch": epoch + 1, **means})
-        records.append({"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3),
-                        **{k: v if math.isfinite(v) else None for k, v in means.items()},
-                        "lr": optimizer.param_groups[0]["lr"], "features_cached": False})
-        meta = {"backbone": det.provenance.get("backbone"), "weights": det.provenance.get("weights"),
-                "epoch": epoch + 1, "preset": preset, "train_config": dataclasses.asdict(cfg),
-                "data_root": str(data_root), "s2swclip_version": __version__,
-                "detector_config": det.config.to_dict()}
-        state = TrainState(
-            epoch + 1, {k: v.detach().float() for k, v in det.prompts.parameter_tensors().items()},
-            dict(det.prompts.named_buffers()), det.prompts.config(),
-            named_optimizer_state(optimizer, names),
-            {"shuffle": shuffle_gen.get_state(), "pair": pair_gen.get_state()},
-            history, records, fingerprint, meta)
-        atomic_write_bytes(state_path, encode_state(state))  # the epoch's one commit
-        _write_exports(out_dir, det.prompts, state)
-        note(f"epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.5f}" for k, v in means.items()))
+            if cache is not None:
+                cache.flush()  # the next epoch's workers see every entry of this one
+            means = {k: sums[k] / max(n, 1) for k in LOSS_KEYS}
+            history.append({"epoch": epoch + 1, **means})
+            records.append({"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3),
+                            **{k: v if math.isfinite(v) else None for k, v in means.items()},
+                            "lr": optimizer.param_groups[0]["lr"],
+                            "features_cached": images_seen > 0 and images_cached == images_seen})
+            meta = {"backbone": det.provenance.get("backbone"), "weights": det.provenance.get("weights"),
+                    "epoch": epoch + 1, "preset": preset, "train_config": dataclasses.asdict(cfg),
+                    "data_root": str(data_root), "s2swclip_version": __version__,
+                    "detector_config": det.config.to_dict()}
+            state = TrainState(
+                epoch + 1, {k: v.detach().float() for k, v in det.prompts.parameter_tensors().items()},
+                dict(det.prompts.named_buffers()), det.prompts.config(),
+                named_optimizer_state(optimizer, names),
+                {"shuffle": shuffle_gen.get_state(), "pair": pair_gen.get_state()},
+                history, records, fingerprint, meta)
+            atomic_write_bytes(state_path, encode_state(state))  # the epoch's one commit
+            _write_exports(out_dir, det.prompts, state)
+            note(f"epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.5f}" for k, v in means.items()))
+    finally:
+        if cache is not None:
+            cache.close()
     det.eval()
     return TrainResult(last, history, cfg)
 
@@ -332,11 +374,3 @@ def _holds(path: Path, learner: PromptLearner, meta: dict[str, Any]) -> bool:
     return (ckpt.kind == "s2swclip" and ckpt.meta == meta and ckpt.config == learner.config()
             and set(ckpt.tensors) == set(current)
             and all(torch.equal(ckpt.tensors[k], v.detach().float().cpu()) for k, v in current.items()))
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)

@@ -23,7 +23,8 @@ class FakeDetector:
     their batch sizes, and can hold a call until ``release()`` (to fill the queue)."""
 
     def __init__(self, image_size=32, gated=False):
-        self.config = SimpleNamespace(image_size=image_size, precision="fp32")
+        self.config = SimpleNamespace(image_size=image_size, precision="fp32", feature_layers=(1,))
+        self.map_scale = 1.0  # maps in [0, 1]
         self.provenance = {"backbone": "fake", "weights": None, "prompts": None, "prompts_format": None}
         self.device = torch.device("cpu")
         self.batch_sizes = []

@@ -94,6 +94,11 @@ def test_page_scores_two_images_and_follows_the_slider(server_url, tmp_path):
                 "img.overlay", "o => o.length === 2 && o.every(i => i.complete && i.naturalWidth > 0)"))
             sizes = page.eval_on_selector_all("img.overlay", "els => els.map(i => [i.naturalWidth, i.naturalHeight])")
             assert sizes == [[224, 168], [224, 168]]  # the 320x240 originals' aspect ratio
+            # each heatmap's colour bar: centred on the slider's threshold (0.5) sent with the upload
+            bars = page.eval_on_selector_all(".card .cbar", "els => els.map(e => [e.hidden, "
+                                             "e.querySelector('.cbar-lo').textContent, e.querySelector('.cbar-t')"
+                                             ".textContent, e.querySelector('.cbar-hi').textContent])")
+            assert bars == [[False, "0.000", "T 0.500", "1.000"]] * 2
             originals = page.eval_on_selector_all("img.original", "els => els.map(i => i.naturalWidth)")
             assert originals == [320, 320]
             scores = [float(s) for s in page.locator(".card .score").all_inner_texts()]

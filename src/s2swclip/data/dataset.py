@@ -47,8 +47,8 @@ __all__ = [
     "read_meta",
 ]
 
-def load_image(path: str | os.PathLike, *, exif_transpose: bool = False, context: str = "") -> Image.Image:
-    """Read an image file and return it as an 8-bit PIL ``"RGB"`` image.
+def load_image(path: str | os.PathLike | bytes, *, exif_transpose: bool = False, context: str = "") -> Image.Image:
+    """Read an image file (a path, or the file's bytes) and return it as an 8-bit PIL ``"RGB"`` image.
 
     Grey, palette, transparent, 16-bit and float images are converted as described in
     :func:`~s2swclip.data.images.to_rgb`. With ``exif_transpose=True`` the EXIF orientation tag
@@ -184,7 +184,15 @@ class AnomalyDataset(Dataset):
     ``has_mask`` is False for an anomalous item without a mask (``mask_path`` empty or a
     directory): its mask is all zero and it should only count for image-level metrics. Normal
     items have an all-zero mask and ``has_mask`` True.
+
+    ``deterministic`` declares that a sample is a pure function of its files' content and
+    :attr:`preprocessing`: the training feature cache (:mod:`s2swclip.feature_cache`) relies on it
+    and refuses a dataset that does not declare it. A subclass that adds a random augmentation
+    must set it to False.
     """
+
+    #: a sample depends only on its files' content and :attr:`preprocessing` (no randomness)
+    deterministic: bool = True
 
     def __init__(
         self,
@@ -278,14 +286,35 @@ class AnomalyDataset(Dataset):
                 return cand
         return direct
 
+    @property
+    def preprocessing(self) -> dict:
+        """What turns an image file into the model input, as a JSON-safe description (the
+        feature cache keys its entries by it, with the file's content)."""
+        import PIL
+
+        return {"image_size": self.image_size, "resize": "bicubic", "mean": list(OPENAI_MEAN),
+                "std": list(OPENAI_STD), "decode": "first frame, to_rgb, no EXIF orientation",
+                "pillow": PIL.__version__, "version": 1}
+
     def __getitem__(self, index: int) -> dict:
+        return self.sample(index)
+
+    def sample(self, index: int, *, image: bool | bytes = True) -> dict:
+        """The sample ``index`` (see the class docstring).
+
+        ``image``: True reads the image file; bytes decodes these (the file's content, read by
+        the caller, e.g. to hash exactly what is decoded); False leaves ``"image"`` out (its
+        features come from elsewhere).
+        """
         if index < 0:
             index += len(self.items)
         item = self.items[index]
         desc = self._describe(item)
         path = self.resolve(item["img_path"])
-        img = load_image(path, context=desc)
-        image = torch.from_numpy(preprocess(img, self.image_size))
+        sample = {}
+        if image is not False:
+            img = load_image(path if image is True else image, context=desc)
+            sample["image"] = torch.from_numpy(preprocess(img, self.image_size))
         S = self.image_size
         label = item["anomaly"]
         has_mask = True
@@ -298,7 +327,7 @@ class AnomalyDataset(Dataset):
             else:
                 mask = preprocess_mask(load_mask(mpath, context=desc), S)
         return {
-            "image": image,
+            **sample,
             "mask": mask,
             "label": int(label),
             "has_mask": bool(has_mask),

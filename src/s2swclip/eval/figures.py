@@ -4,7 +4,8 @@
   only, so the prediction CLI and the web service can use it without matplotlib.
 * :func:`save_overlay` writes ``image | ground truth | heat-map overlay`` side by side. The PNG is
   exactly ``3 * W`` pixels wide and ``H + 24`` high (``H + 48`` with a title): a 24-pixel caption
-  band above the panels and, when ``title`` is given, a 24-pixel title band above that.
+  band above the panels and, when ``title`` is given, a 24-pixel title band above that; with a
+  colour ``scale`` a 36-pixel band below the panels holds the colour bar with its values.
 * :func:`save_curves` writes ``<prefix>_roc.png`` and ``<prefix>_pr.png``.
 
 Matplotlib is used through its object API with the Agg canvas (no display, no pyplot state), so
@@ -27,6 +28,7 @@ from .metrics.inputs import _to_numpy
 __all__ = ["jet_colormap", "heatmap_overlay", "save_overlay", "save_curves"]
 
 _BAND = 24  # pixels per caption / title band
+_COLORBAR_BAND = 36  # pixels below the panels for the colour bar
 _DPI = 100
 _MAX_CURVE_POINTS = 20000
 
@@ -129,14 +131,19 @@ def save_overlay(
     vmin: float | None = None,
     vmax: float | None = None,
     alpha: float = 0.5,
+    scale=None,
 ) -> str:
     """Write ``image | ground truth | heat-map overlay`` as a PNG; returns ``path``.
 
-    ``mask`` may be ``None`` (the middle panel then says so). See the module docstring for the
-    exact output size.
+    ``mask`` may be ``None`` (the middle panel then says so). ``scale``: a
+    :class:`~s2swclip.inference.heatmap.HeatmapScale` (instead of ``vmin``/``vmax``); its colour
+    bar, with its values and threshold, is drawn under the overlay. See the module docstring for
+    the exact output size.
     """
     img = _rgb_image(image_rgb_uint8)
     h, w = img.shape[:2]
+    if scale is not None:
+        vmin, vmax = scale.vmin, scale.vmax
     over = heatmap_overlay(img, amap, alpha, vmin=vmin, vmax=vmax)
     if mask is None:
         gt = np.full((h, w, 3), 64, dtype=np.uint8)
@@ -145,18 +152,37 @@ def save_overlay(
         gt = np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=2)
 
     top = _BAND * (2 if title else 1)
-    W, H = 3 * w, h + top
+    bottom = _COLORBAR_BAND if scale is not None else 0
+    W, H = 3 * w, h + top + bottom
     fig = _new_figure(W, H)
     fig.patch.set_facecolor("white")
     captions = ("image", "ground truth" if mask is not None else "no ground truth", "anomaly map")
     for k, (panel, cap) in enumerate(zip((img, gt, over), captions)):
-        ax = fig.add_axes((k * w / W, 0.0, w / W, h / H))
+        ax = fig.add_axes((k * w / W, bottom / H, w / W, h / H))
         ax.imshow(panel, interpolation="nearest", aspect="auto")
         ax.set_axis_off()
-        fig.text((k + 0.5) * w / W, (h + _BAND / 2) / H, cap, ha="center", va="center", fontsize=9)
+        fig.text((k + 0.5) * w / W, (bottom + h + _BAND / 2) / H, cap, ha="center", va="center", fontsize=9)
     if title:
         fig.text(0.5, (H - _BAND / 2) / H, str(title), ha="center", va="center", fontsize=10)
+    if scale is not None:
+        _colorbar(fig, scale, (2 * w + 18) / W, (bottom - 12) / H, (w - 36) / W, 9 / H)
     return _save_figure(fig, path)
+
+
+def _colorbar(fig, scale, x: float, y: float, width: float, height: float) -> None:
+    """The jet gradient from ``scale.lo`` to ``scale.hi`` with their values and the threshold
+    (figure coordinates of the bar: ``x, y, width, height``)."""
+    ax = fig.add_axes((x, y, width, height))
+    lo, hi = scale.lo, scale.hi if scale.hi > scale.lo else scale.lo + 1e-9
+    ax.imshow(jet_colormap(np.linspace(0, 1, 256))[None], aspect="auto", extent=(lo, hi, 0, 1))
+    ticks = [lo, hi]
+    if scale.threshold is not None and lo <= scale.threshold <= hi:
+        ax.axvline(scale.threshold, color="black", lw=1.5)
+        ticks.insert(1, scale.threshold)
+    ax.set_yticks([])
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:.3f}" for t in ticks], fontsize=7)
+    ax.tick_params(axis="x", length=2, pad=1)
 
 
 def _thin(x: np.ndarray, y: np.ndarray):

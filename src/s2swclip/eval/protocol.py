@@ -41,6 +41,7 @@ def evaluate_dataset(
     num_workers: int = 0,
     shots: int | None = None,
     shot_seed: int = 0,
+    heatmap_scale: str = "fixed",
 ) -> dict:
     """Score the test split of ``data_root`` class by class and compute the metrics.
 
@@ -50,13 +51,19 @@ def evaluate_dataset(
     With ``shots``, each class is scored with ``shots`` normal references drawn with
     ``shot_seed`` (:mod:`s2swclip.eval.fewshot`; the detector's references are cleared at the
     end) and the report gains a ``few_shot`` entry.
+    The overlays of a class share one colour scale, the range of its maps on the per-layer scale
+    (``heatmap_scale="fixed"``; ``"image"``: each map's own range; see
+    :mod:`s2swclip.inference.heatmap`), drawn as a colour bar with its values.
 
     Returns the report dict ``{"dataset", "aupro_method", "classes": {...}, "mean": {...}}``.
     """
     from ..data.dataset import AnomalyDataset
+    from ..inference.heatmap import HEATMAP_SCALES, image_scale, range_scale
     from .metrics import compute_metrics
     from .report import build_report, write_report
 
+    if heatmap_scale not in HEATMAP_SCALES:
+        raise S2SWError(f"invalid --heatmap-scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
     size = int(image_size or det.config.image_size)
     ds = AnomalyDataset(data_root, split="test", image_size=size, classes=classes)
     plan = None
@@ -75,7 +82,7 @@ def evaluate_dataset(
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size,
                                              shuffle=False, num_workers=num_workers)
         labels, scores, has_mask, masks, maps = [], [], [], [], []
-        shown = 0
+        figures = []  # (image, mask, map, target, title) of the first anomalous items, drawn at the end
         for batch in loader:
             out = det.predict(batch["image"])
             labels.append(batch["label"].numpy())
@@ -83,17 +90,13 @@ def evaluate_dataset(
             has_mask.append(batch["has_mask"].numpy())
             masks.append(batch["mask"].numpy().astype(np.uint8))
             maps.append(out.anomaly_maps.cpu().numpy().astype(np.float32))
-            if fig_dir is not None and shown < figures_per_class:
-                from .figures import save_overlay
-
+            if fig_dir is not None and len(figures) < figures_per_class:
                 for i in range(len(batch["label"])):
-                    if shown >= figures_per_class or int(batch["label"][i]) != 1:
+                    if len(figures) >= figures_per_class or int(batch["label"][i]) != 1:
                         continue
-                    target = fig_dir / cls / f"{shown:03d}_{Path(batch['path'][i]).stem}.png"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    save_overlay(_denormalise(batch["image"][i]), batch["mask"][i].numpy(),
-                                 out.anomaly_maps[i].cpu().numpy(), target, title=f"{cls}: {Path(batch['path'][i]).name}")
-                    shown += 1
+                    target = fig_dir / cls / f"{len(figures):03d}_{Path(batch['path'][i]).stem}.png"
+                    figures.append((_denormalise(batch["image"][i]), batch["mask"][i].numpy(),
+                                    maps[-1][i], target, f"{cls}: {Path(batch['path'][i]).name}"))
             bar.update(len(batch["label"]))
         labels_a, scores_a = np.concatenate(labels), np.concatenate(scores)
         keep = np.concatenate(has_mask).astype(bool)
@@ -102,6 +105,15 @@ def evaluate_dataset(
         per_class[cls] = compute_metrics(labels_a, scores_a, pix_masks, pix_maps,
                                          aupro_method=aupro_method, pixel=pix_masks is not None,
                                          where=f"{name}/{cls}")
+        if figures:
+            from .figures import save_overlay
+
+            map_scale = det.map_scale  # after the class's references are set (few-shot protocol)
+            scale = range_scale(maps, map_scale) if heatmap_scale == "fixed" else None
+            for image, mask, amap, target, title in figures:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                save_overlay(image, mask, amap, target, title=title,
+                             scale=scale or image_scale(amap, map_scale))
         if fig_dir is not None:
             from .figures import save_curves
 

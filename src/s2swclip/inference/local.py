@@ -2,8 +2,10 @@
 
 Inputs (files, folders, globs, manifests; see :mod:`.inputs`) go through the :mod:`.pipeline`;
 the output folder gets ``results.csv``, ``results.json`` and ``overlays/*.png`` (one per scored
-image, named after its input). Unreadable inputs are rows with an ``error``; they never stop the
-run. Every file is written atomically. Torch-free: the scorer decides what runs the model.
+image, named after its input, with its colour bar; coloured on one scale for the run, see
+:mod:`.heatmap`; ``results.json`` records the scale). Unreadable inputs are rows with an
+``error``; they never stop the run. Every file is written atomically. Torch-free: the scorer
+decides what runs the model.
 
 The row of an input (:data:`RESULT_FIELDS`, the same in every engine: ``results.csv``/``.json``
 here, the Parquet shards of :mod:`.ray_engine`):
@@ -13,12 +15,13 @@ here, the Parquet shards of :mod:`.ray_engine`):
 ``name``            relative to the inputs' common folder (``crack/000.png``)
 ``score``           image anomaly score in [0, 1]; empty when not scored
 ``anomalous``       ``score > threshold`` when a threshold is given or calibrated, else empty
-``map_max``         largest value of the anomaly map (the map's own scale, [0, number of
-                    feature layers]: the map sums one anomaly probability per layer)
+``map_max``         largest value of the anomaly map (the map's own scale, [0, map_scale]: the
+                    zero-shot map sums one anomaly probability per feature layer; see the
+                    detector's ``map_scale`` for the few-shot mode)
 ``map_mean``        mean of the anomaly map (same scale)
-``map_frac_above``  fraction of the map's pixels whose per-layer average (map / number of
-                    layers, on the score's [0, 1] scale) is above the threshold: the share of
-                    the image flagged at the image's operating point; empty without a threshold
+``map_frac_above``  fraction of the map's pixels whose value / map_scale (on the score's [0, 1]
+                    scale) is above the threshold: the share of the image flagged at the
+                    image's operating point; empty without a threshold
 ``overlay``         the overlay PNG, relative to the output folder; empty when not written
 ``error``           why the input was not scored (one line); empty when scored
 ``error_code``      ``missing``, ``unreadable``, ``empty``, ``not_an_image``,
@@ -42,8 +45,9 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_bytes, check_output_dir
 from ..progress import progress as make_progress
 from .calibration import Calibration, conformal_threshold
+from .heatmap import HEATMAP_SCALES, OverlayPainter
 from .inputs import collect_inputs, display_names
-from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage
+from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage, overlay_png
 
 __all__ = ["RESULT_FIELDS", "PredictSummary", "apply_listing_problem", "calibrate", "csv_safe", "overlay_names",
            "predict_files", "result_row"]
@@ -62,6 +66,7 @@ class PredictSummary:
     threshold: float | None
     calibration: Calibration | None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    heatmap: dict[str, Any] | None = None  # the overlays' colour scale (HeatmapScale.to_dict())
 
     @property
     def n_scored(self) -> int:
@@ -73,8 +78,8 @@ class PredictSummary:
 
     def to_dict(self) -> dict[str, Any]:
         cal = None if self.calibration is None else vars(self.calibration)
-        return {"threshold": self.threshold, "calibration": cal, "n_scored": self.n_scored,
-                "n_failed": self.n_failed, "results": self.rows}
+        return {"threshold": self.threshold, "calibration": cal, "heatmap": self.heatmap,
+                "n_scored": self.n_scored, "n_failed": self.n_failed, "results": self.rows}
 
 
 def csv_safe(value: Any) -> Any:
@@ -145,6 +150,8 @@ def predict_files(
     progress: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
+    heatmap_scale: str = "fixed",
+    scale_window: int = 32,
 ) -> PredictSummary:
     """Score ``inputs`` and write ``results.csv``, ``results.json`` and ``overlays/*.png``.
 
@@ -157,6 +164,9 @@ def predict_files(
         calibrate_dir: folder of known-good images: the threshold is their split-conformal
             quantile for false-positive rate ``fpr`` (see :mod:`.calibration`).
         overlays: write heat-map overlays.
+        heatmap_scale: ``fixed`` (one scale for the run: centred on the threshold when there is
+            one, else the range of the first ``scale_window`` maps) or ``image`` (each map's own
+            range); see :mod:`.heatmap`.
 
     Returns:
         :class:`PredictSummary`.
@@ -164,6 +174,8 @@ def predict_files(
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not math.isfinite(threshold)):
         raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
+    if heatmap_scale not in HEATMAP_SCALES:
+        raise S2SWError(f"invalid --heatmap-scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
     out = check_output_dir(out_dir)
     entries = collect_inputs(inputs)
     pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=threshold, max_pixels=max_pixels,
@@ -173,6 +185,9 @@ def predict_files(
         cal = calibrate(pipe, calibrate_dir, fpr)
         pipe.threshold = cal.threshold
     summary = PredictSummary(pipe.threshold, cal)
+    painter = OverlayPainter(heatmap_scale, pipe.threshold, getattr(scorer, "map_scale", None),
+                             draw=lambda preview, amap, scale: overlay_png(preview, amap, scale=scale, colorbar=True),
+                             write=atomic_write_bytes, window=scale_window)
     bar = make_progress(len(entries), "scoring", enabled=progress)
     names = display_names([e.path for e in entries])
     overlay_files = overlay_names(names)
@@ -185,11 +200,13 @@ def predict_files(
                 log.warning("skipped %s: %s", rec.name, rec.error)
             elif overlays:
                 overlay = overlay_files[rec.index]
-                atomic_write_bytes(out / overlay, pipe.overlay(rec))
+                painter.add(rec.preview, rec.anomaly_map, out / overlay)
             summary.rows.append(result_row(rec, overlay))
             rec.release()
+        painter.flush()
     finally:
         bar.close()
+    summary.heatmap = painter.describe() if overlays else None
     _write_results(out, summary)
     return summary
 

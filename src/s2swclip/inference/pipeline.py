@@ -42,9 +42,9 @@ class Scorer(Protocol):
 
     Attributes:
         image_size: S, the input side it expects.
-        map_scale: the maps' upper bound ``L``, so that ``map / L`` is on the scores' [0, 1]
-            scale (the detector's map sums ``L`` per-layer anomaly probabilities, ``L`` = the
-            number of feature layers). Optional: without it ``map_frac_above`` stays empty.
+        map_scale: the maps' upper bound, so that ``map / map_scale`` is on the scores' [0, 1]
+            scale (the detector's ``map_scale``: the zero-shot map sums one anomaly probability
+            per feature layer). Optional: without it ``map_frac_above`` stays empty.
     """
 
     image_size: int
@@ -131,22 +131,34 @@ def map_fraction_above(amap: np.ndarray, threshold: float, map_scale: float) -> 
 
 
 def overlay_png(preview: Image.Image, amap: np.ndarray, *, vmin: float | None = None,
-                vmax: float | None = None, alpha: float = 0.5) -> bytes:
+                vmax: float | None = None, alpha: float = 0.5, scale=None, colorbar: bool = False) -> bytes:
     """Heat-map overlay PNG at the preview's size and aspect ratio.
 
     The detector scores the image squashed to S x S; the map [S, S] is stretched back to the
     preview's proportions (bilinear) so that it lines up with the original. Colours span
-    ``vmin..vmax`` (default: this map's own range).
+    ``vmin..vmax`` (default: this map's own range) or, given, the
+    :class:`~s2swclip.inference.heatmap.HeatmapScale` ``scale``; with ``colorbar`` (and a
+    ``scale``) the colour bar with its values is added below the image (the PNG is then
+    :data:`~s2swclip.inference.heatmap.COLORBAR_HEIGHT` pixels taller).
     """
     from ..eval.figures import heatmap_overlay
 
+    if scale is not None:
+        vmin, vmax = scale.vmin, scale.vmax
     w, h = preview.size
     m = np.asarray(amap, dtype=np.float32)
     if m.shape != (h, w):
         m = np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.BILINEAR))
-    over = heatmap_overlay(np.asarray(preview.convert("RGB")), m, alpha, vmin=vmin, vmax=vmax)
+    image = Image.fromarray(heatmap_overlay(np.asarray(preview.convert("RGB")), m, alpha, vmin=vmin, vmax=vmax))
+    if colorbar and scale is not None:
+        from .heatmap import COLORBAR_HEIGHT, colorbar_image
+
+        framed = Image.new("RGB", (w, h + COLORBAR_HEIGHT), (255, 255, 255))
+        framed.paste(image, (0, 0))
+        framed.paste(colorbar_image(w, scale), (0, h))
+        image = framed
     buf = io.BytesIO()
-    Image.fromarray(over).save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -254,10 +266,10 @@ class InferencePipeline:
             r.timings_ms.update(inference=inference_ms, batch_size=len(records),
                                 queue=0.0 if queue_ms is None else queue_ms[i])
 
-    def overlay(self, rec: ScoredImage, **scale: float | None) -> bytes:
-        """The record's heat-map overlay PNG (see :func:`overlay_png`)."""
+    def overlay(self, rec: ScoredImage, **options: Any) -> bytes:
+        """The record's heat-map overlay PNG (``options``: see :func:`overlay_png`)."""
         t = time.perf_counter()
-        png = overlay_png(rec.preview, rec.anomaly_map, **scale)
+        png = overlay_png(rec.preview, rec.anomaly_map, **options)
         rec.timings_ms["overlay"] = (time.perf_counter() - t) * 1000
         return png
 

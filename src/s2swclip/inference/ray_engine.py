@@ -43,6 +43,7 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_text, check_output_dir
 from ..progress import progress as make_progress
 from .calibration import Calibration, conformal_threshold
+from .heatmap import HEATMAP_SCALES, standalone_scale
 from .inputs import InputEntry, collect_inputs, display_names
 from .local import RESULT_FIELDS, apply_listing_problem, overlay_names, result_row
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, Decoder, InferencePipeline, ScoredImage
@@ -95,8 +96,8 @@ class _ScoreWorker:
     by the first batch, so that the driver gets the original error rather than an actor death.
     """
 
-    def __init__(self, spec: ScorerSpec, threshold: float | None, overlays: bool):
-        self.overlays = overlays
+    def __init__(self, spec: ScorerSpec, threshold: float | None, overlays: bool, heatmap_scale: str = "fixed"):
+        self.overlays, self.heatmap_scale = overlays, heatmap_scale
         self.failure: BaseException | None = None
         try:
             scorer = spec.build()
@@ -126,12 +127,19 @@ class _ScoreWorker:
         rows, pngs = [], []
         for i, rec in enumerate(recs):
             overlay = str(batch["overlay"][i]) or None if rec.error is None and self.overlays else None
-            pngs.append(self.pipe.overlay(rec) if overlay is not None else None)
+            pngs.append(self._overlay(rec) if overlay is not None else None)
             rows.append(result_row(rec, overlay))
             rec.release()
         cols = {f: [r[f] for r in rows] for f in RESULT_FIELDS}
         cols[OVERLAY_PNG] = pngs
         return pa.Table.from_pydict(cols, schema=rows_in_flight_schema())
+
+    def _overlay(self, rec: ScoredImage) -> bytes:
+        """The overlay with its colour bar, on a scale decided for this image alone
+        (:func:`~.heatmap.standalone_scale`)."""
+        scale = standalone_scale(self.heatmap_scale, rec.anomaly_map, self.pipe.threshold,
+                                 getattr(self.pipe.scorer, "map_scale", None))
+        return self.pipe.overlay(rec, scale=scale, colorbar=True)
 
 
 # ----------------------------------------------------------------------------------- Ray session
@@ -248,6 +256,7 @@ class _Job:
     spec: ScorerSpec
     threshold: float | None
     overlays: bool
+    heatmap_scale: str
     batch_size: int
     workers: int
     cpus_per_worker: float
@@ -286,7 +295,7 @@ def _score_tables(ray, job: _Job, planned) -> Iterator:
                         compute=ActorPoolStrategy(size=job.workers), num_cpus=job.cpus_per_worker,
                         num_gpus=job.gpus_per_worker or None,
                         fn_constructor_kwargs={"spec": job.spec, "threshold": job.threshold,
-                                               "overlays": job.overlays})
+                                               "overlays": job.overlays, "heatmap_scale": job.heatmap_scale})
     try:
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
     except Exception as exc:
@@ -378,6 +387,7 @@ def predict_ray(
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
     shard_rows: int = 5000,
     flush_seconds: float = 60.0,
+    heatmap_scale: str = "fixed",
 ) -> RaySummary:
     """Score ``inputs`` on Ray and commit one row per input to Parquet shards under
     ``out_dir/results`` (see the module docstring); resumes a run interrupted in ``out_dir``.
@@ -395,6 +405,10 @@ def predict_ray(
             ``local_cpus`` CPUs (default: all).
         shard_rows, flush_seconds: a shard is committed every ``shard_rows`` rows or
             ``flush_seconds`` seconds, whichever comes first (the work a crash can lose).
+        heatmap_scale: as in :func:`~.local.predict_files`, except that ``fixed`` without a
+            threshold spans the whole [0, 1] (workers colour each image on its own, see
+            :func:`~.heatmap.standalone_scale`): with a threshold the overlays equal the local
+            engine's.
 
     Returns:
         :class:`RaySummary`.
@@ -405,6 +419,8 @@ def predict_ray(
     for name, value in (("--workers", workers), ("--batch-size", batch_size), ("shard_rows", shard_rows)):
         if int(value) != value or value < 1:
             raise S2SWError(f"{name} must be an integer >= 1, got {value!r}")
+    if heatmap_scale not in HEATMAP_SCALES:
+        raise S2SWError(f"invalid --heatmap-scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
     spec = _worker_spec(spec, gpus_per_worker, cpus_per_worker)
     require_pyarrow()
     out = check_output_dir(out_dir)
@@ -418,6 +434,7 @@ def predict_ray(
     overlay_files = overlay_names(names) if overlays else None
     settings = {"scorer": {k: v for k, v in spec.describe().items() if k != "device"},
                 "threshold": threshold, "overlays": bool(overlays), "max_pixels": max_pixels,
+                "heatmap_scale": heatmap_scale if overlays else None,
                 "calibrate": None if calibrate_dir is None else os.path.abspath(os.fspath(calibrate_dir)),
                 "fpr": None if calibrate_dir is None else float(fpr)}
     with ResultsFolder(out, settings) as output:
@@ -431,7 +448,7 @@ def predict_ray(
         thr = calibration.threshold if calibration is not None else threshold
         # rows reach the driver one input block at a time: blocks of a few batches, at most a shard
         block_rows = max(int(batch_size), min(4 * int(batch_size), int(shard_rows)))
-        job = _Job(spec, thr, bool(overlays), int(batch_size), int(workers), float(cpus_per_worker),
+        job = _Job(spec, thr, bool(overlays), heatmap_scale, int(batch_size), int(workers), float(cpus_per_worker),
                    float(gpus_per_worker), max_pixels, int(max_inflight_pixels), block_rows)
         n_new = 0
         if planned.num_rows or record is None:

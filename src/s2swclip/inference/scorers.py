@@ -18,16 +18,17 @@ class DetectorScorer:
         detector: the detector.
         image_size: model input side (default: the detector's configured size).
 
-    ``map_scale`` is the number of feature layers: the map sums one anomaly probability per
-    layer (docs/method.md §6.3), so ``map / map_scale`` is on the image score's [0, 1] scale
-    (None for a model whose config names no ``feature_layers``).
+    ``map_scale`` puts maps on the image score's [0, 1] scale (``map / map_scale``; the
+    detector's ``map_scale``, docs/method.md §6.3); None for a model that has none.
     """
 
     def __init__(self, detector, image_size: int | None = None):
         self.detector = detector
         self.image_size = int(image_size or detector.config.image_size)
-        layers = getattr(detector.config, "feature_layers", None)
-        self.map_scale = float(len(layers)) if layers else None
+
+    @property
+    def map_scale(self) -> float | None:
+        return getattr(self.detector, "map_scale", None)
 
     def score(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self.detector.predict(torch.from_numpy(np.ascontiguousarray(pixels)))

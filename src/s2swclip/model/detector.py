@@ -300,6 +300,18 @@ class S2SWDetector(nn.Module):
         maps = self.anomaly_maps(out.patch_features, out.text, size)
         return Prediction((1 - w) * scores + w * few_shot_score, (1 - w) * maps + w * few_shot, few_shot)
 
+    @property
+    def map_scale(self) -> float:
+        """The bound that puts ``anomaly_maps`` on the image scores' [0, 1] scale (``map /
+        map_scale``): the zero-shot map sums one probability per feature layer (L, docs/method.md
+        §6.3); with references and few-shot weight w the fused map is bounded by ``(1 - w) * L + w``
+        (the few-shot map lies in [0, 1])."""
+        layers = float(len(self.config.feature_layers))
+        if self.num_references:
+            w = float(self.config.few_shot_weight)
+            return (1.0 - w) * layers + w
+        return layers
+
     # ------------------------------------------------------------------------------ references
     @property
     def num_references(self) -> int:

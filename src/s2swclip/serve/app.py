@@ -6,7 +6,9 @@ Routes and HTTP concerns only; decoding, scoring and overlays are the inference 
 Endpoints (OpenAPI schema at ``/openapi.json``):
 
 * ``POST /v1/predict`` -- multipart form, one or more files (field ``files``). Per file: name,
-  anomaly score, decision (when a threshold is set), heatmap overlay PNG (base64) and timing;
+  anomaly score, decision (when a threshold is set), heatmap overlay PNG (base64), the overlay's
+  colour scale (``heatmap``: ``lo``/``hi``/``threshold`` on the map's per-layer scale, see
+  :mod:`s2swclip.inference.heatmap`; the page draws it as a colour bar) and timing;
   a file that is not an image, is corrupt or has too many pixels gets an ``error`` entry and
   the others are still scored. Status 200 when at least one file was scored; when none was,
   413 if a file was over the pixel limit, else 422 -- the body still lists every file.
@@ -52,6 +54,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     raise S2SWError("serving needs FastAPI, uvicorn and python-multipart: "
                     "pip install fastapi uvicorn python-multipart") from None
 
+from ..inference.heatmap import HEATMAP_SCALES, HeatmapScale, standalone_scale
 from ..inference.pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage
 from .batcher import BatcherClosed, MicroBatcher, QueueFull
 from .security import SecurityMiddleware, SecuritySettings, fastapi_docs_kwargs
@@ -97,7 +100,8 @@ def _error_json(status: int, detail: str, headers: dict | None = None, **extra):
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
 
-def _row(rec: ScoredImage, filename: str, png: bytes | None, total_ms: float, saved: dict | None) -> dict:
+def _row(rec: ScoredImage, filename: str, png: bytes | None, total_ms: float, saved: dict | None,
+         heatmap: dict | None = None) -> dict:
     """The JSON row of one file of a request."""
     row: dict[str, Any] = {"index": rec.index, "filename": filename}
     if rec.score is None:
@@ -105,7 +109,7 @@ def _row(rec: ScoredImage, filename: str, png: bytes | None, total_ms: float, sa
         return row
     t = rec.timings_ms
     row.update(ok=True, score=rec.score, anomalous=rec.anomalous, width=rec.width, height=rec.height,
-               overlay_png=None if png is None else base64.b64encode(png).decode("ascii"),
+               overlay_png=None if png is None else base64.b64encode(png).decode("ascii"), heatmap=heatmap,
                timing_ms={"decode": round(t.get("decode", 0.0), 3), "queue": round(t.get("queue", 0.0), 3),
                           "inference": round(t.get("inference", 0.0), 3), "batch_size": t.get("batch_size", 0),
                           "overlay": round(t.get("overlay", 0.0), 3), "request_total": round(total_ms, 3)})
@@ -131,6 +135,7 @@ def create_app(
     upload_total_timeout_s: float = 300.0,
     security: SecuritySettings | None = None,
     warmup: bool = False,
+    heatmap_scale: str = "fixed",
 ):
     """Build the FastAPI app around a loaded model.
 
@@ -147,6 +152,9 @@ def create_app(
         upload_idle_timeout_s, upload_total_timeout_s: stalled or too slow uploads get 408.
         security: token, Host check and headers (default: loopback, no token).
         warmup: run one dummy batch when the app starts (first real request is not slow).
+        heatmap_scale: ``fixed``: overlays centred on the request's threshold (the server's,
+            or the ``threshold`` query parameter), the whole [0, 1] per-layer scale without
+            one; ``image``: each map's own range (see :mod:`s2swclip.inference.heatmap`).
     """
     from .. import __version__
 
@@ -163,6 +171,9 @@ def create_app(
         raise S2SWError(f"batch wait must be >= 0 ms, got {batch_wait_ms}")
     if threshold is not None and not math.isfinite(float(threshold)):
         raise S2SWError(f"threshold must be a finite number, got {threshold}")
+    if heatmap_scale not in HEATMAP_SCALES:
+        raise S2SWError(f"invalid heatmap scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
+    map_scale = getattr(model, "map_scale", None)
     pipe = InferencePipeline(model, threshold=threshold, max_pixels=int(max_pixels),
                              max_inflight_pixels=int(max_inflight_pixels))
     store = SaveStore(save_dir, save_max_bytes) if save_dir is not None else None
@@ -186,6 +197,7 @@ def create_app(
                    "max_pixels": int(max_pixels), "max_inflight_pixels": int(max_inflight_pixels),
                    "save_max_bytes": None if save_max_bytes is None else int(save_max_bytes)},
         "save": store is not None,
+        "heatmap_scale": heatmap_scale,
         "auth": security.token is not None,
         "version": __version__,
     }
@@ -243,11 +255,17 @@ def create_app(
     async def model_route():
         return model_info
 
-    def finish(records: list[ScoredImage], parts: list, want_overlay: bool, request_id: str) -> dict:
-        """Overlays and saving, off the event loop; returns {index: (png, saved)}."""
+    def heatmap(rec: ScoredImage, thr: float | None) -> HeatmapScale:
+        """The colour scale of one overlay (see ``heatmap_scale``)."""
+        return standalone_scale(heatmap_scale, rec.anomaly_map, thr, map_scale)
+
+    def finish(records: list[ScoredImage], parts: list, want_overlay: bool, request_id: str,
+               thr: float | None) -> dict:
+        """Overlays and saving, off the event loop; returns {index: (png, saved, heatmap)}."""
         out = {}
         for rec in records:
-            png = pipe.overlay(rec) if (want_overlay or store is not None) else None
+            scale = heatmap(rec, thr)
+            png = pipe.overlay(rec, scale=scale) if (want_overlay or store is not None) else None
             saved = None
             if store is not None:
                 part = parts[rec.index]
@@ -255,7 +273,7 @@ def create_app(
                           "filename": part.filename, "score": rec.score}
                 saved = store.save(request_id, rec.index, part.filename, rec.format or "", bytes(part.data),
                                    png, record)
-            out[rec.index] = (png if want_overlay else None, saved)
+            out[rec.index] = (png if want_overlay else None, saved, scale.to_dict() if want_overlay else None)
             rec.release()
         return out
 
@@ -311,14 +329,14 @@ def create_app(
                 rec.timings_ms.update(queue=info.queue_ms, inference=info.run_ms, batch_size=info.batch_size)
             request_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:8]
             try:
-                extras = await run_in_threadpool(finish, good, files, overlay, request_id)
+                extras = await run_in_threadpool(finish, good, files, overlay, request_id, thr)
             except OSError as exc:
                 return _error_json(500, f"cannot save results under {store.root if store else '?'}: {exc}")
         total_ms = (time.perf_counter() - t0) * 1000
         rows = []
         for r in records:
-            png, saved = extras.get(r.index, (None, None))
-            rows.append(_row(r, names[r.index], png, total_ms, saved))
+            png, saved, scale = extras.get(r.index, (None, None, None))
+            rows.append(_row(r, names[r.index], png, total_ms, saved, scale))
         body = {"threshold": thr, "image_size": pipe.image_size, "n_scored": len(good),
                 "n_failed": len(records) - len(good), "results": rows,
                 "timing_ms": {"total": round(total_ms, 3)}}

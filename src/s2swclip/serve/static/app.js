@@ -1,5 +1,7 @@
 // S2SWCLIP inspection page: upload images to /v1/predict, show original | overlay, score and
 // verdict. The threshold slider only changes the verdicts here; the model is not re-run.
+// Uploads carry the slider's threshold: the server colours each heatmap on a scale centred on it
+// (see s2swclip.inference.heatmap) and the card shows that scale as a colour bar with its values.
 "use strict";
 
 (function () {
@@ -113,7 +115,7 @@
     const fresh = files.map((file) => {
       const item = {
         id: state.nextId++, file, name: file.name || "image", status: "pending",
-        score: null, error: null, url: URL.createObjectURL(file), overlay: null, timing: null,
+        score: null, error: null, url: URL.createObjectURL(file), overlay: null, timing: null, heatmap: null,
       };
       item.card = makeCard(item);
       els.results.appendChild(item.card);
@@ -140,7 +142,8 @@
     for (const it of live) form.append("files", it.file, it.name);
     let r, body;
     try {
-      r = await api("/v1/predict", { method: "POST", body: form });
+      r = await api("/v1/predict?threshold=" + encodeURIComponent(state.threshold.toFixed(6)),
+                    { method: "POST", body: form });
       body = await r.json().catch(() => ({}));
     } catch (e) {
       fail(live, "network error: " + e.message);
@@ -161,6 +164,7 @@
           it.score = res.score;
           it.timing = res.timing_ms || null;
           it.overlay = res.overlay_png ? "data:image/png;base64," + res.overlay_png : null;
+          it.heatmap = res.heatmap || null;
         } else {
           it.status = "failed";
           it.error = res.error || "not scored";
@@ -226,6 +230,7 @@
     } else if (item.status === "failed" && slot) {
       slot.textContent = "—";
     }
+    renderColorbar(card.querySelector(".cbar"), item.overlay ? item.heatmap : null);
     const fill = card.querySelector(".fill");
     const mark = card.querySelector(".mark");
     const bar = card.querySelector(".bar");
@@ -242,6 +247,27 @@
       setDetail(item, "model " + Math.round(t.inference) + " ms (batch of " + t.batch_size + "), request " +
         Math.round(t.request_total) + " ms");
     }
+  }
+
+  // the overlay's colour scale: jet ramp from lo to hi (per-layer map scale), threshold marked
+  function renderColorbar(cbar, h) {
+    if (!cbar) return;
+    cbar.hidden = !h;
+    if (!h) return;
+    const fmt = (v) => Number(v).toFixed(3);
+    cbar.querySelector(".cbar-lo").textContent = fmt(h.lo);
+    cbar.querySelector(".cbar-hi").textContent = fmt(h.hi);
+    const mark = cbar.querySelector(".cbar-mark");
+    const t = cbar.querySelector(".cbar-t");
+    const span = h.hi - h.lo;
+    const on = typeof h.threshold === "number" && span > 0 && h.threshold >= h.lo && h.threshold <= h.hi;
+    mark.hidden = !on;
+    t.textContent = on ? "T " + fmt(h.threshold) : "";
+    if (on) mark.style.left = (100 * (h.threshold - h.lo) / span).toFixed(2) + "%";
+    const how = { threshold: "centred on the threshold", full: "whole range", image: "this image's own range",
+                  run: "the run's range" }[h.source] || h.source;
+    cbar.title = "heatmap colours: " + (h.unit || "map value") + ", " + fmt(h.lo) + " (dark blue) to " +
+      fmt(h.hi) + " (dark red), " + how;
   }
 
   function renderSummary() {
