@@ -66,7 +66,7 @@ def hierarchical_multiscale(
     x = features.transpose(1, 2)  # [B, C, N]
 
     if portable():
-        up = linear_resample(x, math.floor(1.5 * n), align_corners=True, keep=n)
+        up = linear_resample(x, math.floor(1.5 * n), keep=n)
         avg = adaptive_pool(x, pooled_tokens, "mean").transpose(1, 2)  # [B, P, C]
         mx = adaptive_pool(x, pooled_tokens, "max").transpose(1, 2)  # [B, P, C]
         chan = adaptive_pool(torch.cat([avg, mx], dim=2), c, "max")  # [B, P, 2C] -> [B, P, C]
@@ -82,7 +82,7 @@ def hierarchical_multiscale(
     gated = gate * avg + (1 - gate) * mx
     s = torch.sigmoid(gated + att + chan)  # [B, P, C]
     if portable():
-        s_up = linear_resample(s.transpose(1, 2), n, align_corners=True).transpose(1, 2)
+        s_up = linear_resample(s.transpose(1, 2), n).transpose(1, 2)
     else:
         s_up = F.interpolate(s.transpose(1, 2), size=n, mode="linear", align_corners=True).transpose(1, 2)
 

@@ -62,38 +62,37 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _linear_taps(n_in: int, n_out: int, align_corners: bool, dtype: torch.dtype, device):
-    """Source indices and weights of PyTorch's linear resampling, in its own arithmetic.
+def _linear_taps(n_in: int, n_out: int, dtype: torch.dtype, device):
+    """Source indices and weights of PyTorch's linear resampling with ``align_corners=True``,
+    in its own arithmetic.
 
-    ``out[i] = x[i0[i]] * w0[i] + x[i1[i]] * w1[i]``; positions ``i * (n_in - 1) / (n_out - 1)``
-    (``align_corners``) or ``max((i + 0.5) * n_in / n_out - 0.5, 0)`` computed in ``dtype``,
-    ``i0 = min(floor(pos), n_in - 1)``, ``i1 = i0 + (i0 < n_in - 1)``, ``w1 = clamp(pos - i0,
-    0, 1)``, ``w0 = 1 - w1``; equal sizes copy.
+    ``out[i] = x[i0[i]] * w0[i] + x[i1[i]] * w1[i]``; positions ``i * s`` with the scale
+    ``s = (n_in - 1) / (n_out - 1)`` computed in ``dtype`` (one rounding each, as in PyTorch's
+    kernel), ``i0 = min(floor(pos), n_in - 1)``, ``i1 = i0 + (i0 < n_in - 1)``,
+    ``w1 = clamp(pos - i0, 0, 1)``, ``w0 = 1 - w1``; equal sizes copy.
     """
     i = torch.arange(n_out, device=device)
     if n_in == n_out:
         ones = torch.ones(n_out, dtype=dtype, device=device)
         return i, i, ones, torch.zeros_like(ones)
-    pos = i.to(dtype)
-    if align_corners:
-        scale = torch.tensor(n_in - 1, dtype=dtype, device=device) / (n_out - 1) if n_out > 1 else 0.0
-        pos = pos * scale
-    else:
-        scale = torch.tensor(n_in, dtype=dtype, device=device) / n_out
-        pos = ((pos + 0.5) * scale - 0.5).clamp(min=0)
+    scale = torch.tensor(n_in - 1, dtype=dtype, device=device) / (n_out - 1) if n_out > 1 else 0.0
+    pos = i.to(dtype) * scale
     i0 = pos.floor().to(torch.int64).clamp(max=n_in - 1)
     i1 = i0 + (i0 < n_in - 1).to(torch.int64)
     w1 = (pos - i0.to(dtype)).clamp(0, 1)
     return i0, i1, 1 - w1, w1
 
 
-def linear_resample(x: Tensor, size: int, *, align_corners: bool, keep: int | None = None) -> Tensor:
-    """Linear resampling of the last axis, equal to ``F.interpolate(x, size, mode="linear")``.
+def linear_resample(x: Tensor, size: int, *, keep: int | None = None) -> Tensor:
+    """Linear resampling of the last axis, equal to
+    ``F.interpolate(x, size, mode="linear", align_corners=True)``.
+
+    The positions are PyTorch's to the bit; the two products may round differently where
+    PyTorch's kernel fuses them (one float rounding of the output).
 
     Args:
         x: Tensor of shape ``[..., L]`` (floating point).
         size: output length ``L'`` the positions are computed for.
-        align_corners: PyTorch's ``align_corners``.
         keep: compute only the first ``keep`` outputs (default all ``L'``), i.e.
             ``F.interpolate(...)[..., :keep]`` without computing the rest.
 
@@ -101,7 +100,7 @@ def linear_resample(x: Tensor, size: int, *, align_corners: bool, keep: int | No
         Tensor of shape ``[..., keep or L']``, dtype of ``x``.
     """
     op = _opmath(x.dtype)
-    i0, i1, w0, w1 = _linear_taps(x.shape[-1], int(size), align_corners, op, x.device)
+    i0, i1, w0, w1 = _linear_taps(x.shape[-1], int(size), op, x.device)
     if keep is not None:
         i0, i1, w0, w1 = i0[:keep], i1[:keep], w0[:keep], w1[:keep]
     out = x.index_select(-1, i0).to(op) * w0 + x.index_select(-1, i1).to(op) * w1

@@ -76,7 +76,8 @@ class OpenVinoStage:
         self.request = compiled.create_infer_request()
         self.lock = threading.Lock()  # one infer request: one call at a time
         self.inputs, self.outputs = inputs, outputs
-        self.effective_precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # what the CPU plugin really runs
+        self.effective_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint.to_string(), hint.to_string())
         self.version = ov.get_version()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
