@@ -3,8 +3,8 @@
 The folder is built in a temporary sibling and renamed into place at the end, so a failed or
 interrupted export never leaves a half-written model folder. After writing the model files,
 the export loads them with the runtime (:mod:`s2swclip.runtime`) and measures the drift
-against the float32 PyTorch detector on the calibration images (or, without ``--calibrate``,
-on a few seeded random inputs), records it in ``s2swclip.json`` and returns it.
+against the float32 PyTorch detector on (up to 8 of) the calibration images (or, without
+``--calibrate``, on 4 seeded random inputs), records it in ``s2swclip.json`` and returns it.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ __all__ = ["Drift", "ExportResult", "check_export_request", "export_detector"]
 
 log = logging.getLogger(__name__)
 
-#: Drift is measured on this many seeded random inputs when no calibration folder is given.
+#: Drift is measured on this many seeded random inputs when no calibration folder is given...
 RANDOM_DRIFT_IMAGES = 4
+#: ... and on at most this many of the calibration images otherwise.
+MAX_DRIFT_IMAGES = 8
 #: Parity the float32 exports are held to (PyTorch ``predict`` at the same weights).
 FP32_TOLERANCE = {"scores": 1e-5, "maps": 1e-4}
 
@@ -132,10 +134,10 @@ def measure_drift(folder: Path, det: S2SWDetector, images: np.ndarray, kind: str
 def _versions(fmt: str, precision: str) -> dict[str, str]:
     import importlib.metadata as md
 
-    names = ["torch", "onnx", "onnxscript"] if fmt == "onnx" else ["torch", "openvino"]
+    names = ["onnx", "onnxscript"] if fmt == "onnx" else ["openvino"]
     if precision == "int8":
         names.append("nncf")
-    out = {"s2swclip": __version__, "python": platform.python_version()}
+    out = {"s2swclip": __version__, "python": platform.python_version(), "torch": torch.__version__}
     for n in names:
         try:
             out[n] = md.version(n)
@@ -211,8 +213,8 @@ def export_detector(
     if calibrate_dir is not None:
         calibration = load_calibration(calibrate_dir, size, int(calibrate_max))
         log.info("calibration: %d image(s) from %s", len(calibration), calibrate_dir)
-    drift_images = calibration if calibration is not None else np.random.default_rng(0).standard_normal(
-        (RANDOM_DRIFT_IMAGES, 3, size, size)).astype(np.float32)
+    drift_images = calibration[:MAX_DRIFT_IMAGES] if calibration is not None else np.random.default_rng(
+        0).standard_normal((RANDOM_DRIFT_IMAGES, 3, size, size)).astype(np.float32)
 
     graph = DetectorGraph(det, size).eval()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,8 @@ def export_onnx(graph: DetectorGraph, path: Path) -> list[str]:
     size = graph.image_size
     example = torch.zeros(2, 3, size, size)  # batch 2: a batch of 1 would be specialised
     batch = torch.export.Dim("batch", min=1, max=4096)
-    weight_bytes = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
+    used = list(graph.encoder.backbone.clip.visual.state_dict().values()) + list(graph.head.state_dict().values())
+    weight_bytes = sum(t.numel() * t.element_size() for t in used)  # the text tower is not exported
     external = weight_bytes > _EXTERNAL_DATA_BYTES
     log.info("exporting the detector to ONNX (opset %d, %.0f MB of weights)", OPSET, weight_bytes / 1e6)
     with torch.no_grad(), portable_forms():
