@@ -28,6 +28,7 @@ PYEOF
 "$PY" -m s2swclip.cli predict "${MODEL[@]}" "$WORK/images" --out "$WORK/reference" --no-overlays --quiet >/dev/null
 
 echo "runtime install check: fresh virtualenv with requirements-runtime.txt + pip install --no-deps"
+unset PYTHONPATH  # the virtualenv must see only what was installed into it
 "$PY" -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install -q -r "$ROOT/requirements-runtime.txt"
 "$WORK/venv/bin/python" -m pip install -q --no-deps "$ROOT"
