@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[test,ray]"
+	$(PY) -m pip install -q -e ".[test,ray,export]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest
+	scripts/check_runtime_install.sh $(PY)
 
 clean:
 	rm -rf $(VENV) demo_out

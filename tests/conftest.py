@@ -3,6 +3,8 @@ import torch
 
 TINY = "S2SW-Tiny-24L"
 
+pytest_plugins = ["export_fixtures"]  # exported tiny detectors (tests/export, tests/runtime)
+
 
 @pytest.fixture(scope="session")
 def tiny_detector():

@@ -8,11 +8,15 @@ Public API::
     out = det.predict(images)      # images: float tensor [B,3,S,S], CLIP-normalised
     out.image_scores               # [B] in [0,1]
     out.anomaly_maps               # [B,S,S], smoothed
+
+    model = s2swclip.load_exported("exported/")   # torch-free runtime of 's2swclip export'
+    model.predict(pixels)                         # NumPy in, NumPy out
 """
 
 __version__ = "0.2.0"
 
-__all__ = ["load_detector", "S2SWDetector", "Prediction", "DetectorConfig", "S2SWError", "__version__"]
+__all__ = ["load_detector", "load_exported", "S2SWDetector", "Prediction", "DetectorConfig", "S2SWError",
+           "__version__"]
 
 from .errors import S2SWError
 
@@ -21,6 +25,7 @@ _LAZY = {
     "S2SWDetector": ("model.detector", "S2SWDetector"),
     "Prediction": ("model.detector", "Prediction"),
     "DetectorConfig": ("model.config", "DetectorConfig"),
+    "load_exported": ("runtime", "load_exported"),  # torch-free
 }
 
 

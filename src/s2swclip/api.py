@@ -11,15 +11,13 @@ import torch
 from .errors import S2SWError
 from .model.backbone import S2SWBackbone
 from .model.checkpoint import PromptCheckpoint, load_prompts
-from .model.config import DetectorConfig, get_preset
+from .model.config import PRECISIONS, DetectorConfig, get_preset
 from .model.detector import S2SWDetector
 from .model.prompts import PromptLearner
 from .model.weights import create_clip
 
 log = logging.getLogger(__name__)
 
-#: Numeric precisions of the detector (the one list; the CLI's choices come from it).
-PRECISIONS = ("fp32", "bf16", "fp16")
 # options that change the features the prompts were trained on; a checkpoint records them
 STRUCTURAL_OPTIONS = ("feature_layers", "dpam_layers", "layer_aliasing", "round_deep_prompts", "global_ln_post")
 

@@ -94,14 +94,19 @@ def _seed(text: str) -> int:
 
 
 # ------------------------------------------------------------------------------- arguments
-def _add_model_args(p: argparse.ArgumentParser, prompts: bool = True) -> None:
-    from .api import PRECISIONS
-    from .model.config import PRESETS
+# defaults of the model options (also used to tell which ones were given next to --model)
+_MODEL_DEFAULTS = {"backbone": "ViT-L-14-336", "weights": "openai", "prompts": None, "image_size": None,
+                   "device": "cpu", "precision": "fp32", "preset": None, "cache_dir": None}
+
+
+def _add_model_args(p: argparse.ArgumentParser, prompts: bool = True, torch_runtime: bool = True) -> None:
+    """The model options; ``torch_runtime=False`` leaves out --device and --precision (export)."""
+    from .model.config import PRECISIONS, PRESETS  # torch-free: --help and --model never load torch
 
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="ViT-L-14-336",
+    g.add_argument("--backbone", default=_MODEL_DEFAULTS["backbone"],
                    help="open_clip model name or model-config JSON path (default: ViT-L-14-336)")
-    g.add_argument("--weights", default="openai",
+    g.add_argument("--weights", default=_MODEL_DEFAULTS["weights"],
                    help="pretrained tag (default: openai), weights file (.pt/.pth/.safetensors), "
                         "or 'none' for random weights")
     if prompts:
@@ -109,9 +114,10 @@ def _add_model_args(p: argparse.ArgumentParser, prompts: bool = True) -> None:
                        help="prompt checkpoint (.safetensors from 's2swclip train' or the authors' .pth)")
     g.add_argument("--image-size", type=_positive_int, default=None,
                    help="input side in pixels (default: preset's or 518)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 (faithful), bf16 (CPU/CUDA autocast) or fp16 (CUDA)")
+    if torch_runtime:
+        g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+        g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                       help="fp32 (faithful), bf16 (CPU/CUDA autocast) or fp16 (CUDA)")
     g.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="protocol preset for the test-time values")
     g.add_argument("--cache-dir", default=None, help="download cache for pretrained weights")
@@ -202,6 +208,30 @@ def _set_references(det, args) -> None:
                                            f"{source} (weight {det.config.few_shot_weight})")
 
 
+# ------------------------------------------------------------------------- exported models
+def _add_exported_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR",
+                   help="run a model exported by 's2swclip export' (ONNX Runtime or OpenVINO, no PyTorch) "
+                        "instead of building the detector from --backbone/--weights/--prompts")
+
+
+def _exported(args):
+    """The exported model of ``--model DIR`` (torch-free); the model options must not be set."""
+    from .runtime import load_exported
+
+    given = [f"--{k.replace('_', '-')}" for k, default in _MODEL_DEFAULTS.items()
+             if getattr(args, k, default) != default]
+    if given:
+        raise S2SWError(f"--model {args.model} already fixes the backbone, weights, prompts, image size and "
+                        f"precision; drop {', '.join(given)}")
+    return load_exported(args.model)
+
+
+def _threshold(args, model) -> float | None:
+    """--threshold, else the threshold recorded in an exported model."""
+    return args.threshold if args.threshold is not None else getattr(model, "threshold", None)
+
+
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
     from .train import train
@@ -254,7 +284,6 @@ def cmd_predict(args) -> int:
     from .fileio import check_output_dir
     from .inference.inputs import collect_inputs
     from .inference.local import predict_files
-    from .inference.scorers import as_scorer
 
     check_output_dir(args.out)  # inputs and output checked before the (slow) model load
     collect_inputs(args.inputs)
@@ -262,7 +291,13 @@ def cmd_predict(args) -> int:
         collect_inputs([args.calibrate])
     if args.reference is not None:
         collect_inputs([args.reference])
-    summary = predict_files(as_scorer(_detector(args)), args.inputs, args.out, threshold=args.threshold,
+    if args.model is not None:
+        scorer = _exported(args)  # torch-free
+    else:
+        from .inference.scorers import as_scorer
+
+        scorer = as_scorer(_detector(args))
+    summary = predict_files(scorer, args.inputs, args.out, threshold=_threshold(args, scorer),
                             calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
                             overlays=not args.no_overlays, progress=not args.quiet,
                             max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale)
@@ -359,13 +394,28 @@ def build_serve_app(args):
 
     security = SecuritySettings(token=resolve_token(args.token), host=args.host,
                                 allow_hosts=tuple(args.allow_host or ()))
-    return create_app(_detector(args), threshold=args.threshold, save_dir=args.save,
+    model = _exported(args) if args.model is not None else _detector(args)
+    return create_app(model, threshold=_threshold(args, model), save_dir=args.save,
                       save_max_bytes=int(args.save_max_mb * 1e6), max_batch=args.max_batch,
                       batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
                       max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_mpx * 1e6),
                       max_inflight_pixels=int(args.max_inflight_mpx * 1e6), security=security,
                       upload_idle_timeout_s=args.upload_timeout, warmup=True,
                       heatmap_scale=args.heatmap_scale)
+
+
+def cmd_export(args) -> int:
+    from .export.exporter import check_export_request, export_detector
+
+    check_export_request(args.format, args.precision, args.calibrate, args.out)  # before the model load
+    det = _detector(argparse.Namespace(**{**vars(args), "device": "cpu", "precision": "fp32"}))
+    result = export_detector(det, args.out, format=args.format, precision=args.precision,
+                             calibrate_dir=args.calibrate, calibrate_max=args.calibrate_max,
+                             threshold=args.threshold)
+    print(result.drift.describe())
+    print(f"exported {args.format} {args.precision} model ({result.manifest['image_size']} px) to {result.folder} "
+          f"in {result.seconds:.0f} s; run it with 's2swclip predict --model {result.folder} IMAGES --out DIR'")
+    return 0
 
 
 def cmd_serve(args) -> int:
@@ -393,6 +443,7 @@ def cmd_serve(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .data.builders import describe
     from .eval.metrics import AUPRO_METHODS
+    from .runtime.manifest import FORMATS as EXPORT_FORMATS, PRECISIONS as EXPORT_PRECISIONS
 
     parser = _Parser(prog="s2swclip", description="Zero-shot visual anomaly detection with S2SWCLIP.")
     parser.add_argument("--version", action="version", version=f"s2swclip {__version__}")
@@ -458,8 +509,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_heatmap_arg(p)
     p.add_argument("--quiet", action="store_true")
     _add_few_shot_args(p)
+    _add_exported_arg(p)
     _add_ray_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export the detector to OpenVINO or ONNX (torch-free deployment)",
+                       description="Export the whole detector (image in; image score and smoothed anomaly map "
+                                   "out) for one image size, with a dynamic batch, into a folder that "
+                                   "'predict --model' / 'serve --model' and s2swclip.runtime run without PyTorch.")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="openvino or onnx")
+    p.add_argument("--out", required=True, help="new or empty folder for the model files and s2swclip.json")
+    p.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS,
+                   help="fp32 (exact); bf16 (OpenVINO, CPUs with bfloat16); int8 (OpenVINO, NNCF "
+                        "post-training quantisation; needs --calibrate)")
+    p.add_argument("--calibrate", metavar="DIR",
+                   help="folder of normal images of the product: int8 statistics and the drift measurement")
+    p.add_argument("--calibrate-max", type=_positive_int, default=32,
+                   help="most calibration images used (default 32)")
+    p.add_argument("--threshold", type=_finite, help="decision threshold recorded with the model")
+    _add_model_args(p, torch_runtime=False)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on synthetic data (tiny random backbone)")
     p.add_argument("--out", default="demo_out")
@@ -497,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds without data before a stalled upload is answered 408")
     _add_few_shot_args(p)
     _add_heatmap_arg(p)
+    _add_exported_arg(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

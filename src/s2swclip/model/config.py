@@ -14,6 +14,10 @@ from typing import Any
 from ..errors import S2SWError
 
 
+#: Numeric precisions of the PyTorch detector (the one list; the CLI's choices come from it).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Everything the detector's forward computation depends on (besides weights).

@@ -218,7 +218,9 @@ class S2SWDetector(nn.Module):
                                   dwt_approx=c.dwt_approx, dwt_detail=c.dwt_detail,
                                   dwt_mix=c.dwt_mix, swt_mix=c.swt_mix)
         both = entropy_gain_similarity(torch.cat([enriched, wave]), fused, fused, c.temperature)
-        m_enriched, m_wave = anomaly_map(both.movedim(-1, 1)).split(patch.shape[0])
+        both = anomaly_map(both.transpose(1, 2))  # [2B, N]
+        b = patch.shape[0]  # slices, not split(b): export keeps the batch dynamic
+        m_enriched, m_wave = both[:b], both[b:]
         return (1 - c.wavelet_lambda) * m_enriched + c.wavelet_lambda * m_wave
 
     def anomaly_maps(self, patches: list[torch.Tensor], text: TextFeatures, size: int) -> torch.Tensor:

@@ -13,13 +13,20 @@ token features ``F`` (``[B, N, C]``, class token included), ``h(F)`` mixes
 ``h(F) = 0.01 * up + 0.99 * s_up``; the enriched features are
 ``normalise(0.2 * h(F) + 0.8 * F)``. When ``N < P`` adaptive pooling upsamples
 (PyTorch's adaptive bins overlap), which is well defined.
+
+For export, the resampling and pooling switch to their portable forms (same bins, positions
+and arithmetic; :mod:`.portable`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .portable import adaptive_pool, linear_resample, portable
 
 __all__ = ["hierarchical_multiscale", "enrich_features"]
 
@@ -58,18 +65,26 @@ def hierarchical_multiscale(
     _, n, c = features.shape
     x = features.transpose(1, 2)  # [B, C, N]
 
-    up = F.interpolate(x, scale_factor=1.5, mode="linear", align_corners=True)[:, :, :n]
+    if portable():
+        up = linear_resample(x, math.floor(1.5 * n), keep=n)
+        avg = adaptive_pool(x, pooled_tokens, "mean").transpose(1, 2)  # [B, P, C]
+        mx = adaptive_pool(x, pooled_tokens, "max").transpose(1, 2)  # [B, P, C]
+        chan = adaptive_pool(torch.cat([avg, mx], dim=2), c, "max")  # [B, P, 2C] -> [B, P, C]
+    else:
+        up = F.interpolate(x, scale_factor=1.5, mode="linear", align_corners=True)[:, :, :n]
+        avg = F.adaptive_avg_pool1d(x, pooled_tokens).transpose(1, 2)  # [B, P, C]
+        mx = F.adaptive_max_pool1d(x, pooled_tokens).transpose(1, 2)  # [B, P, C]
+        chan = F.adaptive_max_pool1d(torch.cat([avg, mx], dim=2), c)  # [B, P, 2C] -> [B, P, C]
     up = up.transpose(1, 2)  # [B, N, C]
-
-    avg = F.adaptive_avg_pool1d(x, pooled_tokens).transpose(1, 2)  # [B, P, C]
-    mx = F.adaptive_max_pool1d(x, pooled_tokens).transpose(1, 2)  # [B, P, C]
-    chan = F.adaptive_max_pool1d(torch.cat([avg, mx], dim=2), c)  # [B, P, 2C] -> [B, P, C]
 
     att = avg + mx
     gate = torch.softmax(att.mean(dim=1, keepdim=True), dim=2)  # [B, 1, C]
     gated = gate * avg + (1 - gate) * mx
     s = torch.sigmoid(gated + att + chan)  # [B, P, C]
-    s_up = F.interpolate(s.transpose(1, 2), size=n, mode="linear", align_corners=True).transpose(1, 2)
+    if portable():
+        s_up = linear_resample(s.transpose(1, 2), n).transpose(1, 2)
+    else:
+        s_up = F.interpolate(s.transpose(1, 2), size=n, mode="linear", align_corners=True).transpose(1, 2)
 
     return up_weight * up + pooled_weight * s_up
 

@@ -17,7 +17,9 @@ The 1-D correlations are computed as ``unfold(...) @ kernel`` rather than with
 ``conv1d``: on CPU it is several times faster for this single-channel case, and
 on CUDA it stays in full float32 precision (cuDNN convolutions may use TF32 by
 default, matmuls do not), so results match SciPy to float32 rounding on every
-device.
+device. For export (:func:`.portable.portable`) the correlation is a ``conv1d`` of the
+padded signal: the same sums in another order (exporters cannot convert ``unfold``, and
+the runtimes' convolutions run in full precision on CPUs).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from functools import lru_cache
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .portable import portable, tracing
 
 __all__ = ["gaussian_smooth", "gaussian_kernel1d", "reflect_indices"]
 
@@ -68,6 +73,8 @@ def gaussian_kernel1d(
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma!r}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    if tracing():  # a kernel made while tracing is a tracer value: never cache it
+        return _cached_kernel.__wrapped__(float(sigma), float(truncate), dtype, dev)
     return _cached_kernel(float(sigma), float(truncate), dtype, dev)
 
 
@@ -102,6 +109,9 @@ def _correlate_last(x: Tensor, kernel: Tensor) -> Tensor:
     n = x.shape[-1]
     idx = reflect_indices(n, r, r, device=x.device)
     xp = x.index_select(-1, idx)  # [..., n + 2r]
+    if portable():
+        out = F.conv1d(xp.reshape(-1, 1, n + 2 * r), kernel.reshape(1, 1, k))  # [M, 1, n]
+        return out.reshape(x.shape)
     return xp.unfold(-1, k, 1) @ kernel  # [..., n, k] @ [k] -> [..., n]
 
 

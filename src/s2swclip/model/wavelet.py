@@ -33,8 +33,9 @@ untouched and equal PyWavelets. The Haar DWT handles odd sizes natively, exactly
 as PyWavelets does (``docs/method.md`` §10.9).
 
 The filtering is ``unfold(...) @ taps`` (full-precision matmul on every device;
-cuDNN convolutions may silently use TF32 on GPUs). All operations are
-differentiable.
+cuDNN convolutions may silently use TF32 on GPUs); for export (:mod:`.portable`) the
+same windows are gathered in one ``index_select`` through the extension map. All
+operations are differentiable.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .portable import gather_windows, portable, tracing, window_index
 
 __all__ = ["swt2_level1", "dwt2", "dwt2_haar", "spatial_to_wavelet", "DWT_MODES"]
 
@@ -107,10 +110,15 @@ def _filter_last(x: Tensor, lo: Tensor, hi: Tensor, idx: Tensor, mask: Tensor | 
 
     Returns ``[..., n_out, 2]`` with index 0 = lowpass, 1 = highpass.
     """
-    xp = x.index_select(-1, idx)
-    if mask is not None:
-        xp = xp * mask.to(xp.dtype)
-    win = xp.unfold(-1, lo.numel(), step)  # [..., n_out, L]
+    if portable():  # the same windows, gathered in one index_select (exporters cannot unfold)
+        win = gather_windows(x, window_index(idx, lo.numel(), step))  # [..., n_out, L]
+        if mask is not None:
+            win = win * window_index(mask, lo.numel(), step).to(win.dtype)
+    else:
+        xp = x.index_select(-1, idx)
+        if mask is not None:
+            xp = xp * mask.to(xp.dtype)
+        win = xp.unfold(-1, lo.numel(), step)  # [..., n_out, L]
     return torch.stack((win @ lo, win @ hi), dim=-1)
 
 
@@ -120,7 +128,8 @@ def _analysis_2d(x: Tensor, wavelet: str, kind: str, mode: str = "symmetric") ->
     Returns ``[..., 2, H', W', 2]``: dim -4 = band along rows (0 lo, 1 hi),
     dim -1 = band along columns (0 lo, 1 hi).
     """
-    lo, hi = _taps(wavelet, x.dtype, x.device)
+    # taps made while tracing are tracer values: never cache them
+    lo, hi = (_taps.__wrapped__ if tracing() else _taps)(wavelet, x.dtype, x.device)
     L = lo.numel()
     out = x
     for axis_is_rows in (True, False):
@@ -134,8 +143,9 @@ def _analysis_2d(x: Tensor, wavelet: str, kind: str, mode: str = "symmetric") ->
             step = 2
         z = _filter_last(y, lo, hi, idx, mask, step)  # [..., n_out, 2]
         if axis_is_rows:
-            # [..., W, H', 2] -> [..., 2, H', W]
-            out = z.movedim(-1, -3).transpose(-1, -2)
+            # [..., W, H', 2] -> [..., 2, H', W] (positive axes: exporters mishandle negative ones)
+            d = z.dim()
+            out = z.permute(*range(d - 3), d - 1, d - 2, d - 3)
         else:
             out = z  # [..., 2, H', W', 2]
     return out

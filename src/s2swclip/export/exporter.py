@@ -1,0 +1,270 @@
+"""``s2swclip export``: a loaded detector -> a folder the torch-free runtime loads.
+
+The folder is built in a temporary sibling and renamed into place at the end, so a failed or
+interrupted export never leaves a half-written model folder. After writing the model files,
+the export loads them with the runtime (:mod:`s2swclip.runtime`) and measures the drift
+against the float32 PyTorch detector on (up to 8 of) the calibration images (or, without
+``--calibrate``, on 4 seeded random inputs), records it in ``s2swclip.json`` and returns it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data.images import OPENAI_MEAN, OPENAI_STD, ImageError, decode_for_model
+from ..errors import S2SWError
+from ..fileio import atomic_write_text, check_output_dir
+from ..model.detector import S2SWDetector
+from ..runtime.manifest import FORMATS, MANIFEST_NAME, PRECISIONS, SCHEMA, SCHEMA_VERSION, check_manifest, file_record
+from .graph import IMAGES, MAPS, SCORES, DetectorGraph
+
+__all__ = ["Drift", "ExportResult", "check_export_request", "export_detector"]
+
+log = logging.getLogger(__name__)
+
+#: Drift is measured on this many seeded random inputs when no calibration folder is given...
+RANDOM_DRIFT_IMAGES = 4
+#: ... and on at most this many of the calibration images otherwise.
+MAX_DRIFT_IMAGES = 8
+#: Parity the float32 exports are held to (PyTorch ``predict`` at the same weights).
+FP32_TOLERANCE = {"scores": 1e-5, "maps": 1e-4}
+
+
+@dataclass
+class Drift:
+    """Largest differences of the exported model from the float32 PyTorch detector."""
+
+    max_abs_score: float
+    max_abs_map: float
+    images: str  # "calibration" or "random"
+    n_images: int
+
+    def describe(self) -> str:
+        return (f"drift vs PyTorch fp32 on {self.n_images} {self.images} image(s): "
+                f"max |d score| {self.max_abs_score:.2e}, max |d map| {self.max_abs_map:.2e}")
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    manifest: dict[str, Any]
+    drift: Drift
+    seconds: float
+
+
+def check_export_request(fmt: str, precision: str, calibrate_dir, out_dir) -> Path:
+    """Everything about an export request that can be checked before loading the model: the
+    format/precision pair, the calibration folder, a new or empty output folder. Returns it."""
+    if fmt not in FORMATS:
+        raise S2SWError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if precision not in PRECISIONS:
+        raise S2SWError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if fmt == "onnx" and precision != "fp32":
+        raise S2SWError(f"--precision {precision} is made with OpenVINO; use --format openvino "
+                        "(ONNX exports are fp32)")
+    if precision == "int8" and calibrate_dir is None:
+        raise S2SWError("--precision int8 needs --calibrate DIR: a folder of normal images of your product "
+                        "for the quantisation statistics")
+    if calibrate_dir is not None:
+        from ..inference.inputs import collect_inputs
+
+        try:
+            collect_inputs([calibrate_dir])
+        except S2SWError as e:
+            raise S2SWError(f"--calibrate: {e}") from None
+    out = check_output_dir(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise S2SWError(f"--out {out} is not empty; export into a new (or empty) folder")
+    return out
+
+
+def load_calibration(folder: str | os.PathLike, image_size: int, limit: int) -> np.ndarray:
+    """Up to ``limit`` images of ``folder`` (sorted by name) as float32 [n, 3, S, S]."""
+    from ..inference.inputs import collect_inputs
+
+    entries = [e for e in collect_inputs([folder]) if e.problem is None]
+    arrays = []
+    for e in entries:
+        if len(arrays) >= limit:
+            break
+        try:
+            arrays.append(decode_for_model(e.path, image_size).pixels)
+        except ImageError as err:
+            log.warning("calibration: skipped %s (%s)", e.path, err)
+    if not arrays:
+        raise S2SWError(f"--calibrate {folder}: no readable image in this folder")
+    return np.stack(arrays)
+
+
+def _reference(det: S2SWDetector, images: np.ndarray, batch: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    scores, maps = [], []
+    for i in range(0, len(images), batch):
+        out = det.predict(torch.from_numpy(images[i:i + batch]))
+        scores.append(out.image_scores.cpu().numpy())
+        maps.append(out.anomaly_maps.cpu().numpy())
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def measure_drift(folder: Path, det: S2SWDetector, images: np.ndarray, kind: str) -> Drift:
+    """Load ``folder`` with the runtime and compare it with ``det.predict`` on ``images``."""
+    from ..runtime import load_exported
+
+    model = load_exported(folder, verify_files=False)
+    want_s, want_m = _reference(det, images)
+    got = [model.predict(images[i:i + 1]) for i in range(len(images))]
+    got_s = np.concatenate([g.image_scores for g in got])
+    got_m = np.concatenate([g.anomaly_maps for g in got])
+    return Drift(float(np.abs(got_s - want_s).max()), float(np.abs(got_m - want_m).max()), kind, len(images))
+
+
+def _versions(fmt: str, precision: str) -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ["onnx", "onnxscript"] if fmt == "onnx" else ["openvino"]
+    if precision == "int8":
+        names.append("nncf")
+    out = {"s2swclip": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for n in names:
+        try:
+            out[n] = md.version(n)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_models(graph: DetectorGraph, tmp: Path, fmt: str, precision: str,
+                  calibration: np.ndarray | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Write the model files; returns the manifest's stages and the file names."""
+    if fmt == "onnx":
+        from .to_onnx import export_onnx
+
+        files = export_onnx(graph, tmp / "model.onnx")
+        stage = {"name": "detector", "model": "model.onnx", "weights": None, "inputs": [IMAGES],
+                 "outputs": [SCORES, MAPS], "inference_precision": "fp32"}
+        return [stage], files
+    from .to_openvino import convert_parts, save_ir
+
+    encoder, head, names = convert_parts(graph)
+    if precision == "int8":
+        from .quantize import quantize_int8
+
+        encoder = quantize_int8(encoder, calibration)
+    files = save_ir(encoder, tmp / "encoder.xml") + save_ir(head, tmp / "head.xml")
+    stages = [
+        {"name": "encoder", "model": "encoder.xml", "weights": "encoder.bin", "inputs": names["encoder_in"],
+         "outputs": names["encoder_out"], "inference_precision": "bf16" if precision == "bf16" else "fp32"},
+        {"name": "head", "model": "head.xml", "weights": "head.bin", "inputs": names["head_in"],
+         "outputs": names["head_out"], "inference_precision": "fp32"},
+    ]
+    return stages, files
+
+
+def export_detector(
+    det: S2SWDetector,
+    out_dir: str | os.PathLike,
+    *,
+    format: str,
+    precision: str = "fp32",
+    calibrate_dir: str | os.PathLike | None = None,
+    calibrate_max: int = 32,
+    threshold: float | None = None,
+) -> ExportResult:
+    """Export the whole detector (image in; image score and smoothed map out) to ``out_dir``.
+
+    Args:
+        det: a float32 detector on the CPU (``load_detector(..., precision="fp32")``); its
+            configured image size is the exported model's fixed input size.
+        out_dir: a new or empty folder; it receives the model file(s) and ``s2swclip.json``.
+        format: ``onnx`` (one ``model.onnx``, fp32) or ``openvino`` (``encoder.xml/.bin``
+            and ``head.xml/.bin``).
+        precision: ``fp32``; ``bf16`` (OpenVINO: the encoder runs with the CPU plugin's
+            bfloat16 inference precision where the CPU supports it); ``int8`` (OpenVINO: NNCF
+            post-training quantisation of the encoder on the ``calibrate_dir`` images).
+        calibrate_dir: normal images of the product: int8 statistics and the drift measurement.
+        calibrate_max: most calibration images used (sorted by name).
+        threshold: decision threshold recorded for ``predict``/``serve --model``.
+
+    Returns:
+        :class:`ExportResult` (folder, manifest, measured drift, seconds).
+    """
+    started = time.perf_counter()
+    out = check_export_request(format, precision, calibrate_dir, out_dir)
+    if threshold is not None and not np.isfinite(threshold):
+        raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
+    if det.config.precision != "fp32" or det.device.type != "cpu":
+        raise S2SWError("export needs a float32 detector on the CPU: load_detector(..., device='cpu', "
+                        "precision='fp32')")
+    size = int(det.config.image_size)
+    calibration = None
+    if calibrate_dir is not None:
+        calibration = load_calibration(calibrate_dir, size, int(calibrate_max))
+        log.info("calibration: %d image(s) from %s", len(calibration), calibrate_dir)
+    drift_images = calibration[:MAX_DRIFT_IMAGES] if calibration is not None else np.random.default_rng(
+        0).standard_normal((RANDOM_DRIFT_IMAGES, 3, size, size)).astype(np.float32)
+
+    graph = DetectorGraph(det, size).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the folder is meant to be copied and served
+    try:
+        stages, files = _write_models(graph, tmp, format, precision, calibration)
+        manifest = {
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+            "format": format, "precision": precision, "image_size": size,
+            "input": {"name": IMAGES, "layout": "NCHW", "dtype": "float32", "mean": list(OPENAI_MEAN),
+                      "std": list(OPENAI_STD), "resize": "bicubic"},
+            "outputs": {"scores": SCORES, "maps": MAPS},
+            "stages": stages,
+            "files": {name: file_record(tmp / name) for name in files},
+            "detector_config": det.config.replace(image_size=size).to_dict(),
+            "threshold": None if threshold is None else float(threshold),
+            "provenance": {**_json_safe(det.provenance), "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "versions": _versions(format, precision)},
+            "drift": None,
+        }
+        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(check_manifest(manifest), indent=2))
+        log.info("measuring the drift against PyTorch fp32 on %d image(s)", len(drift_images))
+        drift = measure_drift(tmp, det, drift_images, "calibration" if calibration is not None else "random")
+        seconds = time.perf_counter() - started
+        manifest["drift"] = {"reference": "pytorch fp32", "images": drift.images, "n_images": drift.n_images,
+                             "max_abs_score": drift.max_abs_score, "max_abs_map": drift.max_abs_map}
+        manifest["export"] = {"seconds": round(seconds, 1), "peak_rss_mib": _peak_rss_mib()}
+        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(check_manifest(manifest), indent=2))
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if precision == "fp32" and (drift.max_abs_score > FP32_TOLERANCE["scores"] or drift.max_abs_map > FP32_TOLERANCE["maps"]):
+        log.warning("the fp32 export differs from PyTorch by more than %s: %s", FP32_TOLERANCE, drift.describe())
+    return ExportResult(out, manifest, drift, seconds)
+
+
+def _peak_rss_mib() -> int | None:
+    """Peak resident memory of this process so far (Linux reports KiB; None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))

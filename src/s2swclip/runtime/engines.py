@@ -1,0 +1,106 @@
+"""One model file run by ONNX Runtime or OpenVINO: ``run({name: array}) -> {name: array}``.
+
+The runtime libraries are imported when a stage is created, so that importing
+:mod:`s2swclip.runtime` needs neither, and a folder of one format needs only its runtime.
+Everything runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import S2SWError
+
+__all__ = ["OnnxStage", "OpenVinoStage", "make_stage"]
+
+
+class OnnxStage:
+    """An ONNX model in an ONNX Runtime session (CPU execution provider)."""
+
+    engine = "onnxruntime"
+
+    def __init__(self, model: Path, inputs: list[str], outputs: list[str], *, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise S2SWError("this exported model needs ONNX Runtime: pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime raises its own exception types for bad files
+            raise S2SWError(f"--model {model.parent}: ONNX Runtime cannot load {model.name}: "
+                            f"{_first_line(e)}") from None
+        _check_names(model, [i.name for i in self.session.get_inputs()], inputs,
+                     [o.name for o in self.session.get_outputs()], outputs)
+        self.inputs, self.outputs = inputs, outputs
+        self.version = ort.__version__
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.outputs, {k: feeds[k] for k in self.inputs})
+        return dict(zip(self.outputs, values))
+
+
+class OpenVinoStage:
+    """An OpenVINO IR (``.xml`` + ``.bin``) compiled for the CPU.
+
+    ``precision`` is the inference precision asked of the CPU plugin (``bf16`` runs in bfloat16
+    on CPUs that support it and in float32 elsewhere; :attr:`effective_precision` tells which).
+    """
+
+    engine = "openvino"
+
+    def __init__(self, model: Path, weights: Path, inputs: list[str], outputs: list[str], *,
+                 precision: str = "fp32", threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise S2SWError("this exported model needs OpenVINO: pip install openvino") from None
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        try:
+            compiled = core.compile_model(core.read_model(str(model), str(weights)), "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses with long messages
+            raise S2SWError(f"--model {model.parent}: OpenVINO cannot load {model.name}: "
+                            f"{_first_line(e)}") from None
+        _check_names(model, [n for p in compiled.inputs for n in p.get_names()], inputs,
+                     [n for p in compiled.outputs for n in p.get_names()], outputs)
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: one call at a time
+        self.inputs, self.outputs = inputs, outputs
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # what the CPU plugin really runs
+        self.effective_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint.to_string(), hint.to_string())
+        self.version = ov.get_version()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.request.infer({k: feeds[k] for k in self.inputs})
+            return {name: self.request.get_tensor(name).data.copy() for name in self.outputs}
+
+
+def make_stage(folder: Path, fmt: str, stage: dict[str, Any], *, threads: int | None = None):
+    """The stage of a checked manifest (:func:`~s2swclip.runtime.manifest.read_manifest`)."""
+    if fmt == "onnx":
+        return OnnxStage(folder / stage["model"], stage["inputs"], stage["outputs"], threads=threads)
+    return OpenVinoStage(folder / stage["model"], folder / stage["weights"], stage["inputs"], stage["outputs"],
+                         precision=stage["inference_precision"], threads=threads)
+
+
+def _check_names(model: Path, got_in: list[str], want_in: list[str], got_out: list[str], want_out: list[str]) -> None:
+    missing = [n for n in want_in if n not in got_in] + [n for n in want_out if n not in got_out]
+    if missing:
+        raise S2SWError(f"--model {model.parent}: {model.name} has no input/output named {missing[0]!r} "
+                        f"that s2swclip.json lists: the folder is inconsistent; export again")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

@@ -1,0 +1,208 @@
+"""``s2swclip.json``: what an exported model folder holds, written by export, checked by the runtime.
+
+An exported folder is untrusted input like any other file a user hands us: the manifest is
+read with a size bound, every field is type- and range-checked, model files must be plain
+names inside the folder whose size and SHA-256 match the manifest, and nothing in it is ever
+executed (the runtime only hands the listed ONNX / OpenVINO files to their runtimes).
+
+Layout (``schema_version`` 1)::
+
+    {
+      "schema": "s2swclip-export", "schema_version": 1,
+      "format": "onnx" | "openvino", "precision": "fp32" | "bf16" | "int8",
+      "image_size": S,
+      "input": {"name": "images", "layout": "NCHW", "mean": [3], "std": [3], "resize": "bicubic"},
+      "outputs": {"scores": "image_scores", "maps": "anomaly_maps"},
+      "stages": [{"name", "model", "weights" (OpenVINO) or null, "inputs": [...], "outputs": [...],
+                  "inference_precision": "fp32" | "bf16"}, ...],
+      "files": {"<name>": {"bytes": int, "sha256": hex}, ...},
+      "detector_config": {...}, "threshold": float | null,
+      "provenance": {...}, "drift": {...} | null, "export": {...}
+    }
+
+Stages run in order; each stage's inputs are the folder's input or earlier stages' outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import S2SWError
+
+__all__ = ["FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA", "SCHEMA_VERSION", "check_manifest",
+           "file_record", "read_manifest"]
+
+MANIFEST_NAME = "s2swclip.json"
+SCHEMA = "s2swclip-export"
+SCHEMA_VERSION = 1
+FORMATS = ("onnx", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+STAGE_PRECISIONS = ("fp32", "bf16")
+MAX_MANIFEST_BYTES = 1_000_000
+MAX_IMAGE_SIZE = 8192
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_EXTENSIONS = {"onnx": (".onnx", ".onnx.data"), "openvino": (".xml", ".bin")}
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _get(d: dict, key: str, kind, where: str):
+    if key not in d:
+        raise _Invalid(f"{where} has no '{key}'")
+    value = d[key]
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise _Invalid(f"{where}.{key} has the wrong type")
+    return value
+
+
+def _names(values, where: str) -> list[str]:
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and _NAME.match(v) for v in values):
+        raise _Invalid(f"{where} must be a non-empty list of plain names")
+    return list(values)
+
+
+def _check_file_name(name: Any, fmt: str, where: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or name.startswith("."):
+        raise _Invalid(f"{where} must be a plain file name inside the folder")
+    if not name.endswith(_EXTENSIONS[fmt]):
+        raise _Invalid(f"{where} {name!r} is not a {fmt} model file")
+    return name
+
+
+def check_manifest(data: Any) -> dict[str, Any]:
+    """Validate a parsed manifest (types, ranges, names, the stage chain). Raises ValueError
+    naming the first problem; returns ``data``."""
+    try:
+        if not isinstance(data, dict):
+            raise _Invalid("it is not a JSON object")
+        if data.get("schema") != SCHEMA:
+            raise _Invalid(f"it is not an s2swclip export manifest (schema is not {SCHEMA!r})")
+        version = _get(data, "schema_version", int, "manifest")
+        if version != SCHEMA_VERSION:
+            raise _Invalid(f"schema_version {version} is not supported (this version reads {SCHEMA_VERSION}); "
+                           "export the model again with this version")
+        fmt = _get(data, "format", str, "manifest")
+        if fmt not in FORMATS:
+            raise _Invalid(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+        if _get(data, "precision", str, "manifest") not in PRECISIONS:
+            raise _Invalid(f"precision is not one of {', '.join(PRECISIONS)}")
+        size = _get(data, "image_size", int, "manifest")
+        if not 1 <= size <= MAX_IMAGE_SIZE:
+            raise _Invalid(f"image_size {size} is outside 1..{MAX_IMAGE_SIZE}")
+        inp = _get(data, "input", dict, "manifest")
+        _names([_get(inp, "name", str, "input")], "input.name")
+        for key in ("mean", "std"):
+            v = _get(inp, key, list, "input")
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                      for x in v):
+                raise _Invalid(f"input.{key} must be three finite numbers")
+        outs = _get(data, "outputs", dict, "manifest")
+        _names([_get(outs, "scores", str, "outputs"), _get(outs, "maps", str, "outputs")], "outputs")
+        threshold = data.get("threshold")
+        if threshold is not None:
+            _get(data, "threshold", float, "manifest")
+        for key in ("detector_config", "provenance"):
+            _get(data, key, dict, "manifest")
+        files = _get(data, "files", dict, "manifest")
+        for name, rec in files.items():
+            _check_file_name(name, fmt, "a file name in 'files'")
+            if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int) or rec["bytes"] < 0 \
+                    or not isinstance(rec.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", rec["sha256"]):
+                raise _Invalid(f"files[{name!r}] must hold 'bytes' and a hex 'sha256'")
+        stages = _get(data, "stages", list, "manifest")
+        if not 1 <= len(stages) <= 4:
+            raise _Invalid("there must be 1 to 4 stages")
+        available = {inp["name"]}
+        for i, st in enumerate(stages):
+            where = f"stages[{i}]"
+            if not isinstance(st, dict):
+                raise _Invalid(f"{where} is not an object")
+            for key in ("model", "weights") if fmt == "openvino" else ("model",):
+                name = _check_file_name(st.get(key), fmt, f"{where}.{key}")
+                if name not in files:
+                    raise _Invalid(f"{where}.{key} {name!r} is not listed in 'files'")
+            ins = _names(st.get("inputs"), f"{where}.inputs")
+            missing = [n for n in ins if n not in available]
+            if missing:
+                raise _Invalid(f"{where} needs {missing[0]!r}, which no earlier stage produces")
+            available |= set(_names(st.get("outputs"), f"{where}.outputs"))
+            if st.get("inference_precision") not in STAGE_PRECISIONS:
+                raise _Invalid(f"{where}.inference_precision is not one of {', '.join(STAGE_PRECISIONS)}")
+        for name in (outs["scores"], outs["maps"]):
+            if name not in available:
+                raise _Invalid(f"no stage produces the output {name!r}")
+    except _Invalid as e:
+        raise ValueError(str(e)) from None
+    return data
+
+
+def file_record(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"bytes", "sha256"}`` of a file (read in 8 MiB chunks)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 23):
+            h.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def read_manifest(folder: str | os.PathLike, *, verify_files: bool = True) -> dict[str, Any]:
+    """Read and check ``folder/s2swclip.json`` and the model files it lists.
+
+    Raises:
+        S2SWError: one line naming the folder and what is wrong (missing folder, no or
+            malformed manifest, a file missing, of the wrong size or with another SHA-256).
+    """
+    root = Path(os.path.expanduser(os.fspath(folder)))
+    hint = "export a model with 's2swclip export --format onnx|openvino --out DIR'"
+    if not root.is_dir():
+        raise S2SWError(f"--model {root}: no such folder; {hint}")
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise S2SWError(f"--model {root}: no {MANIFEST_NAME} in this folder, so it is not an exported "
+                        f"s2swclip model; {hint}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise S2SWError(f"--model {root}: cannot read {MANIFEST_NAME} ({e.strerror or e})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise S2SWError(f"--model {root}: {MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; "
+                        f"it is not an s2swclip manifest")
+    try:
+        data = check_manifest(json.loads(raw.decode("utf-8"), parse_constant=_reject_constant))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise S2SWError(f"--model {root}: {MANIFEST_NAME} is not valid JSON; {hint}") from None
+    except ValueError as e:
+        raise S2SWError(f"--model {root}: invalid {MANIFEST_NAME}: {e}") from None
+    for name, rec in data["files"].items():
+        p = root / name
+        if p.is_symlink() or not p.is_file():
+            raise S2SWError(f"--model {root}: model file {name} is missing (or not a regular file); "
+                            f"copy the whole exported folder")
+        if p.stat().st_size != rec["bytes"]:
+            raise S2SWError(f"--model {root}: model file {name} has {p.stat().st_size} bytes, the manifest "
+                            f"says {rec['bytes']}: the folder is incomplete or corrupt; export again")
+        if verify_files and file_record(p)["sha256"] != rec["sha256"]:
+            raise S2SWError(f"--model {root}: model file {name} does not match its SHA-256 in "
+                            f"{MANIFEST_NAME}: the folder is corrupt or was changed; export again")
+    return data
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")

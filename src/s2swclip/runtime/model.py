@@ -1,0 +1,150 @@
+"""An exported detector, loaded: ``predict`` on arrays, ``predict_files`` on image files.
+
+Torch-free: NumPy, Pillow and ONNX Runtime or OpenVINO. :class:`ExportedModel` is also a
+:class:`~s2swclip.inference.pipeline.Scorer`, so ``s2swclip predict --model DIR`` and
+``s2swclip serve --model DIR`` run it through the same inference pipeline as the PyTorch
+detector.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.images import OPENAI_MEAN, OPENAI_STD, decode_for_model
+from ..errors import S2SWError
+from .engines import make_stage
+from .manifest import read_manifest
+
+__all__ = ["ExportedModel", "RuntimePrediction", "load_exported"]
+
+
+@dataclass
+class RuntimePrediction:
+    """Result of :meth:`ExportedModel.predict`.
+
+    Attributes:
+        image_scores: [B] float32 anomaly scores in [0, 1].
+        anomaly_maps: [B, S, S] float32 smoothed anomaly maps.
+    """
+
+    image_scores: np.ndarray
+    anomaly_maps: np.ndarray
+
+
+class ExportedModel:
+    """A folder written by ``s2swclip export``, ready to score images.
+
+    Use :func:`load_exported`. Attributes: ``image_size`` (S), ``format``, ``precision``,
+    ``threshold`` (the one recorded at export, or None), ``manifest`` (the checked
+    ``s2swclip.json``).
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], *, threads: int | None = None):
+        self.folder = folder
+        self.manifest = manifest
+        self.format = manifest["format"]
+        self.precision = manifest["precision"]
+        self.image_size = int(manifest["image_size"])
+        self.threshold = manifest.get("threshold")
+        self.input_name = manifest["input"]["name"]
+        self.output_names = (manifest["outputs"]["scores"], manifest["outputs"]["maps"])
+        self.stages = [make_stage(folder, self.format, st, threads=threads) for st in manifest["stages"]]
+
+    # ------------------------------------------------------------------------------ scoring
+    def predict(self, images: np.ndarray) -> RuntimePrediction:
+        """Score a batch.
+
+        Args:
+            images: float32 [B, 3, S, S], CLIP-normalised (what
+                :func:`s2swclip.data.images.preprocess` returns, stacked).
+
+        Returns:
+            :class:`RuntimePrediction` with ``image_scores`` [B] and ``anomaly_maps`` [B, S, S].
+        """
+        x = np.asarray(images)
+        s = self.image_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s) or x.shape[0] < 1:
+            raise S2SWError(f"images must be an array [B, 3, {s}, {s}] (this model's input size), "
+                            f"got shape {tuple(x.shape)}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise S2SWError(f"images must be floating point (CLIP-normalised), got {x.dtype}")
+        values = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        for stage in self.stages:
+            values.update(stage.run(values))
+        scores, maps = (np.asarray(values[n], dtype=np.float32) for n in self.output_names)
+        return RuntimePrediction(scores.reshape(x.shape[0]), maps.reshape(x.shape[0], s, s))
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], *, batch_size: int = 8) -> RuntimePrediction:
+        """Decode, preprocess (bicubic to S x S, CLIP normalisation; the PyTorch path's numbers)
+        and score image files, ``batch_size`` at a time.
+
+        Raises:
+            S2SWError: a file that cannot be read as an image (one line naming it).
+        """
+        paths = [os.fspath(p) for p in paths]
+        if not paths:
+            raise S2SWError("predict_files needs at least one image path")
+        scores, maps = [], []
+        for i in range(0, len(paths), max(1, int(batch_size))):
+            batch = np.stack([decode_for_model(p, self.image_size).pixels for p in paths[i:i + batch_size]])
+            out = self.predict(batch)
+            scores.append(out.image_scores)
+            maps.append(out.anomaly_maps)
+        return RuntimePrediction(np.concatenate(scores), np.concatenate(maps))
+
+    # ------------------------------------------------------------------- Scorer protocol
+    def score(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:class:`~s2swclip.inference.pipeline.Scorer`: pixels [B, 3, S, S] -> (scores, maps)."""
+        out = self.predict(pixels)
+        return out.image_scores, out.anomaly_maps
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, JSON-safe (the fields of the PyTorch scorer's description, plus the
+        export's format, engine and measured drift)."""
+        prov = self.manifest.get("provenance", {})
+        effective = [getattr(st, "effective_precision", None) for st in self.stages]
+        return {
+            "engine": self.stages[0].engine,
+            "engine_version": self.stages[0].version,
+            "format": self.format,
+            "model_dir": str(self.folder),
+            "backbone": prov.get("backbone"),
+            "weights": prov.get("weights"),
+            "prompts": prov.get("prompts"),
+            "prompts_format": prov.get("prompts_format"),
+            "image_size": self.image_size,
+            "precision": self.precision,
+            "inference_precision": [p for p in effective if p is not None] or None,
+            "device": "cpu",
+            "untrained_prompts": prov.get("prompts") is None,
+            "drift": self.manifest.get("drift"),
+        }
+
+
+def load_exported(folder: str | os.PathLike, *, threads: int | None = None,
+                  verify_files: bool = True) -> ExportedModel:
+    """Load a folder written by ``s2swclip export`` (torch-free).
+
+    Args:
+        folder: the export folder (``s2swclip.json`` and the model files).
+        threads: CPU threads of the runtime (default: the runtime's own choice).
+        verify_files: check the model files' SHA-256 against the manifest (their sizes are
+            always checked).
+
+    Returns:
+        :class:`ExportedModel`.
+
+    Raises:
+        S2SWError: a missing, incomplete, corrupt or foreign folder (one line).
+    """
+    manifest = read_manifest(folder, verify_files=verify_files)
+    mean, std = manifest["input"]["mean"], manifest["input"]["std"]
+    if not (np.allclose(mean, OPENAI_MEAN, rtol=0, atol=1e-7) and np.allclose(std, OPENAI_STD, rtol=0, atol=1e-7)):
+        raise S2SWError(f"--model {folder}: the model expects another input normalisation than CLIP's "
+                        f"(mean {mean}, std {std}); this version of the runtime only prepares CLIP inputs")
+    return ExportedModel(Path(os.path.expanduser(os.fspath(folder))), manifest, threads=threads)

@@ -1,0 +1,40 @@
+"""``s2swclip export`` mistakes: one ``error:`` line, exit 2, before any model is loaded."""
+
+import pytest
+
+from s2swclip.cli import main
+from export_fixtures import write_pngs
+
+TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "112"]
+
+
+def _user_error(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_request_mistakes(capsys, tmp_path, monkeypatch):
+    def no_model_load(*a, **k):
+        raise AssertionError("the model must not be loaded for a request that cannot work")
+
+    monkeypatch.setattr("s2swclip.api.load_detector", no_model_load)
+    out = str(tmp_path / "out")
+    _user_error(capsys, ["export", "--format", "openvino", "--precision", "int8", "--out", out, *TINY],
+                "--precision int8 needs --calibrate DIR")
+    _user_error(capsys, ["export", "--format", "onnx", "--precision", "bf16", "--out", out, *TINY],
+                "--format openvino")
+    _user_error(capsys, ["export", "--format", "tensorrt", "--out", out, *TINY], "--format", "invalid choice")
+    _user_error(capsys, ["export", "--format", "onnx", "--out", out, "--calibrate", str(tmp_path / "none"), *TINY],
+                "--calibrate", "not found")
+    _user_error(capsys, ["export", "--format", "onnx", "--out", out, "--device", "cuda", *TINY], "--device")
+    full = tmp_path / "full"
+    write_pngs(full, 1)
+    _user_error(capsys, ["export", "--format", "onnx", "--out", str(full), *TINY], "is not empty")
+    (tmp_path / "file").write_text("x")
+    _user_error(capsys, ["export", "--format", "onnx", "--out", str(tmp_path / "file"), *TINY], "is an existing file")
+    _user_error(capsys, ["export", "--out", out, *TINY], "--format")
+    assert not (tmp_path / "out").exists()
