@@ -10,38 +10,18 @@ import torch
 import pytest
 from PIL import Image
 
-from s2swclip.cli import main
+from helpers import assert_user_error, run_cli, write_png  # noqa: E402
 
 TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "224"]
-
-
-def _png(path, seed=0, size=(96, 80)):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-
-
-def _run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_user_error(code, err, *needles):
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture
 def images(tmp_path):
     d = tmp_path / "imgs"
     (d / "sub").mkdir(parents=True)
-    _png(d / "a.png", 1)
-    _png(d / "b.jpg", 2)
-    _png(d / "sub" / "c.bmp", 3)
+    write_png(d / "a.png", 1)
+    write_png(d / "b.jpg", 2)
+    write_png(d / "sub" / "c.bmp", 3)
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (d / "notes.txt").write_text("not an image")
     return d
@@ -49,7 +29,7 @@ def images(tmp_path):
 
 def test_predict_folder_skips_corrupt_and_writes_results(capsys, tmp_path, images):
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "predict", str(images), "--out", str(out), "--threshold", "0.5",
+    code, stdout, err = run_cli(capsys, "predict", str(images), "--out", str(out), "--threshold", "0.5",
                              "--quiet", *TINY)
     assert code == 0
     assert "skipped" in err and "broken.png" in err
@@ -67,9 +47,9 @@ def test_predict_calibrated_threshold_flags_at_most_fpr(capsys, tmp_path, images
     good = tmp_path / "good"
     good.mkdir()
     for i in range(10):
-        _png(good / f"g{i}.png", 100 + i)
+        write_png(good / f"g{i}.png", 100 + i)
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "predict", str(good), "--out", str(out), "--calibrate", str(good),
+    code, stdout, err = run_cli(capsys, "predict", str(good), "--out", str(out), "--calibrate", str(good),
                              "--fpr", "0.2", "--no-overlays", "--quiet", *TINY)
     assert code == 0, err
     summary = json.loads((out / "results.json").read_text())
@@ -84,7 +64,7 @@ def test_predict_calibrated_threshold_flags_at_most_fpr(capsys, tmp_path, images
 
 
 def test_predict_glob(capsys, tmp_path, images):
-    code, stdout, _ = _run(capsys, "predict", str(images / "*.png"), "--out", str(tmp_path / "o"),
+    code, stdout, _ = run_cli(capsys, "predict", str(images / "*.png"), "--out", str(tmp_path / "o"),
                            "--quiet", *TINY)
     assert code == 0 and "1 scored, 1 skipped" in stdout
 
@@ -101,14 +81,14 @@ def test_predict_input_errors(capsys, tmp_path, case):
         target = tmp_path / "x.png"
         target.write_text("hello")
         needle = "could be read"
-    code, _, err = _run(capsys, "predict", str(target), "--out", str(tmp_path / "o"), "--quiet", *TINY)
-    _assert_user_error(code, err, needle)
+    code, _, err = run_cli(capsys, "predict", str(target), "--out", str(tmp_path / "o"), "--quiet", *TINY)
+    assert_user_error(code, err, needle)
 
 
 def test_bad_meta_json(capsys, tmp_path):
     (tmp_path / "meta.json").write_text("{not json")
-    code, _, err = _run(capsys, "test", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *TINY)
-    _assert_user_error(code, err, "meta.json")
+    code, _, err = run_cli(capsys, "test", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *TINY)
+    assert_user_error(code, err, "meta.json")
 
 
 def test_wrong_checkpoint(capsys, tmp_path, images):
@@ -116,33 +96,33 @@ def test_wrong_checkpoint(capsys, tmp_path, images):
 
     bogus = tmp_path / "clip_weights.pth"
     torch.save({"visual.proj": torch.zeros(2, 2)}, bogus)
-    code, _, err = _run(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--prompts", str(bogus), *TINY)
-    _assert_user_error(code, err, "clip_weights.pth", "not a prompt checkpoint")
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--prompts", str(bogus), *TINY)
+    assert_user_error(code, err, "clip_weights.pth", "not a prompt checkpoint")
 
 
 def test_weights_unavailable_offline(capsys, tmp_path, images, monkeypatch):
     import open_clip
 
     monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    code, _, err = _run(capsys, "predict", str(images), "--out", str(tmp_path / "o"))
-    _assert_user_error(code, err, "ViT-L-14-336px.pt", "--weights PATH")
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"))
+    assert_user_error(code, err, "ViT-L-14-336px.pt", "--weights PATH")
 
 
 def test_unusable_image_size(capsys, tmp_path, images):
-    code, _, err = _run(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--backbone",
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--backbone",
                         "S2SW-Tiny-24L", "--weights", "none", "--image-size", "10")
-    _assert_user_error(code, err, "image size 10")
+    assert_user_error(code, err, "image size 10")
 
 
 def test_missing_weights_file(capsys, tmp_path, images):
-    code, _, err = _run(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--backbone",
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--backbone",
                         "S2SW-Tiny-24L", "--weights", str(tmp_path / "w.pt"))
-    _assert_user_error(code, err, "weights file not found", "w.pt")
+    assert_user_error(code, err, "weights file not found", "w.pt")
 
 
 def test_build_meta_wrong_layout(capsys, tmp_path):
-    code, _, err = _run(capsys, "build-meta", "mvtec", str(tmp_path))
-    _assert_user_error(code, err, str(tmp_path))
+    code, _, err = run_cli(capsys, "build-meta", "mvtec", str(tmp_path))
+    assert_user_error(code, err, str(tmp_path))
 
 
 def test_test_command_writes_report(capsys, tmp_path):
@@ -151,7 +131,7 @@ def test_test_command_writes_report(capsys, tmp_path):
     root = generate_dataset(tmp_path / "syn", classes=["marble", "nut"], n_train_good=1, n_test_good=3,
                             n_test_defect=3, image_size=96, seed=2)
     out = tmp_path / "rep"
-    code, stdout, _ = _run(capsys, "test", "--data", root, "--out", str(out), "--figures", "1",
+    code, stdout, _ = run_cli(capsys, "test", "--data", root, "--out", str(out), "--figures", "1",
                            "--aupro", "grid200", "--quiet", *TINY)
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -192,11 +172,11 @@ def test_train_command_from_a_checkpoint(capsys, tmp_path):
 
     root = generate_dataset(tmp_path / "syn", classes=["pill"], n_train_good=1, n_test_good=2,
                             n_test_defect=2, image_size=96, seed=4)
-    code, stdout, _ = _run(capsys, "train", "--data", root, "--out", str(tmp_path / "a"), "--epochs", "1",
+    code, stdout, _ = run_cli(capsys, "train", "--data", root, "--out", str(tmp_path / "a"), "--epochs", "1",
                            "--batch-size", "2", "--quiet", *TINY)
     assert code == 0 and "prompts_last.safetensors" in stdout
     first = tmp_path / "a" / "prompts_last.safetensors"
-    code, _, _ = _run(capsys, "train", "--data", root, "--out", str(tmp_path / "b"), "--epochs", "1",
+    code, _, _ = run_cli(capsys, "train", "--data", root, "--out", str(tmp_path / "b"), "--epochs", "1",
                       "--batch-size", "2", "--max-batches", "0", "--prompts", str(first), "--quiet", *TINY)
     assert code == 0  # no step: starting from the checkpoint leaves it unchanged
     a, b = load_prompts(first).tensors, load_prompts(tmp_path / "b" / "prompts_last.safetensors").tensors
@@ -206,7 +186,7 @@ def test_train_command_from_a_checkpoint(capsys, tmp_path):
 def test_predict_every_entry_is_a_row_under_its_own_name(capsys, tmp_path):
     d = tmp_path / "line"
     d.mkdir()
-    _png(d / "a.png", 1)
+    write_png(d / "a.png", 1)
     frames = [Image.fromarray(np.full((40, 50, 3), v, np.uint8)) for v in (30, 220)]
     frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:])
     os.symlink(d / "a.png", d / "same1.png")
@@ -214,7 +194,7 @@ def test_predict_every_entry_is_a_row_under_its_own_name(capsys, tmp_path):
     os.symlink(d / "gone.png", d / "dangling.png")
     (d / "=cmd()+1.png").write_bytes((d / "a.png").read_bytes())
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "predict", str(d), "--out", str(out), "--quiet", *TINY)
+    code, stdout, err = run_cli(capsys, "predict", str(d), "--out", str(out), "--quiet", *TINY)
     assert code == 0, err
     rows = json.loads((out / "results.json").read_text())["results"]
     assert [r["name"] for r in rows] == ["=cmd()+1.png", "a.png", "anim.gif", "dangling.png", "same1.png", "same2.png"]
@@ -237,8 +217,8 @@ def test_predict_every_entry_is_a_row_under_its_own_name(capsys, tmp_path):
 ])
 def test_predict_bad_numbers(capsys, tmp_path, images, argv, needle):
     out = tmp_path / "o"
-    code, _, err = _run(capsys, "predict", str(images), "--out", str(out), *argv, *TINY)
-    _assert_user_error(code, err, needle)
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(out), *argv, *TINY)
+    assert_user_error(code, err, needle)
     assert not out.exists()
 
 
@@ -249,6 +229,6 @@ def test_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, images,
     argv = {"predict": ["predict", str(images), "--out", str(target), *TINY],
             "demo": ["demo", "--out", str(target)],
             "test": ["test", "--data", str(tmp_path), "--out", str(target), *TINY]}[command]
-    code, _, err = _run(capsys, *argv)
-    _assert_user_error(code, err, "taken.txt", "not a folder")
+    code, _, err = run_cli(capsys, *argv)
+    assert_user_error(code, err, "taken.txt", "not a folder")
     assert target.read_text() == "keep me"

@@ -8,29 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from s2swclip.cli import main
 from s2swclip.data.synthetic import generate_dataset
+from helpers import assert_user_error, run_cli, write_png  # noqa: E402
 
 TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "112"]
-
-
-def _png(path, seed, size=(96, 80)):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-
-
-def _run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_user_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -38,7 +19,7 @@ def refs(tmp_path):
     d = tmp_path / "good"
     d.mkdir()
     for i in range(3):
-        _png(d / f"g{i}.png", seed=i)
+        write_png(d / f"g{i}.png", seed=i)
     return d
 
 
@@ -50,9 +31,9 @@ def test_predict_with_references_only(capsys, tmp_path, refs):
     """--few-shot-weight 1: no prompts, no warning about them; a reference scores 0, another
     image does not; only the first --shots images (sorted) are references."""
     other = tmp_path / "new.png"
-    _png(other, seed=50)
+    write_png(other, seed=50)
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "predict", str(refs), str(other), "--out", str(out), "--reference", str(refs),
+    code, stdout, err = run_cli(capsys, "predict", str(refs), str(other), "--out", str(out), "--reference", str(refs),
                              "--shots", "2", "--few-shot-weight", "1", *TINY)
     assert code == 0, err
     assert "untrained" not in err and "few-shot mode: 2 reference images" in err
@@ -71,7 +52,7 @@ def test_predict_references_are_prepared_like_queries(capsys, tmp_path, refs):
     one.mkdir()
     img.save(one / "x.jpg", exif=exif, quality=95)
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "predict", str(one / "x.jpg"), "--out", str(out), "--reference", str(one),
+    code, _, err = run_cli(capsys, "predict", str(one / "x.jpg"), "--out", str(out), "--reference", str(one),
                         "--few-shot-weight", "1", *TINY)
     assert code == 0, err
     assert _results(out)["x.jpg"]["score"] < 1e-6
@@ -80,11 +61,11 @@ def test_predict_references_are_prepared_like_queries(capsys, tmp_path, refs):
 def test_predict_fused_default_weight(capsys, tmp_path, refs):
     """Default weight 0.5: the score is halfway between the zero-shot and the few-shot score."""
     img = tmp_path / "q.png"
-    _png(img, seed=60)
+    write_png(img, seed=60)
     scores = {}
     for name, extra in (("zs", []), ("fs1", ["--reference", str(refs), "--few-shot-weight", "1"]),
                         ("fused", ["--reference", str(refs)])):
-        code, _, err = _run(capsys, "predict", str(img), "--out", str(tmp_path / name), *extra, *TINY)
+        code, _, err = run_cli(capsys, "predict", str(img), "--out", str(tmp_path / name), *extra, *TINY)
         assert code == 0, err
         scores[name] = _results(tmp_path / name)["q.png"]["score"]
     assert scores["fused"] == pytest.approx(0.5 * scores["zs"] + 0.5 * scores["fs1"], abs=2e-6)
@@ -99,16 +80,16 @@ def test_predict_with_a_references_file(capsys, tmp_path, refs):
     bank = tmp_path / "bank.safetensors"
     det.save_references(bank)
     out = tmp_path / "out"
-    code, _, err = _run(capsys, "predict", str(refs), "--out", str(out), "--reference", str(bank),
+    code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(out), "--reference", str(bank),
                         "--few-shot-weight", "1", *TINY)
     assert code == 0, err
     assert all(r["score"] < 1e-6 for r in _results(out).values())
     # made at another image size: one clear line
-    code, _, err = _run(capsys, "predict", str(refs), "--out", str(out), "--reference", str(bank),
+    code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(out), "--reference", str(bank),
                         "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "224")
-    _assert_user_error(code, err, str(bank), "112 px", "--image-size 112")
-    code, _, err = _run(capsys, "predict", str(refs), "--out", str(out), "--reference", str(bank), "--shots", "1", *TINY)
-    _assert_user_error(code, err, "--shots", "references file")
+    assert_user_error(code, err, str(bank), "112 px", "--image-size 112")
+    code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(out), "--reference", str(bank), "--shots", "1", *TINY)
+    assert_user_error(code, err, "--shots", "references file")
 
 
 @pytest.mark.parametrize("argv, needles", [
@@ -128,8 +109,8 @@ def test_predict_few_shot_mistakes(capsys, tmp_path, refs, argv, needles):
     (tmp_path / "broken" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     names = {"refs": refs, "missing": tmp_path / "nope", "empty": tmp_path / "empty", "broken": tmp_path / "broken"}
     argv = [a.format(**names) for a in argv]
-    code, _, err = _run(capsys, "predict", str(refs), "--out", str(tmp_path / "out"), *argv, *TINY)
-    _assert_user_error(code, err, *needles)
+    code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(tmp_path / "out"), *argv, *TINY)
+    assert_user_error(code, err, *needles)
 
 
 # ------------------------------------------------------------------------------------- test
@@ -147,7 +128,7 @@ def _report(path):
 
 def test_test_with_shots_records_the_references(capsys, tmp_path, dataset):
     out = tmp_path / "rep"
-    code, stdout, err = _run(capsys, "test", "--data", str(dataset), "--out", str(out), "--shots", "2",
+    code, stdout, err = run_cli(capsys, "test", "--data", str(dataset), "--out", str(out), "--shots", "2",
                              "--shot-seed", "3", "--figures", "0", "--quiet", *TINY)
     assert code == 0, err
     r = _report(out)
@@ -161,7 +142,7 @@ def test_test_with_shots_records_the_references(capsys, tmp_path, dataset):
         assert entry["evaluated"] == 6  # every test image
     assert "few-shot: 2 reference image(s) per class, seed(s) 3" in stdout
     # the same seed draws the same files; another seed (usually) others, reproducibly
-    code, _, err = _run(capsys, "test", "--data", str(dataset), "--out", str(tmp_path / "again"), "--shots", "2",
+    code, _, err = run_cli(capsys, "test", "--data", str(dataset), "--out", str(tmp_path / "again"), "--shots", "2",
                         "--shot-seed", "3", "--figures", "0", "--quiet", *TINY)
     assert code == 0
     again = _report(tmp_path / "again")
@@ -171,7 +152,7 @@ def test_test_with_shots_records_the_references(capsys, tmp_path, dataset):
 
 def test_test_with_several_seeds_gives_mean_and_std(capsys, tmp_path, dataset):
     out = tmp_path / "rep"
-    code, stdout, err = _run(capsys, "test", "--data", str(dataset), "--out", str(out), "--shots", "1",
+    code, stdout, err = run_cli(capsys, "test", "--data", str(dataset), "--out", str(out), "--shots", "1",
                              "--shot-seed", "0", "1", "2", "--figures", "0", "--quiet", *TINY)
     assert code == 0, err
     runs = [_report(out / f"seed_{s}") for s in (0, 1, 2)]
@@ -200,15 +181,15 @@ def test_test_without_train_split_uses_and_excludes_test_normals(capsys, tmp_pat
                 item["mask_path"] = str(dataset / item["mask_path"])
     (root / "meta.json").write_text(json.dumps({"test": meta["test"]}))
     out = tmp_path / "rep"
-    code, _, err = _run(capsys, "test", "--data", str(root), "--out", str(out), "--shots", "2", "--figures", "0",
+    code, _, err = run_cli(capsys, "test", "--data", str(root), "--out", str(out), "--shots", "2", "--figures", "0",
                         "--quiet", *TINY)
     assert code == 0, err
     entry = _report(out)["few_shot"]["references"]["0"]["wood"]
     normals = {it["img_path"] for it in meta["test"]["wood"] if it["anomaly"] == 0}
     assert entry["split"] == "test" and set(entry["files"]) <= normals
     assert entry["evaluated"] == 6 - 2
-    code, _, err = _run(capsys, "test", "--data", str(root), "--out", str(out), "--shots", "4", "--quiet", *TINY)
-    _assert_user_error(code, err, "class", "3 normal test image(s)", "fewer than --shots 4")
+    code, _, err = run_cli(capsys, "test", "--data", str(root), "--out", str(out), "--shots", "4", "--quiet", *TINY)
+    assert_user_error(code, err, "class", "3 normal test image(s)", "fewer than --shots 4")
 
 
 def test_test_flag_mistakes(capsys, tmp_path, dataset):
@@ -216,6 +197,6 @@ def test_test_flag_mistakes(capsys, tmp_path, dataset):
                          (["--shots", "2", "--shot-seed", "1", "1"], "distinct seeds"),
                          (["--shots", "2", "--shot-seed", "-1"], "--shot-seed"),
                          (["--shots", "9"], "fewer than --shots 9")):
-        code, _, err = _run(capsys, "test", "--data", str(dataset), "--out", str(tmp_path / "r"), "--quiet",
+        code, _, err = run_cli(capsys, "test", "--data", str(dataset), "--out", str(tmp_path / "r"), "--quiet",
                             *argv, *TINY)
-        _assert_user_error(code, err, needle)
+        assert_user_error(code, err, needle)

@@ -18,26 +18,11 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 import s2swclip  # noqa: E402
-from s2swclip.cli import main  # noqa: E402
 from s2swclip.inference.shards import read_results  # noqa: E402
+from helpers import assert_user_error, run_cli  # noqa: E402
 
 TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "56"]
 SRC = str(Path(s2swclip.__file__).resolve().parents[1])
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_user_error(code, err, *needles):
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +56,10 @@ def manifests(tmp_path_factory):
 def test_ray_engine_on_manifests_gives_the_local_engines_rows(capsys, cluster, manifests, tmp_path):
     root, paths = manifests
     inputs = [root / "list.txt", root / "list.csv", root / "list.parquet"]
-    code, out, err = _run(capsys, "predict", *inputs, "--out", tmp_path / "local", "--threshold", "0.5",
+    code, out, err = run_cli(capsys, "predict", *inputs, "--out", tmp_path / "local", "--threshold", "0.5",
                           "--quiet", *TINY)
     assert code == 0, err
-    code, out, err = _run(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--threshold", "0.5", "--quiet",
+    code, out, err = run_cli(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--threshold", "0.5", "--quiet",
                           "--engine", "ray", "--workers", "2", "--cpus-per-worker", "0.5", "--shard-rows", "5",
                           "--batch-size", "4", *TINY)
     assert code == 0, err
@@ -93,11 +78,11 @@ def test_ray_engine_on_manifests_gives_the_local_engines_rows(capsys, cluster, m
     assert header == pq.read_schema(next((tmp_path / "ray" / "results").glob("part-*.parquet"))).names
 
     # the same command again: nothing to do; other settings: refused
-    code, out, err = _run(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--threshold", "0.5", "--quiet",
+    code, out, err = run_cli(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--threshold", "0.5", "--quiet",
                           "--engine", "ray", *TINY)
     assert code == 0 and "(0 rows written now, 25 already done)" in out
-    code, out, err = _run(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--quiet", "--engine", "ray", *TINY)
-    _assert_user_error(code, err, "holds results of a different run", "threshold")
+    code, out, err = run_cli(capsys, "predict", *inputs, "--out", tmp_path / "ray", "--quiet", "--engine", "ray", *TINY)
+    assert_user_error(code, err, "holds results of a different run", "threshold")
 
 
 def test_unreachable_ray_address_is_one_error_line_quickly(tmp_path):
@@ -113,7 +98,7 @@ def test_unreachable_ray_address_is_one_error_line_quickly(tmp_path):
                            str(tmp_path / "o"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", *TINY],
                           env=env, capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - t
-    _assert_user_error(proc.returncode, proc.stderr, f"cannot reach a Ray cluster at --ray-address 127.0.0.1:{port}",
+    assert_user_error(proc.returncode, proc.stderr, f"cannot reach a Ray cluster at --ray-address 127.0.0.1:{port}",
                        "ray start --head")
     assert elapsed < 60, elapsed  # imports included; the connection attempt itself is bounded by 5 s
     assert not (tmp_path / "o").exists()
@@ -129,5 +114,5 @@ def test_unreachable_ray_address_is_one_error_line_quickly(tmp_path):
 ])
 def test_ray_usage_errors_are_one_line(capsys, tmp_path, argv, needles):
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
-    code, _, err = _run(capsys, "predict", tmp_path / "a.png", "--out", tmp_path / "o", *TINY, *argv)
-    _assert_user_error(code, err, *needles)
+    code, _, err = run_cli(capsys, "predict", tmp_path / "a.png", "--out", tmp_path / "o", *TINY, *argv)
+    assert_user_error(code, err, *needles)

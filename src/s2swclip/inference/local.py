@@ -49,8 +49,8 @@ from .heatmap import HEATMAP_SCALES, OverlayPainter
 from .inputs import collect_inputs, display_names
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage, overlay_png
 
-__all__ = ["RESULT_FIELDS", "PredictSummary", "apply_listing_problem", "calibrate", "csv_safe", "overlay_names",
-           "predict_files", "result_row"]
+__all__ = ["RESULT_FIELDS", "PredictSummary", "apply_listing_problem", "calibrate", "check_run_options", "csv_safe",
+           "overlay_names", "predict_files", "result_row"]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,16 @@ def calibrate(pipeline: InferencePipeline, folder: str | os.PathLike, fpr: float
     return cal
 
 
+def check_run_options(threshold: float | None, heatmap_scale: str) -> None:
+    """The options every engine checks before any work: ``--threshold`` (None or a finite
+    number) and ``--heatmap-scale``. Raises :class:`S2SWError`."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
+    if heatmap_scale not in HEATMAP_SCALES:
+        raise S2SWError(f"invalid --heatmap-scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
+
+
 def predict_files(
     scorer,
     inputs: Sequence[str | os.PathLike],
@@ -171,11 +181,7 @@ def predict_files(
     Returns:
         :class:`PredictSummary`.
     """
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold)):
-        raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
-    if heatmap_scale not in HEATMAP_SCALES:
-        raise S2SWError(f"invalid --heatmap-scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
+    check_run_options(threshold, heatmap_scale)
     out = check_output_dir(out_dir)
     entries = collect_inputs(inputs)
     pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=threshold, max_pixels=max_pixels,

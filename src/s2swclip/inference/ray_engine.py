@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -43,9 +42,9 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_text, check_output_dir
 from ..progress import progress as make_progress
 from .calibration import Calibration, conformal_threshold
-from .heatmap import HEATMAP_SCALES, standalone_scale
+from .heatmap import standalone_scale
 from .inputs import InputEntry, collect_inputs, display_names
-from .local import RESULT_FIELDS, apply_listing_problem, overlay_names, result_row
+from .local import RESULT_FIELDS, apply_listing_problem, check_run_options, overlay_names, result_row
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, Decoder, InferencePipeline, ScoredImage
 from .shards import (OVERLAY_PNG, RESULTS, ResultsFolder, require_pyarrow, committed_paths, count_rows,
                      rows_in_flight_schema)
@@ -413,14 +412,10 @@ def predict_ray(
     Returns:
         :class:`RaySummary`.
     """
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold)):
-        raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
+    check_run_options(threshold, heatmap_scale)
     for name, value in (("--workers", workers), ("--batch-size", batch_size), ("shard_rows", shard_rows)):
         if int(value) != value or value < 1:
             raise S2SWError(f"{name} must be an integer >= 1, got {value!r}")
-    if heatmap_scale not in HEATMAP_SCALES:
-        raise S2SWError(f"invalid --heatmap-scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
     spec = _worker_spec(spec, gpus_per_worker, cpus_per_worker)
     require_pyarrow()
     out = check_output_dir(out_dir)
