@@ -141,6 +141,26 @@ def test_fusion_formulas(own_detector, w):
     assert torch.equal(fused.image_scores, (1 - w) * zero_shot.image_scores + w * fs.flatten(1).amax(1))
 
 
+@pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
+def test_map_scale_bounds_the_fused_map(own_detector, w):
+    """map_scale: L layers without references, (1 - w) * L + w with them; each term's map is
+    within its bound, so the fused map divided by map_scale is on the scores' [0, 1] scale."""
+    det = own_detector
+    layers = len(det.config.feature_layers)
+    assert det.map_scale == layers
+    images = make_images(2, 224, seed=20)
+    zero_shot = det.predict(images).anomaly_maps
+    assert 0 <= float(zero_shot.min()) and float(zero_shot.max()) <= layers
+    det.config = det.config.replace(few_shot_weight=w)
+    det.set_references(make_images(2, 224, seed=21))
+    assert det.map_scale == pytest.approx((1 - w) * layers + w)
+    out = det.predict(images)
+    assert 0 <= float(out.few_shot_maps.min()) and float(out.few_shot_maps.max()) <= 1
+    assert float(out.anomaly_maps.max()) <= det.map_scale
+    det.clear_references()
+    assert det.map_scale == layers
+
+
 def test_without_references_predict_is_unchanged(own_detector):
     det = own_detector
     images = make_images(2, 224, seed=18)
