@@ -32,7 +32,7 @@ def _folder(tmp_path, fmt="onnx"):
                   "std": list(OPENAI_STD), "resize": "bicubic"},
         "outputs": {"scores": "image_scores", "maps": "anomaly_maps"},
         "stages": stages, "files": {n: file_record(d / n) for n in names},
-        "detector_config": {"image_size": 224}, "threshold": 0.5, "provenance": {"backbone": "x"}, "drift": None,
+        "detector_config": {"image_size": 224}, "threshold": 0.5, "map_scale": 4.0, "provenance": {"backbone": "x"}, "drift": None,
     }
     (d / MANIFEST_NAME).write_text(json.dumps(manifest))
     return d, manifest
@@ -81,6 +81,11 @@ def _mutations():
         ("stage-precision", setter(["stages", 0, "inference_precision"], "int4"), "inference_precision"),
         ("files-record", setter(["files", "model.onnx", "sha256"], "xyz"), "sha256"),
         ("missing-key", setter(["provenance"], KeyError), "has no 'provenance'"),
+        ("no-map-scale", setter(["map_scale"], KeyError), "has no 'map_scale'"),
+        ("map-scale-zero", setter(["map_scale"], 0), "map_scale must be a positive number"),
+        ("map-scale-negative", setter(["map_scale"], -2.5), "map_scale must be a positive number"),
+        ("map-scale-type", setter(["map_scale"], "4"), "map_scale has the wrong type"),
+        ("map-scale-bool", setter(["map_scale"], True), "map_scale has the wrong type"),
     ]
 
 
@@ -96,6 +101,15 @@ def test_invalid_manifests_are_one_line_errors(tmp_path, name, mutate, message):
     assert "\n" not in text and str(d) in text and message in text, text
     with pytest.raises(ValueError):
         check_manifest(bad)
+
+
+def test_map_scale_must_be_finite(tmp_path):
+    _, manifest = _folder(tmp_path)
+    assert check_manifest(manifest)["map_scale"] == 4.0
+    for value in (float("inf"), float("nan")):  # not JSON, but check_manifest also checks dicts
+        m = dict(manifest, map_scale=value)
+        with pytest.raises(ValueError, match="map_scale has the wrong type"):
+            check_manifest(m)
 
 
 def test_folder_problems(tmp_path):

@@ -234,6 +234,7 @@ def export_detector(
             "files": {name: file_record(tmp / name) for name in files},
             "detector_config": det.config.replace(image_size=size).to_dict(),
             "threshold": None if threshold is None else float(threshold),
+            "map_scale": float(det.map_scale),
             "provenance": {**_json_safe(det.provenance), "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "versions": _versions(format, precision)},
             "drift": None,

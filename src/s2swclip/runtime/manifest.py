@@ -17,6 +17,7 @@ Layout (``schema_version`` 1)::
                   "inference_precision": "fp32" | "bf16"}, ...],
       "files": {"<name>": {"bytes": int, "sha256": hex}, ...},
       "detector_config": {...}, "threshold": float | null,
+      "map_scale": float > 0 (the maps' bound: map / map_scale is on the scores' [0, 1] scale),
       "provenance": {...}, "drift": {...} | null, "export": {...}
     }
 
@@ -115,6 +116,8 @@ def check_manifest(data: Any) -> dict[str, Any]:
         threshold = data.get("threshold")
         if threshold is not None:
             _get(data, "threshold", float, "manifest")
+        if _get(data, "map_scale", float, "manifest") <= 0:
+            raise _Invalid("map_scale must be a positive number")
         for key in ("detector_config", "provenance"):
             _get(data, key, dict, "manifest")
         files = _get(data, "files", dict, "manifest")

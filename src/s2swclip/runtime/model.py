@@ -40,8 +40,9 @@ class ExportedModel:
     """A folder written by ``s2swclip export``, ready to score images.
 
     Use :func:`load_exported`. Attributes: ``image_size`` (S), ``format``, ``precision``,
-    ``threshold`` (the one recorded at export, or None), ``manifest`` (the checked
-    ``s2swclip.json``).
+    ``threshold`` (the one recorded at export, or None), ``map_scale`` (the exported detector's
+    ``map_scale``: ``map / map_scale`` is on the scores' [0, 1] scale, docs/method.md §6.3),
+    ``manifest`` (the checked ``s2swclip.json``).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], *, threads: int | None = None):
@@ -51,6 +52,7 @@ class ExportedModel:
         self.precision = manifest["precision"]
         self.image_size = int(manifest["image_size"])
         self.threshold = manifest.get("threshold")
+        self.map_scale = float(manifest["map_scale"])
         self.input_name = manifest["input"]["name"]
         self.output_names = (manifest["outputs"]["scores"], manifest["outputs"]["maps"])
         self.stages = [make_stage(folder, self.format, st, threads=threads) for st in manifest["stages"]]
