@@ -371,14 +371,26 @@ def _predict_ray(args) -> int:
     from .inference.ray_engine import predict_ray
     from .inference.spec import ScorerSpec
 
-    if args.reference is not None:
-        collect_inputs([args.reference])  # checked before Ray starts
-    spec = ScorerSpec.detector(args.backbone, _weights(args.weights), args.prompts, image_size=args.image_size,
-                               device=args.device, precision=args.precision, preset=args.preset,
-                               cache_dir=args.cache_dir, reference=args.reference, shots=args.shots,
-                               max_pixels=int(args.max_mpx * 1e6), untrained_ok=_references_only(args),
-                               **_few_shot_options(args))
-    s = predict_ray(spec, args.inputs, args.out, threshold=args.threshold, calibrate_dir=args.calibrate,
+    if args.model is not None:  # an exported model: the workers need no torch
+        from .runtime.manifest import read_manifest
+
+        _check_exported_args(args)
+        if args.gpus_per_worker:
+            raise S2SWError(f"--model {args.model} runs on the CPU (ONNX Runtime / OpenVINO); drop --gpus-per-worker")
+        spec = ScorerSpec.exported(args.model)
+        threshold = args.threshold  # else the one recorded at export, as with the local engine
+        if threshold is None:
+            threshold = read_manifest(args.model, verify_files=False).get("threshold")
+    else:
+        if args.reference is not None:
+            collect_inputs([args.reference])  # checked before Ray starts
+        spec = ScorerSpec.detector(args.backbone, _weights(args.weights), args.prompts, image_size=args.image_size,
+                                   device=args.device, precision=args.precision, preset=args.preset,
+                                   cache_dir=args.cache_dir, reference=args.reference, shots=args.shots,
+                                   max_pixels=int(args.max_mpx * 1e6), untrained_ok=_references_only(args),
+                                   **_few_shot_options(args))
+        threshold = args.threshold
+    s = predict_ray(spec, args.inputs, args.out, threshold=threshold, calibrate_dir=args.calibrate,
                     fpr=args.fpr, batch_size=args.batch_size, workers=args.workers or 1,
                     gpus_per_worker=args.gpus_per_worker or 0.0, cpus_per_worker=args.cpus_per_worker or 1.0,
                     ray_address=args.ray_address, overlays=not args.no_overlays, progress=not args.quiet,

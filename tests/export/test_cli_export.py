@@ -63,7 +63,21 @@ def test_model_refuses_few_shot_flags(capsys, tmp_path, flags):
     images = tmp_path / "images"
     write_pngs(images, 1)
     for argv in (["predict", "--model", model, str(images), "--out", str(tmp_path / "out"), *flags],
+                 ["predict", "--engine", "ray", "--model", model, str(images), "--out", str(tmp_path / "out"),
+                  *flags],
                  ["serve", "--model", model, "--port", "0", *flags]):
         _user_error(capsys, argv, f"{flags[0]}", f"cannot be used with --model {model}",
                     "references are baked in at export", "s2swclip export --reference DIR")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_engine_model_mistakes(capsys, tmp_path):
+    """--engine ray --model DIR: the same refusals as the local engine, and no GPUs (CPU runtimes)."""
+    model = str(tmp_path / "exported")
+    images = tmp_path / "images"
+    write_pngs(images, 1)
+    base = ["predict", "--engine", "ray", "--model", model, str(images), "--out", str(tmp_path / "out")]
+    _user_error(capsys, [*base, "--backbone", "ViT-B-16"], "drop --backbone")
+    _user_error(capsys, [*base, "--gpus-per-worker", "1"], "runs on the CPU", "drop --gpus-per-worker")
+    _user_error(capsys, base, f"--model {model}: no such folder")
     assert not (tmp_path / "out").exists()
