@@ -4,7 +4,7 @@ Each part is captured with ``torch.export`` (portable forms, dynamic batch) and 
 ``openvino.convert_model``; inputs get fixed non-batch shapes and the port names the manifest
 lists. The encoder is what runs at reduced precision; the head (entropies, softmax at
 temperature 0.07, resampling, smoothing) stays float32, so a bf16/int8 model only carries the
-encoder's rounding.
+encoder's rounding. With references, the few-shot bank is part of the float32 head.
 """
 
 from __future__ import annotations
