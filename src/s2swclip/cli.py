@@ -134,15 +134,20 @@ def _weights(value: str | None):
 
 
 def _detector(args):
+    det = _load_detector(args)
+    _set_references(det, args)
+    return det
+
+
+def _load_detector(args):
+    """The detector of the model options and the few-shot options (references not set yet)."""
     from .api import load_detector
 
     options = _few_shot_options(args)
-    det = load_detector(args.backbone, _weights(args.weights), getattr(args, "prompts", None),
-                        image_size=args.image_size, device=args.device, precision=args.precision,
-                        preset=args.preset, cache_dir=args.cache_dir,
-                        untrained_ok=_references_only(args), **options)
-    _set_references(det, args)
-    return det
+    return load_detector(args.backbone, _weights(args.weights), getattr(args, "prompts", None),
+                         image_size=args.image_size, device=args.device, precision=args.precision,
+                         preset=args.preset, cache_dir=args.cache_dir,
+                         untrained_ok=_references_only(args), **options)
 
 
 # ----------------------------------------------------------------------- few-normal-shot mode
@@ -196,16 +201,18 @@ def _references_only(args) -> bool:
     return on and getattr(args, "few_shot_weight", None) == 1
 
 
-def _set_references(det, args) -> None:
-    """``--reference``: a references file is loaded, images are read like query images."""
+def _set_references(det, args) -> list[str]:
+    """``--reference``: a references file is loaded, images are read like query images.
+    Returns the files the references came from (none without ``--reference``)."""
     source = getattr(args, "reference", None)
     if source is None:
-        return
+        return []
     from .inference.references import apply_references
 
-    apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
+    files = apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
     logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
                                            f"{source} (weight {det.config.few_shot_weight})")
+    return files
 
 
 # ------------------------------------------------------------------------- exported models
@@ -215,15 +222,28 @@ def _add_exported_arg(p: argparse.ArgumentParser) -> None:
                         "instead of building the detector from --backbone/--weights/--prompts")
 
 
-def _exported(args):
-    """The exported model of ``--model DIR`` (torch-free); the model options must not be set."""
-    from .runtime import load_exported
+_FEW_SHOT_FLAGS = ("reference", "shots", "few_shot_weight", "coreset")
 
+
+def _check_exported_args(args) -> None:
+    """``--model DIR`` fixes the model: the model options and the few-shot flags must not be set."""
     given = [f"--{k.replace('_', '-')}" for k, default in _MODEL_DEFAULTS.items()
              if getattr(args, k, default) != default]
     if given:
         raise S2SWError(f"--model {args.model} already fixes the backbone, weights, prompts, image size and "
                         f"precision; drop {', '.join(given)}")
+    few_shot = [f"--{k.replace('_', '-')}" for k in _FEW_SHOT_FLAGS if getattr(args, k, None) is not None]
+    if few_shot:
+        raise S2SWError(f"{', '.join(few_shot)} cannot be used with --model {args.model}: references are baked in "
+                        f"at export; export the model with them ('s2swclip export --reference DIR [--shots K] "
+                        f"[--few-shot-weight W] [--coreset F] ...')")
+
+
+def _exported(args):
+    """The exported model of ``--model DIR`` (torch-free); the model options must not be set."""
+    from .runtime import load_exported
+
+    _check_exported_args(args)
     return load_exported(args.model)
 
 
@@ -285,6 +305,8 @@ def cmd_predict(args) -> int:
     from .inference.inputs import collect_inputs
     from .inference.local import predict_files
 
+    if args.model is not None:
+        _check_exported_args(args)
     check_output_dir(args.out)  # inputs and output checked before the (slow) model load
     collect_inputs(args.inputs)
     if args.calibrate is not None:
@@ -349,14 +371,26 @@ def _predict_ray(args) -> int:
     from .inference.ray_engine import predict_ray
     from .inference.spec import ScorerSpec
 
-    if args.reference is not None:
-        collect_inputs([args.reference])  # checked before Ray starts
-    spec = ScorerSpec.detector(args.backbone, _weights(args.weights), args.prompts, image_size=args.image_size,
-                               device=args.device, precision=args.precision, preset=args.preset,
-                               cache_dir=args.cache_dir, reference=args.reference, shots=args.shots,
-                               max_pixels=int(args.max_mpx * 1e6), untrained_ok=_references_only(args),
-                               **_few_shot_options(args))
-    s = predict_ray(spec, args.inputs, args.out, threshold=args.threshold, calibrate_dir=args.calibrate,
+    if args.model is not None:  # an exported model: the workers need no torch
+        from .runtime.manifest import read_manifest
+
+        _check_exported_args(args)
+        if args.gpus_per_worker:
+            raise S2SWError(f"--model {args.model} runs on the CPU (ONNX Runtime / OpenVINO); drop --gpus-per-worker")
+        spec = ScorerSpec.exported(args.model)
+        threshold = args.threshold  # else the one recorded at export, as with the local engine
+        if threshold is None:
+            threshold = read_manifest(args.model, verify_files=False).get("threshold")
+    else:
+        if args.reference is not None:
+            collect_inputs([args.reference])  # checked before Ray starts
+        spec = ScorerSpec.detector(args.backbone, _weights(args.weights), args.prompts, image_size=args.image_size,
+                                   device=args.device, precision=args.precision, preset=args.preset,
+                                   cache_dir=args.cache_dir, reference=args.reference, shots=args.shots,
+                                   max_pixels=int(args.max_mpx * 1e6), untrained_ok=_references_only(args),
+                                   **_few_shot_options(args))
+        threshold = args.threshold
+    s = predict_ray(spec, args.inputs, args.out, threshold=threshold, calibrate_dir=args.calibrate,
                     fpr=args.fpr, batch_size=args.batch_size, workers=args.workers or 1,
                     gpus_per_worker=args.gpus_per_worker or 0.0, cpus_per_worker=args.cpus_per_worker or 1.0,
                     ray_address=args.ray_address, overlays=not args.no_overlays, progress=not args.quiet,
@@ -405,16 +439,26 @@ def build_serve_app(args):
 
 
 def cmd_export(args) -> int:
-    from .export.exporter import check_export_request, export_detector
+    from .export.exporter import ReferenceSource, check_export_request, export_detector
 
     check_export_request(args.format, args.precision, args.calibrate, args.out)  # before the model load
-    det = _detector(argparse.Namespace(**{**vars(args), "device": "cpu", "precision": "fp32"}))
+    if args.reference is not None:
+        from .inference.inputs import collect_inputs
+
+        collect_inputs([args.reference])
+    torch_args = argparse.Namespace(**{**vars(args), "device": "cpu", "precision": "fp32"})
+    det = _load_detector(torch_args)
+    files = _set_references(det, torch_args)
+    references = ReferenceSource(args.reference, files, args.shots) if files else None
     result = export_detector(det, args.out, format=args.format, precision=args.precision,
                              calibrate_dir=args.calibrate, calibrate_max=args.calibrate_max,
-                             threshold=args.threshold)
+                             threshold=args.threshold, references=references)
     print(result.drift.describe())
-    print(f"exported {args.format} {args.precision} model ({result.manifest['image_size']} px) to {result.folder} "
-          f"in {result.seconds:.0f} s; run it with 's2swclip predict --model {result.folder} IMAGES --out DIR'")
+    baked = (f" with {det.num_references} reference images baked in (few-shot weight {det.config.few_shot_weight})"
+             if det.num_references else "")
+    print(f"exported {args.format} {args.precision} model ({result.manifest['image_size']} px){baked} to "
+          f"{result.folder} in {result.seconds:.0f} s; run it with 's2swclip predict --model {result.folder} IMAGES "
+          f"--out DIR'")
     return 0
 
 
@@ -516,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the detector to OpenVINO or ONNX (torch-free deployment)",
                        description="Export the whole detector (image in; image score and smoothed anomaly map "
                                    "out) for one image size, with a dynamic batch, into a folder that "
-                                   "'predict --model' / 'serve --model' and s2swclip.runtime run without PyTorch.")
+                                   "'predict --model' / 'serve --model' and s2swclip.runtime run without PyTorch. "
+                                   "With --reference, the few-shot references are baked into the model.")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="openvino or onnx")
     p.add_argument("--out", required=True, help="new or empty folder for the model files and s2swclip.json")
     p.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS,
@@ -528,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most calibration images used (default 32)")
     p.add_argument("--threshold", type=_finite, help="decision threshold recorded with the model")
     _add_model_args(p, torch_runtime=False)
+    _add_few_shot_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
 

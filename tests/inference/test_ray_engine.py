@@ -246,3 +246,96 @@ def test_few_shot_ray_rows_equal_local_rows(cluster, data, tmp_path):
                     cpus_per_worker=0.5, progress=False)
     assert s.n_scored == len(subset)
     assert_same_rows(_rows(tmp_path / "ray"), local)
+
+
+# ------------------------------------------------------------------- exported models (--model DIR)
+@pytest.fixture(scope="module")
+def exported(data):
+    """The module's detector (its prompts, 56 px) exported to ONNX, with the threshold recorded."""
+    from s2swclip.export import export_detector
+
+    root, _, spec = data
+    out = root / "exported"
+    export_detector(spec.build().detector, out, format="onnx", threshold=THRESHOLD)
+    return out
+
+
+def _exported_inputs(imgs):
+    """20 inputs: 16 images and the four broken files of crack/."""
+    broken = [imgs / "crack" / n for n in ("empty.png", "short.jpg", "text.png", "truncated.png")]
+    return sorted((imgs / "good").glob("*.png"))[:16] + broken
+
+
+def test_exported_model_ray_rows_equal_local_rows(cluster, data, exported, local_rows, tmp_path, capsys):
+    """--engine ray --model DIR: each actor loads the exported model once; the rows are the local
+    engine's with the same model, through the API and the CLI (threshold recorded at export)."""
+    from s2swclip.cli import main
+
+    root, imgs, _ = data
+    inputs = _exported_inputs(imgs)
+    spec = ScorerSpec.exported(exported)
+    local = predict_files(spec.build(), inputs, tmp_path / "local", threshold=THRESHOLD, batch_size=8,
+                          progress=False).rows
+    assert sum(r["error"] is None for r in local) == 16 and any(0 < (r["map_frac_above"] or 0) < 1 for r in local)
+    pytorch = {r["path"]: r for r in local_rows}  # the same model: the PyTorch rows, to float drift
+    for r in local:
+        if r["error"] is None:
+            assert abs(r["score"] - pytorch[r["path"]]["score"]) <= 1e-5
+    s = predict_ray(spec, inputs, tmp_path / "ray", threshold=THRESHOLD, batch_size=4, workers=2,
+                    cpus_per_worker=0.5, progress=False)
+    assert (s.n_scored, s.n_failed) == (16, 4)
+    assert_same_rows(_rows(tmp_path / "ray"), local)
+    for r in local:  # the overlays too (a threshold: the fixed scale is the same everywhere)
+        if r["overlay"] is not None:
+            assert (tmp_path / "ray" / r["overlay"]).read_bytes() == (tmp_path / "local" / r["overlay"]).read_bytes()
+    assert main(["predict", *map(str, inputs), "--out", str(tmp_path / "cli"), "--engine", "ray", "--model",
+                 str(exported), "--batch-size", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["threshold"] == THRESHOLD  # the export's
+    assert_same_rows(_rows(tmp_path / "cli"), local)
+
+
+def test_exported_spec_reads_the_manifest_and_notices_a_new_export(exported, tmp_path):
+    import hashlib
+    import shutil
+
+    spec = ScorerSpec.exported(exported)
+    digest = hashlib.sha256((exported / "s2swclip.json").read_bytes()).hexdigest()
+    assert spec.describe() == {"kind": "exported", "model": str(exported), "manifest_sha256": digest}
+    assert spec.image_size() == SIZE
+    spec.check()
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    before = ScorerSpec.exported(copy)
+    manifest = json.loads((copy / "s2swclip.json").read_text())
+    (copy / "s2swclip.json").write_text(json.dumps(dict(manifest, threshold=0.1)))  # a valid, other manifest
+    with pytest.raises(S2SWError, match="changed since this run was planned"):
+        before.build()
+    assert ScorerSpec.exported(copy).build().threshold == 0.1
+    with pytest.raises(S2SWError, match="runs on the CPU"):
+        spec.replace(device="cuda").check()  # what the engine asks of it with --gpus-per-worker
+
+
+def test_exported_spec_builds_without_torch(exported):
+    """A worker of an exported model needs no torch: build and score with torch unimportable."""
+    code = ("import json, sys\n"
+            "sys.modules['torch'] = None  # import torch raises ImportError\n"
+            "sys.modules['open_clip'] = None\n"
+            "import numpy as np\n"
+            "from s2swclip.inference.spec import ScorerSpec\n"
+            "spec = ScorerSpec.exported(sys.argv[1])\n"
+            "spec.check()\n"
+            "scorer = spec.build()\n"
+            "x = np.random.default_rng(0).standard_normal((2, 3, spec.image_size(), spec.image_size()))\n"
+            "scores, maps = scorer.score(x.astype(np.float32))\n"
+            "print(json.dumps({'scores': scores.tolist(), 'map_scale': scorer.map_scale,\n"
+            "                  'torch': [m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')\n"
+            "                            and sys.modules[m] is not None]}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(exported)], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=SRC))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] == [] and got["map_scale"] == 4.0
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    want, _ = ScorerSpec.exported(exported).build().score(x)
+    np.testing.assert_allclose(got["scores"], want, rtol=0, atol=1e-7)

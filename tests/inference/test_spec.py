@@ -82,3 +82,16 @@ def test_engine_and_spec_import_no_torch_until_a_detector_is_built():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]"
+
+
+def test_exported_spec_is_plain_data_and_checks_the_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = ScorerSpec.exported("exported")  # no folder yet: nothing recorded about it, check() says what is wrong
+    assert spec.describe() == {"kind": "exported", "model": str(tmp_path / "exported"), "manifest_sha256": None}
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    for call in (spec.check, spec.image_size, spec.build):
+        with pytest.raises(S2SWError, match=f"--model {tmp_path / 'exported'}: no such folder"):
+            call()
+    (tmp_path / "exported").mkdir()
+    with pytest.raises(S2SWError, match="no s2swclip.json in this folder"):
+        ScorerSpec.exported(tmp_path / "exported").check()

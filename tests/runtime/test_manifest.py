@@ -32,7 +32,7 @@ def _folder(tmp_path, fmt="onnx"):
                   "std": list(OPENAI_STD), "resize": "bicubic"},
         "outputs": {"scores": "image_scores", "maps": "anomaly_maps"},
         "stages": stages, "files": {n: file_record(d / n) for n in names},
-        "detector_config": {"image_size": 224}, "threshold": 0.5, "provenance": {"backbone": "x"}, "drift": None,
+        "detector_config": {"image_size": 224}, "threshold": 0.5, "map_scale": 4.0, "references": None, "provenance": {"backbone": "x"}, "drift": None,
     }
     (d / MANIFEST_NAME).write_text(json.dumps(manifest))
     return d, manifest
@@ -46,6 +46,25 @@ def _write(d, manifest):
 def test_valid_folder_reads(tmp_path, fmt):
     d, manifest = _folder(tmp_path, fmt)
     assert read_manifest(d) == manifest
+
+
+REFERENCES = {"count": 3, "few_shot_weight": 0.5, "layers": [6, 12, 18, 24], "stream": "plain", "coreset": None,
+              "bank_rows": [192] * 4, "bank_bytes": 4 * 192 * 768 * 4, "source": "/data/good", "shots": None,
+              "sha256": "0" * 64}
+
+
+def _with_references(mutate):
+    def apply(m):
+        m["references"] = copy.deepcopy(REFERENCES)
+        mutate(m)
+    return apply
+
+
+def test_references_record_reads(tmp_path):
+    d, manifest = _folder(tmp_path)
+    for ref in (REFERENCES, dict(REFERENCES, coreset=0.25, shots=2, source=None, sha256=None, few_shot_weight=1)):
+        _write(d, dict(manifest, references=ref))
+        assert read_manifest(d)["references"] == ref
 
 
 def _mutations():
@@ -81,6 +100,28 @@ def _mutations():
         ("stage-precision", setter(["stages", 0, "inference_precision"], "int4"), "inference_precision"),
         ("files-record", setter(["files", "model.onnx", "sha256"], "xyz"), "sha256"),
         ("missing-key", setter(["provenance"], KeyError), "has no 'provenance'"),
+        ("no-map-scale", setter(["map_scale"], KeyError), "has no 'map_scale'"),
+        ("map-scale-zero", setter(["map_scale"], 0), "map_scale must be a positive number"),
+        ("map-scale-negative", setter(["map_scale"], -2.5), "map_scale must be a positive number"),
+        ("map-scale-type", setter(["map_scale"], "4"), "map_scale has the wrong type"),
+        ("map-scale-bool", setter(["map_scale"], True), "map_scale has the wrong type"),
+        ("no-references", setter(["references"], KeyError), "has no 'references'"),
+        ("references-type", setter(["references"], [1]), "references must be null or an object"),
+        *[(f"references-{name}", _with_references(setter(["references", *key], value)), message)
+          for name, key, value, message in [
+              ("count", ["count"], 0, "references.count must be at least 1"),
+              ("weight", ["few_shot_weight"], 1.5, "references.few_shot_weight must be in [0, 1]"),
+              ("layers", ["layers"], [], "references.layers must be a non-empty list"),
+              ("layer-type", ["layers", 0], "6", "references.layers must be a non-empty list"),
+              ("rows", ["bank_rows"], [64, 64], "one positive row count per layer"),
+              ("stream", ["stream"], "other", "references.stream must be 'plain' or 'dpam'"),
+              ("coreset", ["coreset"], 2.0, "references.coreset must be null or a fraction"),
+              ("no-coreset", ["coreset"], KeyError, "references has no 'coreset'"),
+              ("shots", ["shots"], 0, "references.shots must be null or at least 1"),
+              ("source", ["source"], 7, "references.source has the wrong type"),
+              ("sha256", ["sha256"], "abc", "references.sha256 must be null or a hex SHA-256"),
+              ("bytes", ["bank_bytes"], -1, "references.bank_bytes must be >= 0"),
+          ]],
     ]
 
 
@@ -96,6 +137,15 @@ def test_invalid_manifests_are_one_line_errors(tmp_path, name, mutate, message):
     assert "\n" not in text and str(d) in text and message in text, text
     with pytest.raises(ValueError):
         check_manifest(bad)
+
+
+def test_map_scale_must_be_finite(tmp_path):
+    _, manifest = _folder(tmp_path)
+    assert check_manifest(manifest)["map_scale"] == 4.0
+    for value in (float("inf"), float("nan")):  # not JSON, but check_manifest also checks dicts
+        m = dict(manifest, map_scale=value)
+        with pytest.raises(ValueError, match="map_scale has the wrong type"):
+            check_manifest(m)
 
 
 def test_folder_problems(tmp_path):

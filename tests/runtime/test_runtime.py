@@ -139,6 +139,32 @@ def test_cli_predict_model_matches_pytorch_cli(onnx_export, export_images, tmp_p
         assert abs(ra["map_max"] - rb["map_max"]) < 1e-4
 
 
+def test_predict_model_rows_put_maps_on_the_score_scale(onnx_export, onnx_detector, export_images, tmp_path):
+    """map_scale travels with the export: map_frac_above and the heat-map scale equal the PyTorch path's."""
+    from export_fixtures import ONNX_ARGS
+
+    model = load_exported(onnx_export[0])
+    assert model.map_scale == onnx_detector.map_scale == 4.0  # four feature layers
+    paths = sorted(export_images.iterdir())
+    got = model.predict_files(paths).anomaly_maps / 4.0
+    want = onnx_detector.predict(torch.from_numpy(np.stack([decode_for_model(p, ONNX_SIZE).pixels
+                                                             for p in paths]))).anomaly_maps.numpy() / 4.0
+    # a threshold inside the maps' range (map / 4 in about 0.31..0.37) at which no pixel lies within the
+    # export's float drift of it: both paths flag the same pixels, so their fractions must agree exactly
+    threshold = next(t for t in np.round(np.arange(0.3300, 0.3500, 1e-4), 4)
+                     if np.array_equal(got > t, want > t) and all(0 < (m > t).mean() < 1 for m in want))
+    assert main(["predict", "--model", str(onnx_export[0]), str(export_images), "--out", str(tmp_path / "a"),
+                 "--threshold", str(threshold), "--quiet"]) == 0
+    assert main(["predict", *ONNX_ARGS, str(export_images), "--out", str(tmp_path / "b"),
+                 "--threshold", str(threshold), "--quiet"]) == 0
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    for ra, rb, m in zip(a["results"], b["results"], want):
+        assert abs(ra["map_frac_above"] - rb["map_frac_above"]) <= 1e-6, (ra, rb)
+        assert abs(ra["map_frac_above"] - (m > threshold).mean()) <= 1e-6  # the definition, in NumPy
+    assert a["heatmap"] == b["heatmap"] and a["heatmap"]["map_scale"] == 4.0  # same colour scale
+
+
 def test_serve_model_reports_the_export(onnx_export):
     app = build_serve_app(build_parser().parse_args(["serve", "--model", str(onnx_export[0]), "--threshold", "0.2"]))
     with TestClient(app, base_url="http://127.0.0.1") as client:

@@ -5,10 +5,16 @@ interrupted export never leaves a half-written model folder. After writing the m
 the export loads them with the runtime (:mod:`s2swclip.runtime`) and measures the drift
 against the float32 PyTorch detector on (up to 8 of) the calibration images (or, without
 ``--calibrate``, on 4 seeded random inputs), records it in ``s2swclip.json`` and returns it.
+
+A detector with references (the few-normal-shot mode) is exported with its memory bank baked
+into the scoring head (float32 constants, :mod:`.graph`); the manifest records the references
+(count, weight, layers, stream, coreset, bank rows, and what they were read from with a digest
+of the files).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,7 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +38,8 @@ from ..model.detector import S2SWDetector
 from ..runtime.manifest import FORMATS, MANIFEST_NAME, PRECISIONS, SCHEMA, SCHEMA_VERSION, check_manifest, file_record
 from .graph import IMAGES, MAPS, SCORES, DetectorGraph
 
-__all__ = ["Drift", "ExportResult", "check_export_request", "export_detector"]
+__all__ = ["Drift", "ExportResult", "ReferenceSource", "check_export_request", "export_detector",
+           "references_record"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,41 @@ class ExportResult:
     manifest: dict[str, Any]
     drift: Drift
     seconds: float
+
+
+@dataclass
+class ReferenceSource:
+    """What the detector's references were read from, for the manifest: ``source`` as given
+    (a folder, glob pattern, image or references file), the ``files`` read in their order
+    (:func:`~s2swclip.inference.references.apply_references` returns them), ``shots``."""
+
+    source: str | os.PathLike
+    files: Sequence[str | os.PathLike]
+    shots: int | None = None
+
+
+def references_record(det: S2SWDetector, source: ReferenceSource | None = None) -> dict[str, Any] | None:
+    """The manifest's ``references`` entry of ``det`` (None without references).
+
+    ``sha256`` is the SHA-256 of the concatenated SHA-256 digests of ``source.files`` in their
+    order (one value for the whole set; ``source`` and ``shots`` say how to list them again);
+    ``source``, ``shots`` and ``sha256`` are null for references set from tensors.
+    """
+    bank = det.references
+    if not bank.num_references:
+        return None
+    rows = [int(b.shape[0]) for b in bank.banks]
+    record = {"count": int(bank.num_references), "few_shot_weight": float(det.config.few_shot_weight),
+              "layers": list(bank.layers), "stream": bank.stream, "coreset": bank.coreset, "bank_rows": rows,
+              "bank_bytes": sum(rows) * int(bank.banks[0].shape[1]) * 4,  # float32 in the head
+              "source": None, "shots": None, "sha256": None}
+    if source is not None:
+        digest = hashlib.sha256()
+        for f in source.files:
+            digest.update(bytes.fromhex(file_record(f)["sha256"]))
+        record.update(source=os.path.abspath(os.path.expanduser(os.fspath(source.source))), shots=source.shots,
+                      sha256=digest.hexdigest())
+    return record
 
 
 def check_export_request(fmt: str, precision: str, calibrate_dir, out_dir) -> Path:
@@ -182,6 +224,7 @@ def export_detector(
     calibrate_dir: str | os.PathLike | None = None,
     calibrate_max: int = 32,
     threshold: float | None = None,
+    references: ReferenceSource | None = None,
 ) -> ExportResult:
     """Export the whole detector (image in; image score and smoothed map out) to ``out_dir``.
 
@@ -197,6 +240,9 @@ def export_detector(
         calibrate_dir: normal images of the product: int8 statistics and the drift measurement.
         calibrate_max: most calibration images used (sorted by name).
         threshold: decision threshold recorded for ``predict``/``serve --model``.
+        references: what ``det``'s references were read from (recorded in the manifest); the
+            references themselves are ``det``'s (:meth:`S2SWDetector.set_references`): their bank
+            becomes constants of the exported head, fused as ``det.predict`` fuses it.
 
     Returns:
         :class:`ExportResult` (folder, manifest, measured drift, seconds).
@@ -209,6 +255,16 @@ def export_detector(
         raise S2SWError("export needs a float32 detector on the CPU: load_detector(..., device='cpu', "
                         "precision='fp32')")
     size = int(det.config.image_size)
+    if det.num_references and det.references.image_size != size:
+        raise S2SWError(f"the references are {det.references.image_size} px images, the export is for {size} px: "
+                        f"set the references at the detector's image size")
+    if references is not None and not det.num_references:
+        raise ValueError("references given, but the detector has none set")
+    few_shot = references_record(det, references)
+    if few_shot is not None:
+        log.info("few-shot: %d reference image(s) baked into the head (weight %g, %d bank rows, %.1f MB)",
+                 few_shot["count"], few_shot["few_shot_weight"], sum(few_shot["bank_rows"]),
+                 few_shot["bank_bytes"] / 1e6)
     calibration = None
     if calibrate_dir is not None:
         calibration = load_calibration(calibrate_dir, size, int(calibrate_max))
@@ -234,6 +290,8 @@ def export_detector(
             "files": {name: file_record(tmp / name) for name in files},
             "detector_config": det.config.replace(image_size=size).to_dict(),
             "threshold": None if threshold is None else float(threshold),
+            "map_scale": float(det.map_scale),
+            "references": few_shot,
             "provenance": {**_json_safe(det.provenance), "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "versions": _versions(format, precision)},
             "drift": None,

@@ -20,9 +20,11 @@ the scoring head in float32: :class:`EncoderGraph` (images -> global feature and
 patch features) and :class:`HeadGraph` (features -> scores and maps); :class:`DetectorGraph`
 chains them (the single-file ONNX export).
 
-More constants are baked in the same way: a few-shot reference bank, for example, becomes
-buffers of :class:`HeadGraph` next to the text features, and its term is added in
-:meth:`HeadGraph.forward` by the detector's own method.
+With references (the few-normal-shot mode), the encoder also returns the few-shot layers'
+features from the same backbone pass, and the memory bank becomes float32 buffers of
+:class:`HeadGraph` next to the text features; :meth:`HeadGraph.forward` fuses both results
+with the detector's own :meth:`S2SWDetector.fuse_few_shot` (with few-shot weight 1 the
+zero-shot features and the text are left out of both graphs).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..model.detector import TEXT_SETS, S2SWDetector, TextFeatures
+from ..model.detector import TEXT_SETS, DetectorOutput, S2SWDetector, TextFeatures
 
-__all__ = ["DetectorGraph", "EncoderGraph", "HeadGraph", "alias_layout"]
+__all__ = ["DetectorGraph", "EncoderGraph", "HeadGraph", "feature_layout"]
 
 #: Names of the graph inputs and outputs (the runtime reads them from ``s2swclip.json``).
 IMAGES = "images"
@@ -45,68 +47,106 @@ def patch_name(i: int) -> str:
     return f"patch_features_{i}"
 
 
-def alias_layout(det: S2SWDetector) -> tuple[int, ...]:
-    """For each selected layer, the index of its tensor among the distinct patch features.
+def uses_zero_shot(det: S2SWDetector) -> bool:
+    """False when references are set with few-shot weight 1: only the few-shot map counts."""
+    return not det.num_references or float(det.config.few_shot_weight) != 1
 
-    Probed with one small image: e.g. ``(0, 0, 0, 0)`` when all four layers alias the last
-    DPAM stream (the faithful default), ``(0, 1, 2, 3)`` without aliasing.
+
+def feature_layout(det: S2SWDetector) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Where the features the head needs are among the encoder's distinct feature tensors.
+
+    Probed with one small image: ``(patch_layout, few_shot_layout)``, for each selected layer
+    (empty when the zero-shot branch is not used) and each few-shot layer (empty without
+    references) the index of its tensor among the distinct ones, in order of first use. E.g.
+    ``((0, 0, 0, 0), ())`` when all four layers alias the last DPAM stream (the faithful
+    default), ``((0, 0, 0, 0), (1, 2, 3, 4))`` with the default few-shot layers.
     """
     side = det.backbone.patch_size * 2
+    bank = det.references
     with torch.no_grad():
-        _, patches = det.backbone.encode_image(torch.zeros(1, 3, side, side, device=det.device))
+        _, patches, *extra = det.backbone.encode_image(torch.zeros(1, 3, side, side, device=det.device),
+                                                       extra_layers=bank.layers, extra_stream=bank.stream)
     order: dict[int, int] = {}
-    return tuple(order.setdefault(id(p), len(order)) for p in patches)
+    patch = tuple(order.setdefault(id(p), len(order)) for p in patches) if uses_zero_shot(det) else ()
+    few_shot = tuple(order.setdefault(id(f), len(order)) for f in (extra[0] if extra else ()))
+    return patch, few_shot
 
 
 class EncoderGraph(nn.Module):
-    """The backbone: images [B, 3, S, S] -> (global features [B, C], distinct patch features
-    [B, N, C] ...), float32."""
+    """The backbone: images [B, 3, S, S] -> (global features [B, C], distinct feature tensors
+    [B, N, C] ...), float32; without the global feature when the zero-shot branch is not used.
+
+    Attributes:
+        layout, few_shot_layout: :func:`feature_layout` of the detector.
+        zero_shot: whether the global and patch features are returned.
+    """
 
     def __init__(self, det: S2SWDetector):
         super().__init__()
         self.backbone = det.backbone
-        self.layout = alias_layout(det)
-
-    @property
-    def n_distinct(self) -> int:
-        return max(self.layout) + 1
+        self.few_shot_layers, self.few_shot_stream = det.references.layers, det.references.stream
+        self.zero_shot = uses_zero_shot(det)
+        self.layout, self.few_shot_layout = feature_layout(det)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        glob, patches = self.backbone.encode_image(images)
+        glob, patches, *extra = self.backbone.encode_image(images, extra_layers=self.few_shot_layers,
+                                                           extra_stream=self.few_shot_stream)
         distinct: dict[int, torch.Tensor] = {}
-        for p in patches:
+        for p in (patches if self.zero_shot else []) + (extra[0] if extra else []):
             distinct.setdefault(id(p), p)
-        return (glob.float(), *(p.float() for p in distinct.values()))
+        head = (glob.float(),) if self.zero_shot else ()
+        return (*head, *(p.float() for p in distinct.values()))
 
 
 class HeadGraph(nn.Module):
-    """Scores and maps from the encoder's features, with the text features as constants.
+    """Scores and maps from the encoder's features, with the text features and the reference
+    bank as constants.
 
     Args:
         det: the detector (its configuration and scoring methods; its weights are not part of
             this module).
-        layout: :func:`alias_layout` of the detector.
+        layout, few_shot_layout: :func:`feature_layout` of the detector.
         image_size: S, the side of the maps.
     """
 
-    def __init__(self, det: S2SWDetector, layout: tuple[int, ...], image_size: int):
+    def __init__(self, det: S2SWDetector, layout: tuple[int, ...], image_size: int,
+                 few_shot_layout: tuple[int, ...] = ()):
         super().__init__()
         self.__dict__["_detector"] = det  # not a submodule: no backbone weights in this graph
-        self.layout = tuple(layout)
+        self.layout, self.few_shot_layout = tuple(layout), tuple(few_shot_layout)
         self.image_size = int(image_size)
-        with torch.no_grad():
-            text = det.text_features()
-        for k in TEXT_SETS:
-            self.register_buffer(f"text_{k}", text.unit[k].detach().float().clone())
+        self.zero_shot = uses_zero_shot(det)
+        if self.zero_shot:
+            with torch.no_grad():
+                text = det.text_features()
+            for k in TEXT_SETS:
+                self.register_buffer(f"text_{k}", text.unit[k].detach().float().clone())
+        self.bank_layers = det.references.layers
+        for layer, bank in zip(self.bank_layers, det.references.banks):
+            self.register_buffer(f"bank_{layer}", bank.detach().float().clone())
+        if len(self.few_shot_layout) != len(self.bank_layers):
+            raise ValueError(f"{len(self.few_shot_layout)} few-shot features for {len(self.bank_layers)} banks")
 
     def text(self) -> TextFeatures:
         return TextFeatures({}, {k: getattr(self, f"text_{k}") for k in TEXT_SETS})
 
-    def forward(self, global_features: torch.Tensor, *distinct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(global [B, C], distinct patch features [B, N, C] ...) -> (scores [B], maps [B, S, S])."""
-        det, text = self._detector, self.text()
+    def banks(self) -> list[torch.Tensor]:
+        """The [M_l, C] float32 banks in few-shot layer order (empty without references)."""
+        return [getattr(self, f"bank_{layer}") for layer in self.bank_layers]
+
+    def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global [B, C] (when zero-shot is used), distinct features [B, N, C] ...) -> (scores [B],
+        maps [B, S, S])."""
+        det = self._detector
+        glob, distinct = (features[0], features[1:]) if self.zero_shot else (None, features)
         patches = [distinct[i] for i in self.layout]  # aliased layers: the same tensor object
-        return det.image_scores(global_features, text), det.anomaly_maps(patches, text, self.image_size)
+        if not self.bank_layers:
+            text = self.text()
+            return det.image_scores(glob, text), det.anomaly_maps(patches, text, self.image_size)
+        out = DetectorOutput(glob, patches, self.text() if self.zero_shot else None,
+                             [distinct[i] for i in self.few_shot_layout])
+        fused = det.fuse_few_shot(out, self.banks(), self.image_size)
+        return fused.image_scores, fused.anomaly_maps
 
 
 class DetectorGraph(nn.Module):
@@ -116,7 +156,7 @@ class DetectorGraph(nn.Module):
         super().__init__()
         size = int(image_size or det.config.image_size)
         self.encoder = EncoderGraph(det)
-        self.head = HeadGraph(det, self.encoder.layout, size)
+        self.head = HeadGraph(det, self.encoder.layout, size, self.encoder.few_shot_layout)
         self.image_size = size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

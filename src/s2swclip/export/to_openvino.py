@@ -4,7 +4,7 @@ Each part is captured with ``torch.export`` (portable forms, dynamic batch) and 
 ``openvino.convert_model``; inputs get fixed non-batch shapes and the port names the manifest
 lists. The encoder is what runs at reduced precision; the head (entropies, softmax at
 temperature 0.07, resampling, smoothing) stays float32, so a bf16/int8 model only carries the
-encoder's rounding.
+encoder's rounding. With references, the few-shot bank is part of the float32 head.
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ def convert_parts(graph: DetectorGraph) -> tuple[Any, Any, dict[str, list[str]]]
     images = torch.zeros(2, 3, size, size)  # batch 2: a batch of 1 would be specialised
     with torch.no_grad():
         features = graph.encoder(images)
-    n_patch = len(features) - 1
-    enc_out = [GLOBAL] + [patch_name(i) for i in range(n_patch)]
+    n_global = 1 if graph.encoder.zero_shot else 0
+    enc_out = [GLOBAL] * n_global + [patch_name(i) for i in range(len(features) - n_global)]
     log.info("converting the encoder to OpenVINO")
     encoder = _convert(graph.encoder, (images,), ({0: batch},), [IMAGES], [[-1, 3, size, size]], enc_out)
     log.info("converting the head to OpenVINO")
     shapes = [[-1, *f.shape[1:]] for f in features]
-    head = _convert(graph.head, tuple(features), ({0: batch}, tuple({0: batch} for _ in range(n_patch))),
-                    enc_out, shapes, [SCORES, MAPS])
+    head = _convert(graph.head, tuple(features), (tuple({0: batch} for _ in features),), enc_out, shapes,
+                    [SCORES, MAPS])
     names = {"encoder_in": [IMAGES], "encoder_out": enc_out, "head_in": enc_out, "head_out": [SCORES, MAPS]}
     return encoder, head, names
 

@@ -62,10 +62,13 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
 
 
 def apply_references(det, source: str | os.PathLike, *, shots: int | None = None,
-                     max_pixels: int | None = None) -> None:
+                     max_pixels: int | None = None) -> list[str]:
     """Turn on the few-shot mode of ``det`` from ``source``: a references ``.safetensors`` file
     (:meth:`~s2swclip.model.detector.S2SWDetector.save_references`) is loaded, anything else is
     read with :func:`read_reference_images` and encoded. The one way every engine does it.
+
+    Returns:
+        The files the bank was made from: the references file, or the images in their order.
 
     Raises:
         S2SWError: one line, when the references cannot be used.
@@ -77,6 +80,7 @@ def apply_references(det, source: str | os.PathLike, *, shots: int | None = None
         if shots is not None:
             raise S2SWError(f"--shots selects images of a folder; {path} is a references file")
         det.load_references(path)
-    else:
-        refs = read_reference_images(source, det.config.image_size, shots=shots, max_pixels=max_pixels)
-        det.set_references(torch.from_numpy(refs.pixels))
+        return [os.path.abspath(path)]
+    refs = read_reference_images(source, det.config.image_size, shots=shots, max_pixels=max_pixels)
+    det.set_references(torch.from_numpy(refs.pixels))
+    return refs.paths

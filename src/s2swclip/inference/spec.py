@@ -7,9 +7,11 @@ ask a spec for the model input size (to decode before any worker exists) and che
 
 Kinds are registered in :data:`_KINDS`: ``detector`` builds the PyTorch detector with
 :func:`s2swclip.api.load_detector` wrapped in a
-:class:`~s2swclip.inference.scorers.DetectorScorer`. Another kind (an exported, torch-free
-model) is a new entry with its own ``build``/``image_size``/``check`` and a constructor like
-:meth:`ScorerSpec.detector`. Torch-free until ``build``/``check`` run.
+:class:`~s2swclip.inference.scorers.DetectorScorer`; ``exported`` loads a folder written by
+``s2swclip export`` with :func:`s2swclip.runtime.load_exported` (ONNX Runtime or OpenVINO: the
+workers need no torch). Each kind has its own ``build``/``image_size``/``check`` and a
+constructor (:meth:`ScorerSpec.detector`, :meth:`ScorerSpec.exported`). Torch-free until a
+``detector``'s ``build``/``check`` run; an ``exported`` spec never imports torch.
 """
 
 from __future__ import annotations
@@ -61,6 +63,20 @@ class ScorerSpec:
         if few_shot:
             opts["few_shot"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in few_shot.items()))
         return cls("detector", tuple(sorted(opts.items())))
+
+    @classmethod
+    def exported(cls, model_dir: str | os.PathLike) -> ScorerSpec:
+        """A model exported by ``s2swclip export`` (:func:`s2swclip.runtime.load_exported`, on the
+        CPU, torch-free). The folder is made absolute, and the SHA-256 of its ``s2swclip.json``
+        (which lists every model file's SHA-256) is recorded, so that a resumed run with a model
+        exported again into the same folder is told apart (None when the folder has no manifest:
+        :meth:`check` says what is wrong)."""
+        from ..runtime.manifest import MANIFEST_NAME, file_record
+
+        folder = os.path.abspath(os.path.expanduser(os.fspath(model_dir)))
+        manifest = os.path.join(folder, MANIFEST_NAME)
+        digest = file_record(manifest)["sha256"] if os.path.isfile(manifest) else None
+        return cls("exported", (("manifest_sha256", digest), ("model", folder)))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -144,6 +160,33 @@ def _detector_check(o: dict[str, Any]) -> None:
         load_prompts(o["prompts"])
 
 
+# --------------------------------------------------------------------------------------- exported
+def _exported_build(o: dict[str, Any]):
+    from ..runtime import load_exported
+    from ..runtime.manifest import MANIFEST_NAME, file_record
+
+    model = load_exported(o["model"])
+    if file_record(os.path.join(o["model"], MANIFEST_NAME))["sha256"] != o["manifest_sha256"]:
+        raise S2SWError(f"--model {o['model']} changed since this run was planned (exported again?); "
+                        f"run the command again")
+    return model
+
+
+def _exported_image_size(o: dict[str, Any]) -> int:
+    from ..runtime.manifest import read_manifest
+
+    return int(read_manifest(o["model"], verify_files=False)["image_size"])
+
+
+def _exported_check(o: dict[str, Any]) -> None:
+    from ..runtime.manifest import read_manifest
+
+    if o.get("device", "cpu") != "cpu":
+        raise S2SWError(f"--model {o['model']} runs on the CPU (ONNX Runtime / OpenVINO): give its workers no GPUs")
+    read_manifest(o["model"])  # sizes and SHA-256 of every model file
+
+
 _KINDS: dict[str, _Kind] = {
     "detector": _Kind(_detector_build, _detector_image_size, _detector_check),
+    "exported": _Kind(_exported_build, _exported_image_size, _exported_check),
 }

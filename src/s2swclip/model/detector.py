@@ -26,7 +26,7 @@ from .fusion import adaptive_fusion
 from .multiscale import enrich_features
 from .prompts import FAMILIES, PromptLearner
 from .references import (CORESET_PROJECTION_DIM, FEW_SHOT_STREAMS, ReferenceBank, bank_tokens, coreset_size,
-                         greedy_coreset)
+                         few_shot_token_map, greedy_coreset)
 from .similarity import anomaly_map, entropy_gain_similarity, probs_to_maps
 from .smoothing import gaussian_smooth
 from .wavelet import spatial_to_wavelet
@@ -293,7 +293,19 @@ class S2SWDetector(nn.Module):
             raise ValueError(f"the references are {bank.image_size} px images, these are {size} px: "
                              f"score images of the references' size")
         out = self(images, few_shot_layers=bank.layers, few_shot_stream=bank.stream)
-        few_shot = self.token_values_to_maps(F.pad(bank.token_map(out.few_shot_features), (1, 0)), size)
+        return self.fuse_few_shot(out, bank.banks, size)
+
+    def fuse_few_shot(self, out: DetectorOutput, banks: Sequence[torch.Tensor], size: int) -> Prediction:
+        """The few-shot map of ``out.few_shot_features`` against ``banks`` (one [M_l, C] bank of
+        unit rows per few-shot layer) and its fusion with ``out``'s zero-shot result, weight
+        ``w = config.few_shot_weight`` (see :meth:`predict`; ``w = 1``: only
+        ``out.few_shot_features`` is used). Also what the export graph computes, with the banks as
+        constants.
+
+        Returns:
+            :class:`Prediction` with ``few_shot_maps`` [B, S, S].
+        """
+        few_shot = self.token_values_to_maps(F.pad(few_shot_token_map(out.few_shot_features, banks), (1, 0)), size)
         few_shot_score = few_shot.flatten(1).amax(dim=1)
         w = float(self.config.few_shot_weight)
         if w == 1:

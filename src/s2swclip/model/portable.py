@@ -11,7 +11,8 @@ Index tables are O(output size x window), never a dense [input x output] matrix.
 
 The model functions (:mod:`.multiscale`, :mod:`.smoothing`, :mod:`.wavelet`) keep PyTorch's
 operators in eager use (faster there, and what the formula tests pin down) and switch to these
-forms when :func:`portable` is true: while ``torch.export`` / the ONNX exporter or
+forms when :func:`portable` is true (:mod:`.references`' nearest-neighbour search then runs
+over all query rows at once instead of looping over chunks of them): while ``torch.export`` / the ONNX exporter or
 ``torch.jit.trace`` runs, or inside :func:`portable_forms` (the export code and the tests
 that compare both forms use it).
 

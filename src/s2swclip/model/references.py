@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import S2SWError
+from .portable import portable
 
 __all__ = [
     "FEW_SHOT_STREAMS",
@@ -158,15 +159,21 @@ def nearest_similarity(queries: Tensor, bank: Tensor, *, max_elements: int = SIM
     q = queries.to(bank.device, bank.dtype)
     m = bank.shape[0]
     bank_chunk = max(1, min(m, max_elements))
-    query_chunk = max(1, max_elements // bank_chunk)
-    out = torch.empty(q.shape[0], dtype=torch.float32, device=bank.device)
-    for start in range(0, q.shape[0], query_chunk):
-        qc = q[start:start + query_chunk]
+
+    def search(qc: Tensor) -> Tensor:
         best = None
         for b0 in range(0, m, bank_chunk):
             sim = (qc @ bank[b0:b0 + bank_chunk].t()).amax(dim=1)
             best = sim if best is None else torch.maximum(best, sim)
-        out[start:start + qc.shape[0]] = best.float()
+        return best.float()
+
+    if portable():  # export: the query rows (batch x tokens) are dynamic, so no loop over them
+        return search(q)
+    query_chunk = max(1, max_elements // bank_chunk)
+    out = torch.empty(q.shape[0], dtype=torch.float32, device=bank.device)
+    for start in range(0, q.shape[0], query_chunk):
+        qc = q[start:start + query_chunk]
+        out[start:start + qc.shape[0]] = search(qc)
     return out
 
 

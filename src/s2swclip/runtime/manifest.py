@@ -17,6 +17,10 @@ Layout (``schema_version`` 1)::
                   "inference_precision": "fp32" | "bf16"}, ...],
       "files": {"<name>": {"bytes": int, "sha256": hex}, ...},
       "detector_config": {...}, "threshold": float | null,
+      "map_scale": float > 0 (the maps' bound: map / map_scale is on the scores' [0, 1] scale),
+      "references": null | {"count": K, "few_shot_weight": w, "layers": [...], "stream",
+                    "coreset": f | null, "bank_rows": [...], "bank_bytes", "source": str | null,
+                    "shots": int | null, "sha256": hex | null}   (few-shot bank baked into the head),
       "provenance": {...}, "drift": {...} | null, "export": {...}
     }
 
@@ -115,6 +119,12 @@ def check_manifest(data: Any) -> dict[str, Any]:
         threshold = data.get("threshold")
         if threshold is not None:
             _get(data, "threshold", float, "manifest")
+        if _get(data, "map_scale", float, "manifest") <= 0:
+            raise _Invalid("map_scale must be a positive number")
+        if "references" not in data:
+            raise _Invalid("manifest has no 'references'")
+        if data["references"] is not None:
+            _check_references(data["references"])
         for key in ("detector_config", "provenance"):
             _get(data, key, dict, "manifest")
         files = _get(data, "files", dict, "manifest")
@@ -148,6 +158,37 @@ def check_manifest(data: Any) -> dict[str, Any]:
     except _Invalid as e:
         raise ValueError(str(e)) from None
     return data
+
+
+def _check_references(ref: Any) -> None:
+    """The ``references`` entry: what the few-shot bank baked into the head was made from."""
+    where = "references"
+    if not isinstance(ref, dict):
+        raise _Invalid(f"{where} must be null or an object")
+    if _get(ref, "count", int, where) < 1:
+        raise _Invalid(f"{where}.count must be at least 1")
+    if not 0 <= _get(ref, "few_shot_weight", float, where) <= 1:
+        raise _Invalid(f"{where}.few_shot_weight must be in [0, 1]")
+    layers, rows = _get(ref, "layers", list, where), _get(ref, "bank_rows", list, where)
+    if not layers or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in layers):
+        raise _Invalid(f"{where}.layers must be a non-empty list of layer numbers")
+    if len(rows) != len(layers) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in rows):
+        raise _Invalid(f"{where}.bank_rows must hold one positive row count per layer")
+    if _get(ref, "stream", str, where) not in ("plain", "dpam"):
+        raise _Invalid(f"{where}.stream must be 'plain' or 'dpam'")
+    if _get(ref, "bank_bytes", int, where) < 0:
+        raise _Invalid(f"{where}.bank_bytes must be >= 0")
+    for key, kind in (("coreset", float), ("source", str), ("shots", int), ("sha256", str)):
+        if key not in ref:
+            raise _Invalid(f"{where} has no '{key}'")
+        if ref[key] is not None:
+            _get(ref, key, kind, where)
+    if ref["coreset"] is not None and not 0 < ref["coreset"] <= 1:
+        raise _Invalid(f"{where}.coreset must be null or a fraction in (0, 1]")
+    if ref["shots"] is not None and ref["shots"] < 1:
+        raise _Invalid(f"{where}.shots must be null or at least 1")
+    if ref["sha256"] is not None and not re.fullmatch(r"[0-9a-f]{64}", ref["sha256"]):
+        raise _Invalid(f"{where}.sha256 must be null or a hex SHA-256")
 
 
 def file_record(path: str | os.PathLike) -> dict[str, Any]:

@@ -40,8 +40,10 @@ class ExportedModel:
     """A folder written by ``s2swclip export``, ready to score images.
 
     Use :func:`load_exported`. Attributes: ``image_size`` (S), ``format``, ``precision``,
-    ``threshold`` (the one recorded at export, or None), ``manifest`` (the checked
-    ``s2swclip.json``).
+    ``threshold`` (the one recorded at export, or None), ``map_scale`` (the exported detector's
+    ``map_scale``: ``map / map_scale`` is on the scores' [0, 1] scale, docs/method.md §6.3),
+    ``references`` (the few-shot references baked in at export: the manifest's record, or
+    None), ``manifest`` (the checked ``s2swclip.json``).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], *, threads: int | None = None):
@@ -51,6 +53,8 @@ class ExportedModel:
         self.precision = manifest["precision"]
         self.image_size = int(manifest["image_size"])
         self.threshold = manifest.get("threshold")
+        self.map_scale = float(manifest["map_scale"])
+        self.references = manifest["references"]
         self.input_name = manifest["input"]["name"]
         self.output_names = (manifest["outputs"]["scores"], manifest["outputs"]["maps"])
         self.stages = [make_stage(folder, self.format, st, threads=threads) for st in manifest["stages"]]
@@ -105,9 +109,11 @@ class ExportedModel:
 
     def describe(self) -> dict[str, Any]:
         """What is loaded, JSON-safe (the fields of the PyTorch scorer's description, plus the
-        export's format, engine and measured drift)."""
+        export's format, engine, measured drift, and where the references came from)."""
         prov = self.manifest.get("provenance", {})
         effective = [getattr(st, "effective_precision", None) for st in self.stages]
+        refs = self.references
+        references_only = refs is not None and refs["few_shot_weight"] == 1
         return {
             "engine": self.stages[0].engine,
             "engine_version": self.stages[0].version,
@@ -121,7 +127,9 @@ class ExportedModel:
             "precision": self.precision,
             "inference_precision": [p for p in effective if p is not None] or None,
             "device": "cpu",
-            "untrained_prompts": prov.get("prompts") is None,
+            "untrained_prompts": prov.get("prompts") is None and not references_only,
+            "references": None if refs is None else {k: refs[k] for k in (
+                "count", "few_shot_weight", "layers", "stream", "coreset", "bank_bytes", "source", "sha256")},
             "drift": self.manifest.get("drift"),
         }
 
