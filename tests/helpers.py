@@ -34,3 +34,9 @@ def assert_user_error(code, err, *needles):
     assert "Traceback" not in err
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def user_error(capsys, argv, *needles):
+    """Run ``s2swclip argv`` and check that it is a user error (see :func:`assert_user_error`)."""
+    code, _, err = run_cli(capsys, *argv)
+    assert_user_error(code, err, *needles)

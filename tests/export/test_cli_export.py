@@ -2,19 +2,10 @@
 
 import pytest
 
-from s2swclip.cli import main
+from helpers import user_error  # noqa: E402
 from export_fixtures import write_pngs
 
 TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "112"]
-
-
-def _user_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_request_mistakes(capsys, tmp_path, monkeypatch):
@@ -23,20 +14,20 @@ def test_request_mistakes(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr("s2swclip.api.load_detector", no_model_load)
     out = str(tmp_path / "out")
-    _user_error(capsys, ["export", "--format", "openvino", "--precision", "int8", "--out", out, *TINY],
+    user_error(capsys, ["export", "--format", "openvino", "--precision", "int8", "--out", out, *TINY],
                 "--precision int8 needs --calibrate DIR")
-    _user_error(capsys, ["export", "--format", "onnx", "--precision", "bf16", "--out", out, *TINY],
+    user_error(capsys, ["export", "--format", "onnx", "--precision", "bf16", "--out", out, *TINY],
                 "--format openvino")
-    _user_error(capsys, ["export", "--format", "tensorrt", "--out", out, *TINY], "--format", "invalid choice")
-    _user_error(capsys, ["export", "--format", "onnx", "--out", out, "--calibrate", str(tmp_path / "none"), *TINY],
+    user_error(capsys, ["export", "--format", "tensorrt", "--out", out, *TINY], "--format", "invalid choice")
+    user_error(capsys, ["export", "--format", "onnx", "--out", out, "--calibrate", str(tmp_path / "none"), *TINY],
                 "--calibrate", "not found")
-    _user_error(capsys, ["export", "--format", "onnx", "--out", out, "--device", "cuda", *TINY], "--device")
+    user_error(capsys, ["export", "--format", "onnx", "--out", out, "--device", "cuda", *TINY], "--device")
     full = tmp_path / "full"
     write_pngs(full, 1)
-    _user_error(capsys, ["export", "--format", "onnx", "--out", str(full), *TINY], "is not empty")
+    user_error(capsys, ["export", "--format", "onnx", "--out", str(full), *TINY], "is not empty")
     (tmp_path / "file").write_text("x")
-    _user_error(capsys, ["export", "--format", "onnx", "--out", str(tmp_path / "file"), *TINY], "is an existing file")
-    _user_error(capsys, ["export", "--out", out, *TINY], "--format")
+    user_error(capsys, ["export", "--format", "onnx", "--out", str(tmp_path / "file"), *TINY], "is an existing file")
+    user_error(capsys, ["export", "--out", out, *TINY], "--format")
     assert not (tmp_path / "out").exists()
 
 
@@ -47,10 +38,10 @@ def test_few_shot_request_mistakes(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("s2swclip.api.load_detector", no_model_load)
     out = str(tmp_path / "out")
     base = ["export", "--format", "onnx", "--out", out, *TINY]
-    _user_error(capsys, [*base, "--reference", str(tmp_path / "none")], "input not found")
-    _user_error(capsys, [*base, "--shots", "2"], "--shots only applies to the few-shot mode: add --reference DIR")
-    _user_error(capsys, [*base, "--few-shot-weight", "1"], "--few-shot-weight only applies to the few-shot mode")
-    _user_error(capsys, [*base, "--reference", str(tmp_path), "--coreset", "0"], "--coreset", "(0, 1]")
+    user_error(capsys, [*base, "--reference", str(tmp_path / "none")], "input not found")
+    user_error(capsys, [*base, "--shots", "2"], "--shots only applies to the few-shot mode: add --reference DIR")
+    user_error(capsys, [*base, "--few-shot-weight", "1"], "--few-shot-weight only applies to the few-shot mode")
+    user_error(capsys, [*base, "--reference", str(tmp_path), "--coreset", "0"], "--coreset", "(0, 1]")
     assert not (tmp_path / "out").exists()
 
 
@@ -66,7 +57,7 @@ def test_model_refuses_few_shot_flags(capsys, tmp_path, flags):
                  ["predict", "--engine", "ray", "--model", model, str(images), "--out", str(tmp_path / "out"),
                   *flags],
                  ["serve", "--model", model, "--port", "0", *flags]):
-        _user_error(capsys, argv, f"{flags[0]}", f"cannot be used with --model {model}",
+        user_error(capsys, argv, f"{flags[0]}", f"cannot be used with --model {model}",
                     "references are baked in at export", "s2swclip export --reference DIR")
     assert not (tmp_path / "out").exists()
 
@@ -77,7 +68,7 @@ def test_ray_engine_model_mistakes(capsys, tmp_path):
     images = tmp_path / "images"
     write_pngs(images, 1)
     base = ["predict", "--engine", "ray", "--model", model, str(images), "--out", str(tmp_path / "out")]
-    _user_error(capsys, [*base, "--backbone", "ViT-B-16"], "drop --backbone")
-    _user_error(capsys, [*base, "--gpus-per-worker", "1"], "runs on the CPU", "drop --gpus-per-worker")
-    _user_error(capsys, base, f"--model {model}: no such folder")
+    user_error(capsys, [*base, "--backbone", "ViT-B-16"], "drop --backbone")
+    user_error(capsys, [*base, "--gpus-per-worker", "1"], "runs on the CPU", "drop --gpus-per-worker")
+    user_error(capsys, base, f"--model {model}: no such folder")
     assert not (tmp_path / "out").exists()

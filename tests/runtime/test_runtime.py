@@ -20,6 +20,7 @@ from s2swclip.data.images import decode_for_model
 from s2swclip.errors import S2SWError
 from s2swclip.inference.pipeline import InferencePipeline
 from s2swclip.runtime import load_exported
+from helpers import user_error  # noqa: E402
 from export_fixtures import ONNX_SIZE, ONNX_THRESHOLD, write_pngs
 
 pytestmark = pytest.mark.slow
@@ -190,24 +191,15 @@ def test_scorer_protocol_and_input_checks(onnx_export):
         model.predict_files([])
 
 
-def _user_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_bad_model_folders_are_one_line_errors(onnx_export, export_images, tmp_path, capsys):
     out = str(tmp_path / "out")
     imgs = str(export_images)
-    _user_error(capsys, ["predict", "--model", str(tmp_path / "nope"), imgs, "--out", out], "no such folder")
+    user_error(capsys, ["predict", "--model", str(tmp_path / "nope"), imgs, "--out", out], "no such folder")
     foreign = tmp_path / "foreign"
     write_pngs(foreign, 1)
-    _user_error(capsys, ["predict", "--model", str(foreign), imgs, "--out", out], "no s2swclip.json")
-    _user_error(capsys, ["serve", "--model", str(foreign), "--port", "0"], "no s2swclip.json")
-    _user_error(capsys, ["predict", "--model", str(onnx_export[0]), "--backbone", "ViT-B-16", imgs, "--out", out],
+    user_error(capsys, ["predict", "--model", str(foreign), imgs, "--out", out], "no s2swclip.json")
+    user_error(capsys, ["serve", "--model", str(foreign), "--port", "0"], "no s2swclip.json")
+    user_error(capsys, ["predict", "--model", str(onnx_export[0]), "--backbone", "ViT-B-16", imgs, "--out", out],
                 "drop --backbone")
     # a corrupt model file with a consistent manifest: the runtime refuses to load it
     corrupt = tmp_path / "corrupt"
@@ -215,10 +207,10 @@ def test_bad_model_folders_are_one_line_errors(onnx_export, export_images, tmp_p
     data = bytearray((corrupt / "model.onnx").read_bytes())
     data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
     (corrupt / "model.onnx").write_bytes(bytes(data))
-    _user_error(capsys, ["predict", "--model", str(corrupt), imgs, "--out", out], "SHA-256")
+    user_error(capsys, ["predict", "--model", str(corrupt), imgs, "--out", out], "SHA-256")
     (corrupt / "model.onnx").write_bytes(b"not an onnx model")
     manifest = json.loads((corrupt / "s2swclip.json").read_text())
     manifest["files"]["model.onnx"] = {"bytes": 17, "sha256": __import__("hashlib").sha256(b"not an onnx model").hexdigest()}
     (corrupt / "s2swclip.json").write_text(json.dumps(manifest))
-    _user_error(capsys, ["predict", "--model", str(corrupt), imgs, "--out", out], "ONNX Runtime cannot load model.onnx")
+    user_error(capsys, ["predict", "--model", str(corrupt), imgs, "--out", out], "ONNX Runtime cannot load model.onnx")
     assert not os.path.exists(out)
