@@ -8,7 +8,8 @@ interleaved rounds (median reported), on the same images:
 * PyTorch fp32 ``predict`` (today's path),
 * each exported whole detector through :mod:`s2swclip.runtime` (image in; score and map out),
 
-and prints the parity (float32 exports; targets: scores <= 1e-5, maps <= 1e-4) or drift
+and prints wall and process CPU time per image (CPU time, summed over the engine's threads, is
+disturbed much less by other jobs on a shared machine), the parity (float32 exports; targets: scores <= 1e-5, maps <= 1e-4) or drift
 (bf16 / int8) of each export against PyTorch ``predict`` on the benchmark images, plus export
 time and peak memory. Weights do not change the timing, so random weights are used
 (``weights=None``); int8 is calibrated on synthetic normal images (``s2swclip.data.synthetic``).
@@ -128,16 +129,20 @@ def main() -> None:
     for fn in runs.values():  # warm-up
         fn()
     times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}  # process CPU time (all threads): disturbed less by other jobs
     for _ in range(args.rounds):
         for name, fn in runs.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
 
     base = statistics.median(times["pytorch encode_image fp32"])
+    cpu_base = statistics.median(cpu["pytorch encode_image fp32"])
     print(f"\nbackbone {args.backbone} (random weights), image {args.image_size}, batch 1, threads {args.threads}, "
-          f"rounds {args.rounds} (median), {len(pixels)} benchmark image(s)")
-    print(f"{'run':<28}{'s/image':>9}{'ratio':>7}{'max|d score|':>14}{'max|d map|':>12}"
+          f"rounds {args.rounds} (median), {len(pixels)} benchmark image(s), load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'run':<28}{'s/image':>9}{'ratio':>7}{'CPU s':>8}{'ratio':>7}{'max|d score|':>14}{'max|d map|':>12}"
           f"{'export s':>10}{'export peak MiB':>17}{'inference':>11}")
     for name in runs:
         med = statistics.median(times[name])
@@ -148,8 +153,10 @@ def main() -> None:
             m = models[name].manifest
             eff = ",".join(models[name].describe()["inference_precision"] or [])
             ex = f"{m['export']['seconds']:>10.0f}{m['export']['peak_rss_mib']:>17}{eff:>11}"
-        print(f"{name:<28}{med:>9.2f}{med / base:>7.2f}{qs}{ex}")
+        c = statistics.median(cpu[name])
+        print(f"{name:<28}{med:>9.2f}{med / base:>7.2f}{c:>8.2f}{c / cpu_base:>7.2f}{qs}{ex}")
     print(json.dumps({"ratios": {k: round(statistics.median(v) / base, 3) for k, v in times.items()},
+                      "cpu_ratios": {k: round(statistics.median(v) / cpu_base, 3) for k, v in cpu.items()},
                       "quality": quality}))
 
 
