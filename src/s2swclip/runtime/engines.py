@@ -102,5 +102,8 @@ def _check_names(model: Path, got_in: list[str], want_in: list[str], got_out: li
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
+    """The informative line of a runtime's exception: OpenVINO's start with where in its sources
+    they were raised ("Exception from src/...:117:"), the reason follows."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))]
+    return (useful or lines or [type(e).__name__])[0][:300]
