@@ -22,8 +22,14 @@ browser-deps: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/s2swclip demo --out demo_out
 
+# The tests that load the native inference runtimes (OpenVINO, ONNX Runtime) and Ray run in a
+# pytest process of their own: one process that had loaded them all crashed (SIGSEGV) later in
+# PyTorch training code. Both runs together are the whole suite.
+ISOLATED_TESTS := tests/export tests/runtime tests/inference/test_ray_engine.py tests/test_cli_ray.py
+
 test: $(STAMP) browser-deps
-	$(PY) -m pytest
+	$(PY) -m pytest $(addprefix --ignore=,$(ISOLATED_TESTS))
+	$(PY) -m pytest $(ISOLATED_TESTS)
 	scripts/check_runtime_install.sh $(PY)
 
 clean:
