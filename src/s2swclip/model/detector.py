@@ -319,7 +319,7 @@ class S2SWDetector(nn.Module):
         """The bound that puts ``anomaly_maps`` on the image scores' [0, 1] scale (``map /
         map_scale``): the zero-shot map sums one probability per feature layer (L, docs/method.md
         §6.3); with references and few-shot weight w the fused map is bounded by ``(1 - w) * L + w``
-        (the few-shot map lies in [0, 1])."""
+        (the few-shot map lies in [0, 1]; §13)."""
         layers = float(len(self.config.feature_layers))
         if self.num_references:
             w = float(self.config.few_shot_weight)
