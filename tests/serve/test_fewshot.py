@@ -62,27 +62,20 @@ def test_model_info_without_and_with_references(tiny_detector):
 
 @pytest.mark.browser
 def test_page_shows_the_references(tiny_detector):
-    from .test_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
-
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
     from .background import BackgroundServer
+    from .test_browser import _require_browser, chromium
+
+    _require_browser()  # before the bank is built
 
     det = copy.deepcopy(tiny_detector)
     rng = np.random.default_rng(0)
     det.set_references(torch.from_numpy(rng.normal(size=(3, 3, 224, 224)).astype(np.float32)))
-    with BackgroundServer(create_app(det)) as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                                     chromium_sandbox=False)
-        try:
-            page = browser.new_page()
-            page.goto(url + "/", wait_until="load")
-            page.wait_for_selector("#model-info:has-text('S2SW-Tiny-24L')")
-            end = time.monotonic() + 20
-            while "few-shot" not in page.inner_text("#model-info"):
-                assert time.monotonic() < end
-                page.wait_for_timeout(100)
-            assert "few-shot: 3 reference images, weight 0.5" in page.inner_text("#model-info")
-        finally:
-            browser.close()
+    with BackgroundServer(create_app(det)) as url, chromium() as browser:
+        page = browser.new_page()
+        page.goto(url + "/", wait_until="load")
+        page.wait_for_selector("#model-info:has-text('S2SW-Tiny-24L')")
+        end = time.monotonic() + 20
+        while "few-shot" not in page.inner_text("#model-info"):
+            assert time.monotonic() < end
+            page.wait_for_timeout(100)
+        assert "few-shot: 3 reference images, weight 0.5" in page.inner_text("#model-info")
