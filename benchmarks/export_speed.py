@@ -6,7 +6,7 @@ interleaved rounds (median reported), on the same images:
 
 * PyTorch fp32 plain ``encode_image`` of open_clip (the reference, 1.00),
 * PyTorch fp32 ``predict`` (today's path),
-* each exported whole detector through :mod:`s2swclip.runtime` (image in; score and map out),
+* each exported whole detector through :mod:`s2swclip.deploy.runtime` (image in; score and map out),
 
 and prints wall and process CPU time per image (CPU time, summed over the engine's threads, is
 disturbed much less by other jobs on a shared machine), the parity (float32 exports; targets: scores <= 1e-5, maps <= 1e-4) or drift

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-import s2swclip.train as train_module
+import s2swclip.training.loop as train_module
 from s2swclip.data.synthetic import generate_dataset
 from s2swclip.model.checkpoint import load_prompts
 

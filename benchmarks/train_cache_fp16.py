@@ -25,7 +25,7 @@ from s2swclip.data.dataset import AnomalyDataset
 from s2swclip.data.synthetic import generate_dataset
 from s2swclip.eval.metrics import image_auroc, pixel_auroc
 from s2swclip.model.checkpoint import load_prompts
-from s2swclip.train import train
+from s2swclip.training.loop import train
 
 CLASSES = ["wood", "fabric", "marble", "perforated", "bottle_cap", "pill", "nut"]
 

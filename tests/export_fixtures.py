@@ -66,7 +66,7 @@ def onnx_detector():
 def openvino_exports(tmp_path_factory, tiny_detector, export_images):
     """OpenVINO exports of the session's tiny detector (224 px, trained-like prompts), made on
     first use: ``openvino_exports("fp32" | "bf16" | "int8") -> folder``."""
-    from s2swclip.export import export_detector
+    from s2swclip.deploy.export import export_detector
 
     made = {}
 

@@ -10,7 +10,7 @@ import pytest
 
 from s2swclip.cli import main
 from s2swclip.data.synthetic import generate_dataset
-from s2swclip.train import train
+from s2swclip.training.loop import train
 
 TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "56", "--quiet"]
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-import s2swclip.feature_cache as fc
+import s2swclip.training.feature_cache as fc
 from s2swclip.data.dataset import AnomalyDataset
 from s2swclip.data.synthetic import generate_dataset
 from s2swclip.errors import S2SWError
 from s2swclip.model.checkpoint import load_prompts
 from s2swclip.model.objective import s2sw_objective
-from s2swclip.train import train
+from s2swclip.training.loop import train
 
 from helpers import make_images
 
@@ -295,9 +295,9 @@ def test_corrupted_and_foreign_entries_are_recomputed_never_used(data, reference
     entries[3].write_bytes(raw[: len(raw) // 2])  # truncated
     entries[4].write_bytes(pickle.dumps({"global": _Marker()}))  # not ours at all
     out = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="s2swclip.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="s2swclip.training.feature_cache"):
         train(data, out, epochs=EPOCHS, cache_features=cache, num_workers=2, **SMALL)
-    warned = [r.getMessage() for r in caplog.records if r.name == "s2swclip.feature_cache"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "s2swclip.training.feature_cache"]
     assert len(warned) == 4 and all("recomputing it" in w for w in warned), warned
     for i, needle in ((0, "checksum"), (1, "another image"), (3, "not a safetensors"), (4, "not a safetensors")):
         p = entries[i]

@@ -60,7 +60,7 @@ def test_on_a_terminal_a_tqdm_bar_and_disabled_means_silent(caplog):
 
 def test_training_reports_progress_as_plain_lines_off_a_terminal(tmp_path, caplog):
     from s2swclip.data.synthetic import generate_dataset
-    from s2swclip.train import train
+    from s2swclip.training.loop import train
 
     data = generate_dataset(tmp_path / "data", classes=["pill"], n_train_good=1, n_test_good=2,
                             n_test_defect=2, image_size=64, seed=4)

@@ -18,8 +18,8 @@ from s2swclip.data.synthetic import generate_dataset
 from s2swclip.errors import S2SWError
 from s2swclip.model.checkpoint import load_prompts, save_prompts
 from s2swclip.eval.metrics import pixel_auroc
-from s2swclip.train import LOSS_KEYS, resolve_train_config, train
-from s2swclip.train_state import read_state
+from s2swclip.training.loop import LOSS_KEYS, resolve_train_config, train
+from s2swclip.training.state import read_state
 
 SIZE = 224
 
@@ -126,15 +126,15 @@ def _snapshot(folder):
 
 
 def test_training_leaves_the_global_rng_and_logging_setup_alone(small, tmp_path, caplog):
-    logger = logging.getLogger("s2swclip.train")
+    logger = logging.getLogger("s2swclip.training.loop")
     handlers, level = list(logger.handlers), logger.level
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    with caplog.at_level(logging.INFO, logger="s2swclip.train"):
+    with caplog.at_level(logging.INFO, logger="s2swclip.training.loop"):
         train(small[0], tmp_path / "run", epochs=1, **SMALL)
     assert torch.equal(torch.get_rng_state(), before)
     assert logger.handlers == handlers and logger.level == level
-    assert any(r.name == "s2swclip.train" and r.getMessage().startswith("epoch 1/1 total=") for r in caplog.records)
+    assert any(r.name == "s2swclip.training.loop" and r.getMessage().startswith("epoch 1/1 total=") for r in caplog.records)
     assert "epoch 1/1 total=" in (tmp_path / "run" / "train.log").read_text()
 
 

@@ -22,7 +22,7 @@ import torch
 import s2swclip
 from s2swclip.data.synthetic import generate_dataset
 from s2swclip.model.checkpoint import load_prompts
-from s2swclip.train import train
+from s2swclip.training.loop import train
 
 EPOCHS = 2
 KW = dict(backbone="S2SW-Tiny-24L", weights=None, epochs=EPOCHS, batch_size=2, image_size=56, seed=9,
@@ -37,7 +37,7 @@ import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
 import s2swclip.fileio
-from s2swclip.train import train
+from s2swclip.training.loop import train
 
 spec = json.loads(sys.argv[1])
 real_replace = os.replace

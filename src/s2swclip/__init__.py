@@ -25,7 +25,7 @@ _LAZY = {
     "S2SWDetector": ("model.detector", "S2SWDetector"),
     "Prediction": ("model.detector", "Prediction"),
     "DetectorConfig": ("model.config", "DetectorConfig"),
-    "load_exported": ("runtime", "load_exported"),  # torch-free
+    "load_exported": ("deploy.runtime", "load_exported"),  # torch-free
 }
 
 

@@ -37,7 +37,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, seed: int = 0, progress: bool 
     from .data.synthetic import generate_dataset
     from .eval.report import format_markdown
     from .eval.protocol import evaluate_dataset
-    from .train import train
+    from .training.loop import train
 
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)

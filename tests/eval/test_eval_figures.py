@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from s2swclip.errors import S2SWError
-from s2swclip.eval.figures import heatmap_overlay, jet_colormap, save_curves, save_overlay
+from s2swclip.eval.curves import save_curves
+from s2swclip.viz.figures import heatmap_overlay, jet_colormap, save_overlay
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

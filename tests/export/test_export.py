@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from s2swclip.data.images import OPENAI_MEAN, OPENAI_STD, decode_for_model
-from s2swclip.runtime import load_exported
+from s2swclip.deploy.runtime import load_exported
 from export_fixtures import ONNX_SIZE, ONNX_THRESHOLD
 from helpers import make_images
 

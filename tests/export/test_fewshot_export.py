@@ -18,10 +18,11 @@ import torch
 from fastapi.testclient import TestClient
 
 import s2swclip
-from s2swclip.cli import build_parser, build_serve_app, main
+from s2swclip.cli import build_parser, main
+from s2swclip.cli.serve import build_serve_app
 from s2swclip.data.images import decode_for_model
 from s2swclip.inference.references import apply_references
-from s2swclip.runtime import load_exported
+from s2swclip.deploy.runtime import load_exported
 from export_fixtures import write_pngs
 from helpers import make_images
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from s2swclip.export.graph import DetectorGraph, feature_layout
+from s2swclip.deploy.export.graph import DetectorGraph, feature_layout
 from s2swclip.model.detector import TEXT_SETS
 from s2swclip.model.portable import portable_forms
 from helpers import make_images

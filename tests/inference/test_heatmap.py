@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from s2swclip.eval.figures import jet_colormap, save_overlay
-from s2swclip.inference.heatmap import (COLORBAR_HEIGHT, MIN_HALF_WIDTH, HeatmapScale, OverlayPainter,
+from s2swclip.viz.figures import jet_colormap, save_overlay
+from s2swclip.viz.heatmap import (COLORBAR_HEIGHT, MIN_HALF_WIDTH, HeatmapScale, OverlayPainter,
                                         colorbar_image, fixed_scale, image_scale, range_scale)
 from s2swclip.inference.pipeline import overlay_png
 
@@ -165,7 +165,7 @@ def test_predict_records_the_scale_and_draws_the_bar(tiny_detector, pictures, tm
 # --------------------------------------------------------------------------- through the test protocol
 @pytest.mark.parametrize("mode", ["fixed", "image"])
 def test_test_figures_of_a_class_share_the_range_of_its_maps(tiny_detector, tmp_path, monkeypatch, mode):
-    import s2swclip.eval.figures as figures
+    import s2swclip.viz.figures as figures
     from s2swclip.data.synthetic import generate_dataset
     from s2swclip.eval.protocol import evaluate_dataset
 

@@ -252,7 +252,7 @@ def test_few_shot_ray_rows_equal_local_rows(cluster, data, tmp_path):
 @pytest.fixture(scope="module")
 def exported(data):
     """The module's detector (its prompts, 56 px) exported to ONNX, with the threshold recorded."""
-    from s2swclip.export import export_detector
+    from s2swclip.deploy.export import export_detector
 
     root, _, spec = data
     out = root / "exported"

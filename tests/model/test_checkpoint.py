@@ -261,7 +261,7 @@ def test_valid_recorded_options_and_vocabulary_are_accepted(tmp_path, tiny_detec
 
 
 def test_every_inherited_option_is_validated():
-    from s2swclip.api import STRUCTURAL_OPTIONS
+    from s2swclip.model.factory import STRUCTURAL_OPTIONS
     from s2swclip.model.checkpoint import RECORDED_OPTION_CHECKS
 
     assert set(RECORDED_OPTION_CHECKS) == set(STRUCTURAL_OPTIONS)

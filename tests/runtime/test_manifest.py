@@ -8,7 +8,7 @@ import pytest
 
 from s2swclip.data.images import OPENAI_MEAN, OPENAI_STD
 from s2swclip.errors import S2SWError
-from s2swclip.runtime.manifest import MANIFEST_NAME, check_manifest, file_record, read_manifest
+from s2swclip.deploy.runtime.manifest import MANIFEST_NAME, check_manifest, file_record, read_manifest
 
 
 def _folder(tmp_path, fmt="onnx"):

@@ -15,11 +15,12 @@ import torch
 from fastapi.testclient import TestClient
 
 import s2swclip
-from s2swclip.cli import build_parser, build_serve_app, main
+from s2swclip.cli import build_parser, main
+from s2swclip.cli.serve import build_serve_app
 from s2swclip.data.images import decode_for_model
 from s2swclip.errors import S2SWError
 from s2swclip.inference.pipeline import InferencePipeline
-from s2swclip.runtime import load_exported
+from s2swclip.deploy.runtime import load_exported
 from helpers import user_error  # noqa: E402
 from export_fixtures import ONNX_SIZE, ONNX_THRESHOLD, write_pngs
 
@@ -60,7 +61,7 @@ def test_runtime_never_imports_torch(onnx_export, export_images):
     result = _run_torch_free("""
         import json, sys
         import numpy as np
-        from s2swclip.runtime import load_exported
+        from s2swclip.deploy.runtime import load_exported
         from s2swclip.inference.pipeline import InferencePipeline
         model = load_exported(sys.argv[1])
         out = model.predict_files(sorted(__import__("glob").glob(sys.argv[2] + "/*.png")))
@@ -85,7 +86,7 @@ def test_openvino_runtime_never_imports_torch(openvino_exports):
     result = _run_torch_free("""
         import json, sys
         import numpy as np
-        from s2swclip.runtime import load_exported
+        from s2swclip.deploy.runtime import load_exported
         model = load_exported(sys.argv[1])
         x = np.random.default_rng(0).standard_normal((2, 3, model.image_size, model.image_size)).astype(np.float32)
         out = model.predict(x)
@@ -105,7 +106,8 @@ def test_cli_predict_and_serve_with_model_are_torch_free(onnx_export, export_ima
     result = _run_torch_free("""
         import sys
         from fastapi.testclient import TestClient
-        from s2swclip.cli import build_parser, build_serve_app, main
+        from s2swclip.cli import build_parser, main
+        from s2swclip.cli.serve import build_serve_app
         code = main(["predict", "--model", sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--quiet"])
         app = build_serve_app(build_parser().parse_args(["serve", "--model", sys.argv[1]]))
         with TestClient(app, base_url="http://127.0.0.1") as client:

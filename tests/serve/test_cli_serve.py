@@ -5,7 +5,8 @@ import socket
 import pytest
 from fastapi.testclient import TestClient
 
-from s2swclip.cli import build_parser, build_serve_app, main
+from s2swclip.cli import build_parser, main
+from s2swclip.cli.serve import build_serve_app
 from s2swclip.errors import S2SWError
 from s2swclip.serve.app import bind_socket
 

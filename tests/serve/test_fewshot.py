@@ -11,7 +11,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from s2swclip.cli import build_parser, build_serve_app
+from s2swclip.cli import build_parser
+from s2swclip.cli.serve import build_serve_app
 from s2swclip.data.images import preprocess
 from s2swclip.serve.app import create_app
 

@@ -186,7 +186,7 @@ class AnomalyDataset(Dataset):
     items have an all-zero mask and ``has_mask`` True.
 
     ``deterministic`` declares that a sample is a pure function of its files' content and
-    :attr:`preprocessing`: the training feature cache (:mod:`s2swclip.feature_cache`) relies on it
+    :attr:`preprocessing`: the training feature cache (:mod:`s2swclip.training.feature_cache`) relies on it
     and refuses a dataset that does not declare it. A subclass that adds a random augmentation
     must set it to False.
     """

@@ -21,7 +21,6 @@ import logging
 import math
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,7 +31,7 @@ from .metrics import METRIC_KEYS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReferencePlan", "draw_references", "evaluate_few_shot", "combine_seed_reports", "describe_few_shot",
+__all__ = ["ReferencePlan", "draw_references", "combine_seed_reports", "describe_few_shot",
            "format_few_shot"]
 
 
@@ -147,30 +146,6 @@ def combine_seed_reports(reports: Sequence[dict], seeds: Sequence[int]) -> dict:
     report["few_shot"] = dict(first["few_shot"], seeds=[int(s) for s in seeds],
                               references={str(s): r["few_shot"]["references"][str(s)]
                                           for s, r in zip(seeds, reports)})
-    return report
-
-
-def evaluate_few_shot(det, data_root: str | Path, *, shots: int, seeds: Sequence[int],
-                      out_dir: str | Path | None = None, **kwargs) -> dict:
-    """:func:`~s2swclip.eval.protocol.evaluate_dataset` with ``shots`` references per class, once
-    per seed; several seeds -> runs in ``out_dir/seed_<S>`` and the combined report (mean, std)
-    in ``out_dir``. ``kwargs`` go to ``evaluate_dataset``. The detector's references are cleared
-    at the end."""
-    from .protocol import evaluate_dataset
-    from .report import write_report
-
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise S2SWError(f"--shot-seed needs distinct seeds, got {seeds}")
-    if len(seeds) == 1:
-        return evaluate_dataset(det, data_root, out_dir=out_dir, shots=shots, shot_seed=seeds[0], **kwargs)
-    runs = []
-    for s in seeds:
-        sub = None if out_dir is None else Path(out_dir) / f"seed_{s}"
-        runs.append(evaluate_dataset(det, data_root, out_dir=sub, shots=shots, shot_seed=s, **kwargs))
-    report = combine_seed_reports(runs, seeds)
-    if out_dir is not None:
-        write_report(report, str(out_dir))
     return report
 
 

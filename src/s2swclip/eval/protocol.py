@@ -53,12 +53,12 @@ def evaluate_dataset(
     end) and the report gains a ``few_shot`` entry.
     The overlays of a class share one colour scale, the range of its maps on the per-layer scale
     (``heatmap_scale="fixed"``; ``"image"``: each map's own range; see
-    :mod:`s2swclip.inference.heatmap`), drawn as a colour bar with its values.
+    :mod:`s2swclip.viz.heatmap`), drawn as a colour bar with its values.
 
     Returns the report dict ``{"dataset", "aupro_method", "classes": {...}, "mean": {...}}``.
     """
     from ..data.dataset import AnomalyDataset
-    from ..inference.heatmap import HEATMAP_SCALES, image_scale, range_scale
+    from ..viz.heatmap import HEATMAP_SCALES, image_scale, range_scale
     from .metrics import compute_metrics
     from .report import build_report, write_report
 
@@ -106,7 +106,7 @@ def evaluate_dataset(
                                          aupro_method=aupro_method, pixel=pix_masks is not None,
                                          where=f"{name}/{cls}")
         if figures:
-            from .figures import save_overlay
+            from ..viz.figures import save_overlay
 
             map_scale = det.map_scale  # after the class's references are set (few-shot protocol)
             scale = range_scale(maps, map_scale) if heatmap_scale == "fixed" else None
@@ -115,7 +115,7 @@ def evaluate_dataset(
                 save_overlay(image, mask, amap, target, title=title,
                              scale=scale or image_scale(amap, map_scale))
         if fig_dir is not None:
-            from .figures import save_curves
+            from .curves import save_curves
 
             if len(set(labels_a.tolist())) == 2:
                 save_curves(labels_a, scores_a, str(fig_dir / cls))
@@ -131,4 +131,28 @@ def evaluate_dataset(
                                   references={str(plan.seed): plan.describe()})
     if out_dir is not None:
         write_report(report, out_dir)
+    return report
+
+
+def evaluate_few_shot(det, data_root: str | Path, *, shots: int, seeds: Sequence[int],
+                      out_dir: str | Path | None = None, **kwargs) -> dict:
+    """:func:`evaluate_dataset` with ``shots`` references per class, once
+    per seed; several seeds -> runs in ``out_dir/seed_<S>`` and the combined report (mean, std)
+    in ``out_dir``. ``kwargs`` go to ``evaluate_dataset``. The detector's references are cleared
+    at the end."""
+    from .fewshot import combine_seed_reports
+    from .report import write_report
+
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise S2SWError(f"--shot-seed needs distinct seeds, got {seeds}")
+    if len(seeds) == 1:
+        return evaluate_dataset(det, data_root, out_dir=out_dir, shots=shots, shot_seed=seeds[0], **kwargs)
+    runs = []
+    for s in seeds:
+        sub = None if out_dir is None else Path(out_dir) / f"seed_{s}"
+        runs.append(evaluate_dataset(det, data_root, out_dir=sub, shots=shots, shot_seed=s, **kwargs))
+    report = combine_seed_reports(runs, seeds)
+    if out_dir is not None:
+        write_report(report, str(out_dir))
     return report

@@ -45,7 +45,7 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_bytes, check_output_dir
 from ..progress import progress as make_progress
 from .calibration import Calibration, conformal_threshold
-from .heatmap import HEATMAP_SCALES, OverlayPainter
+from ..viz.heatmap import HEATMAP_SCALES, OverlayPainter
 from .inputs import collect_inputs, display_names
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage, overlay_png
 

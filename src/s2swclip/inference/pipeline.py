@@ -137,11 +137,11 @@ def overlay_png(preview: Image.Image, amap: np.ndarray, *, vmin: float | None = 
     The detector scores the image squashed to S x S; the map [S, S] is stretched back to the
     preview's proportions (bilinear) so that it lines up with the original. Colours span
     ``vmin..vmax`` (default: this map's own range) or, given, the
-    :class:`~s2swclip.inference.heatmap.HeatmapScale` ``scale``; with ``colorbar`` (and a
+    :class:`~s2swclip.viz.heatmap.HeatmapScale` ``scale``; with ``colorbar`` (and a
     ``scale``) the colour bar with its values is added below the image (the PNG is then
-    :data:`~s2swclip.inference.heatmap.COLORBAR_HEIGHT` pixels taller).
+    :data:`~s2swclip.viz.heatmap.COLORBAR_HEIGHT` pixels taller).
     """
-    from ..eval.figures import heatmap_overlay
+    from ..viz.figures import heatmap_overlay
 
     if scale is not None:
         vmin, vmax = scale.vmin, scale.vmax
@@ -151,7 +151,7 @@ def overlay_png(preview: Image.Image, amap: np.ndarray, *, vmin: float | None = 
         m = np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.BILINEAR))
     image = Image.fromarray(heatmap_overlay(np.asarray(preview.convert("RGB")), m, alpha, vmin=vmin, vmax=vmax))
     if colorbar and scale is not None:
-        from .heatmap import COLORBAR_HEIGHT, colorbar_image
+        from ..viz.heatmap import COLORBAR_HEIGHT, colorbar_image
 
         framed = Image.new("RGB", (w, h + COLORBAR_HEIGHT), (255, 255, 255))
         framed.paste(image, (0, 0))

@@ -42,7 +42,7 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_text, check_output_dir
 from ..progress import progress as make_progress
 from .calibration import Calibration, conformal_threshold
-from .heatmap import standalone_scale
+from ..viz.heatmap import standalone_scale
 from .inputs import InputEntry, collect_inputs, display_names
 from .local import RESULT_FIELDS, apply_listing_problem, check_run_options, overlay_names, result_row
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, Decoder, InferencePipeline, ScoredImage

@@ -6,9 +6,9 @@ ask a spec for the model input size (to decode before any worker exists) and che
 (:meth:`ScorerSpec.check`) before a cluster is started.
 
 Kinds are registered in :data:`_KINDS`: ``detector`` builds the PyTorch detector with
-:func:`s2swclip.api.load_detector` wrapped in a
+:func:`s2swclip.model.factory.load_detector` wrapped in a
 :class:`~s2swclip.inference.scorers.DetectorScorer`; ``exported`` loads a folder written by
-``s2swclip export`` with :func:`s2swclip.runtime.load_exported` (ONNX Runtime or OpenVINO: the
+``s2swclip export`` with :func:`s2swclip.deploy.runtime.load_exported` (ONNX Runtime or OpenVINO: the
 workers need no torch). Each kind has its own ``build``/``image_size``/``check`` and a
 constructor (:meth:`ScorerSpec.detector`, :meth:`ScorerSpec.exported`). Torch-free until a
 ``detector``'s ``build``/``check`` run; an ``exported`` spec never imports torch.
@@ -46,7 +46,7 @@ class ScorerSpec:
                  cache_dir: str | None = None, reference: str | os.PathLike | None = None,
                  shots: int | None = None, max_pixels: int | None = None, untrained_ok: bool = False,
                  **few_shot: Any) -> ScorerSpec:
-        """The PyTorch detector of :func:`s2swclip.api.load_detector` with these arguments.
+        """The PyTorch detector of :func:`s2swclip.model.factory.load_detector` with these arguments.
         ``reference`` (with ``shots``, ``max_pixels``) turns on the few-shot mode in every worker
         (:func:`~s2swclip.inference.references.apply_references`); ``few_shot`` holds the
         detector's few-shot options (``few_shot_weight``, ``coreset``...). Local files (prompts,
@@ -66,12 +66,12 @@ class ScorerSpec:
 
     @classmethod
     def exported(cls, model_dir: str | os.PathLike) -> ScorerSpec:
-        """A model exported by ``s2swclip export`` (:func:`s2swclip.runtime.load_exported`, on the
+        """A model exported by ``s2swclip export`` (:func:`s2swclip.deploy.runtime.load_exported`, on the
         CPU, torch-free). The folder is made absolute, and the SHA-256 of its ``s2swclip.json``
         (which lists every model file's SHA-256) is recorded, so that a resumed run with a model
         exported again into the same folder is told apart (None when the folder has no manifest:
         :meth:`check` says what is wrong)."""
-        from ..runtime.manifest import MANIFEST_NAME, file_record
+        from ..deploy.runtime.manifest import MANIFEST_NAME, file_record
 
         folder = os.path.abspath(os.path.expanduser(os.fspath(model_dir)))
         manifest = os.path.join(folder, MANIFEST_NAME)
@@ -118,7 +118,7 @@ def _abs_if_file(value):
 
 # --------------------------------------------------------------------------------------- detector
 def _detector_build(o: dict[str, Any]):
-    from ..api import load_detector
+    from ..model.factory import load_detector
     from .scorers import DetectorScorer
 
     det = load_detector(o["backbone"], o["weights"], o["prompts"], image_size=o["image_size"],
@@ -144,7 +144,7 @@ def _detector_image_size(o: dict[str, Any]) -> int:
 
 
 def _detector_check(o: dict[str, Any]) -> None:
-    from ..api import PRECISIONS
+    from ..model.factory import PRECISIONS
     from ..model.checkpoint import load_prompts
     from ..model.weights import resolve_model_config
 
@@ -162,8 +162,8 @@ def _detector_check(o: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------------- exported
 def _exported_build(o: dict[str, Any]):
-    from ..runtime import load_exported
-    from ..runtime.manifest import MANIFEST_NAME, file_record
+    from ..deploy.runtime import load_exported
+    from ..deploy.runtime.manifest import MANIFEST_NAME, file_record
 
     model = load_exported(o["model"])
     if file_record(os.path.join(o["model"], MANIFEST_NAME))["sha256"] != o["manifest_sha256"]:
@@ -173,13 +173,13 @@ def _exported_build(o: dict[str, Any]):
 
 
 def _exported_image_size(o: dict[str, Any]) -> int:
-    from ..runtime.manifest import read_manifest
+    from ..deploy.runtime.manifest import read_manifest
 
     return int(read_manifest(o["model"], verify_files=False)["image_size"])
 
 
 def _exported_check(o: dict[str, Any]) -> None:
-    from ..runtime.manifest import read_manifest
+    from ..deploy.runtime.manifest import read_manifest
 
     if o.get("device", "cpu") != "cpu":
         raise S2SWError(f"--model {o['model']} runs on the CPU (ONNX Runtime / OpenVINO): give its workers no GPUs")

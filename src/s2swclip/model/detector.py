@@ -4,7 +4,7 @@ Optionally with a few normal reference images (the few-normal-shot mode,
 :mod:`s2swclip.model.references`): their memory bank gives a second map that is fused with the
 zero-shot one.
 
-No I/O here: building from files is :mod:`s2swclip.api`'s job (the references file is the one
+No I/O here: building from files is :mod:`s2swclip.model.factory`'s job (the references file is the one
 exception: :meth:`S2SWDetector.save_references` / :meth:`S2SWDetector.load_references`).
 """
 

@@ -8,7 +8,7 @@ Endpoints (OpenAPI schema at ``/openapi.json``):
 * ``POST /v1/predict`` -- multipart form, one or more files (field ``files``). Per file: name,
   anomaly score, decision (when a threshold is set), heatmap overlay PNG (base64), the overlay's
   colour scale (``heatmap``: ``lo``/``hi``/``threshold`` on the map's per-layer scale, see
-  :mod:`s2swclip.inference.heatmap`; the page draws it as a colour bar) and timing;
+  :mod:`s2swclip.viz.heatmap`; the page draws it as a colour bar) and timing;
   a file that is not an image, is corrupt or has too many pixels gets an ``error`` entry and
   the others are still scored. Status 200 when at least one file was scored; when none was,
   413 if a file was over the pixel limit, else 422 -- the body still lists every file.
@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     raise S2SWError("serving needs FastAPI, uvicorn and python-multipart: "
                     "pip install fastapi uvicorn python-multipart") from None
 
-from ..inference.heatmap import HEATMAP_SCALES, HeatmapScale, standalone_scale
+from ..viz.heatmap import HEATMAP_SCALES, HeatmapScale, standalone_scale
 from ..inference.pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage
 from .batcher import BatcherClosed, MicroBatcher, QueueFull
 from .security import SecurityMiddleware, SecuritySettings, fastapi_docs_kwargs
@@ -154,7 +154,7 @@ def create_app(
         warmup: run one dummy batch when the app starts (first real request is not slow).
         heatmap_scale: ``fixed``: overlays centred on the request's threshold (the server's,
             or the ``threshold`` query parameter), the whole [0, 1] per-layer scale without
-            one; ``image``: each map's own range (see :mod:`s2swclip.inference.heatmap`).
+            one; ``image``: each map's own range (see :mod:`s2swclip.viz.heatmap`).
     """
     from .. import __version__
 

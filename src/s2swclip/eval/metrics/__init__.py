@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ...arrays import to_numpy
 from ...errors import S2SWError
 from . import pro, ranking
-from .inputs import UndefinedMetricError, _Stack, _to_numpy
+from .inputs import UndefinedMetricError, _Stack
 from .pro import AUPRO_METHODS, aupro
 from .ranking import (
     _image_stats,
@@ -93,7 +94,7 @@ def compute_metrics(
     # METRIC_KEYS: the three image ranking metrics, the three pixel ones, AUPRO
     record(METRIC_KEYS[:3], lambda: ranked(_image_stats(labels, scores, "image metrics")))
     if pixel and masks is not None and maps is not None:
-        n_img = _to_numpy(scores).size
+        n_img = to_numpy(scores).size
         n_maps = len(_Stack(maps, "maps"))
         if n_maps != n_img:
             raise S2SWError(f"{n_maps} maps for {n_img} image scores; they must match")

@@ -16,11 +16,11 @@ integers, bool) is compared as float32, 32/64-bit integers as float64.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 
+from ...arrays import to_numpy, torch_tensor_type
 from ...errors import S2SWError
 
 __all__ = ["UndefinedMetricError"]
@@ -31,21 +31,6 @@ _CHUNK_PIXELS = 1 << 20
 
 class UndefinedMetricError(S2SWError):
     """The metric has no value for these inputs (for example only one class is present)."""
-
-
-def _torch_tensor_type():
-    torch = sys.modules.get("torch")
-    return getattr(torch, "Tensor", None) if torch is not None else None
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    tensor = _torch_tensor_type()
-    if tensor is not None and isinstance(x, tensor):
-        x = x.detach()
-        if x.dtype.is_floating_point and x.dtype.itemsize < 4:  # float16 / bfloat16
-            x = x.float()
-        return x.cpu().numpy()
-    return np.asarray(x)
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:
@@ -64,11 +49,11 @@ class _Stack:
 
     def __init__(self, x: Any, name: str):
         self.name = name
-        tensor = _torch_tensor_type()
+        tensor = torch_tensor_type()
         if isinstance(x, (list, tuple)):
             if len(x) == 0:
                 raise S2SWError(f"{name} is empty")
-            first = _to_numpy(x[0])
+            first = to_numpy(x[0])
             hw = first.shape[-2:] if first.ndim >= 2 else None
             if first.ndim not in (2, 3) or (first.ndim == 3 and first.shape[0] != 1):
                 raise S2SWError(f"{name}: each element must be [H,W] or [1,H,W], got {first.shape}")
@@ -89,7 +74,7 @@ class _Stack:
             raise S2SWError(f"{name} must be shaped [N,H,W] (or [N,1,H,W]), got {list(shape)}")
         self._arr = x
         self.shape = tuple(int(s) for s in x.shape)
-        self._src_dtype = _to_numpy(x[:1, :1, :1]).dtype if self.shape[0] > 0 else np.dtype(np.float32)
+        self._src_dtype = to_numpy(x[:1, :1, :1]).dtype if self.shape[0] > 0 else np.dtype(np.float32)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -100,10 +85,10 @@ class _Stack:
 
     def _raw(self, i: int, j: int) -> np.ndarray:
         if self._seq is None:
-            return _to_numpy(self._arr[i:j])
+            return to_numpy(self._arr[i:j])
         parts = []
         for k in range(i, j):
-            a = _to_numpy(self._seq[k])
+            a = to_numpy(self._seq[k])
             if a.shape[-2:] != self.shape[1:] or a.size != self.shape[1] * self.shape[2]:
                 raise S2SWError(
                     f"{self.name}[{k}] has shape {list(a.shape)}, expected {list(self.shape[1:])}"
@@ -157,8 +142,8 @@ def _check_finite(x: np.ndarray, name: str) -> None:
 
 
 def _image_inputs(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = _to_numpy(labels).reshape(-1)
-    s = _to_numpy(scores).reshape(-1)
+    y = to_numpy(labels).reshape(-1)
+    s = to_numpy(scores).reshape(-1)
     if y.shape != s.shape:
         raise S2SWError(f"labels ({y.size}) and scores ({s.size}) must have the same length")
     if y.size == 0:

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.images import OPENAI_MEAN, OPENAI_STD, decode_for_model
-from ..errors import S2SWError
+from ...data.images import OPENAI_MEAN, OPENAI_STD, decode_for_model
+from ...errors import S2SWError
 from .engines import make_stage
 from .manifest import read_manifest
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..model.portable import portable_forms
+from ...model.portable import portable_forms
 from .graph import GLOBAL, IMAGES, MAPS, SCORES, DetectorGraph, patch_name
 
 __all__ = ["convert_parts", "save_ir"]

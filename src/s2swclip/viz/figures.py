@@ -1,4 +1,4 @@
-"""Pictures: heat-map overlays (pure NumPy), per-image panels and ROC / PR curves (PNG).
+"""Pictures: heat-map overlays (pure NumPy) and per-image panels (PNG).
 
 * :func:`heatmap_overlay` blends a jet-like colour map of an anomaly map into an RGB image; NumPy
   only, so the prediction CLI and the web service can use it without matplotlib.
@@ -6,7 +6,8 @@
   exactly ``3 * W`` pixels wide and ``H + 24`` high (``H + 48`` with a title): a 24-pixel caption
   band above the panels and, when ``title`` is given, a 24-pixel title band above that; with a
   colour ``scale`` a 36-pixel band below the panels holds the colour bar with its values.
-* :func:`save_curves` writes ``<prefix>_roc.png`` and ``<prefix>_pr.png``.
+* :func:`new_figure` / :func:`save_figure`: a pyplot-free figure of an exact pixel size, written
+  atomically as PNG (also used by :mod:`s2swclip.eval.curves`).
 
 Matplotlib is used through its object API with the Agg canvas (no display, no pyplot state), so
 it is safe in servers and threads. Files are written to a temporary name and renamed into place.
@@ -20,17 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import to_numpy
 from ..errors import S2SWError
 from ..fileio import atomic_write_bytes
-from .metrics import image_ap, image_auroc, pr_points, roc_points
-from .metrics.inputs import _to_numpy
 
-__all__ = ["jet_colormap", "heatmap_overlay", "save_overlay", "save_curves"]
+__all__ = ["jet_colormap", "heatmap_overlay", "new_figure", "save_figure", "save_overlay"]
 
 _BAND = 24  # pixels per caption / title band
 _COLORBAR_BAND = 36  # pixels below the panels for the colour bar
 _DPI = 100
-_MAX_CURVE_POINTS = 20000
 
 
 def jet_colormap(values: Any) -> np.ndarray:
@@ -42,7 +41,7 @@ def jet_colormap(values: Any) -> np.ndarray:
 
 
 def _rgb_image(image: Any) -> np.ndarray:
-    img = _to_numpy(image)
+    img = to_numpy(image)
     if img.dtype != np.uint8:
         raise S2SWError(f"image must be uint8 RGB [H,W,3], got dtype {img.dtype}")
     if img.ndim == 2:
@@ -57,7 +56,7 @@ def _rgb_image(image: Any) -> np.ndarray:
 
 
 def _map2d(amap: Any, shape: tuple, name: str = "anomaly map") -> np.ndarray:
-    a = _to_numpy(amap)
+    a = to_numpy(amap)
     a = np.squeeze(a) if a.ndim > 2 else a
     if a.shape != tuple(shape):
         raise S2SWError(
@@ -100,7 +99,7 @@ def heatmap_overlay(
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def _save_figure(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
     path = os.fspath(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
@@ -111,7 +110,7 @@ def _save_figure(fig, path: str) -> str:
     return path
 
 
-def _new_figure(width_px: int, height_px: int):
+def new_figure(width_px: int, height_px: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -136,7 +135,7 @@ def save_overlay(
     """Write ``image | ground truth | heat-map overlay`` as a PNG; returns ``path``.
 
     ``mask`` may be ``None`` (the middle panel then says so). ``scale``: a
-    :class:`~s2swclip.inference.heatmap.HeatmapScale` (instead of ``vmin``/``vmax``); its colour
+    :class:`~s2swclip.viz.heatmap.HeatmapScale` (instead of ``vmin``/``vmax``); its colour
     bar, with its values and threshold, is drawn under the overlay. See the module docstring for
     the exact output size.
     """
@@ -154,7 +153,7 @@ def save_overlay(
     top = _BAND * (2 if title else 1)
     bottom = _COLORBAR_BAND if scale is not None else 0
     W, H = 3 * w, h + top + bottom
-    fig = _new_figure(W, H)
+    fig = new_figure(W, H)
     fig.patch.set_facecolor("white")
     captions = ("image", "ground truth" if mask is not None else "no ground truth", "anomaly map")
     for k, (panel, cap) in enumerate(zip((img, gt, over), captions)):
@@ -166,7 +165,7 @@ def save_overlay(
         fig.text(0.5, (H - _BAND / 2) / H, str(title), ha="center", va="center", fontsize=10)
     if scale is not None:
         _colorbar(fig, scale, (2 * w + 18) / W, (bottom - 12) / H, (w - 36) / W, 9 / H)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def _colorbar(fig, scale, x: float, y: float, width: float, height: float) -> None:
@@ -183,48 +182,3 @@ def _colorbar(fig, scale, x: float, y: float, width: float, height: float) -> No
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:.3f}" for t in ticks], fontsize=7)
     ax.tick_params(axis="x", length=2, pad=1)
-
-
-def _thin(x: np.ndarray, y: np.ndarray):
-    if x.size <= _MAX_CURVE_POINTS:
-        return x, y
-    idx = np.unique(np.linspace(0, x.size - 1, _MAX_CURVE_POINTS).round().astype(np.int64))
-    return x[idx], y[idx]
-
-
-def save_curves(labels: Any, scores: Any, path_prefix: str) -> tuple[str, str]:
-    """Write ``<path_prefix>_roc.png`` and ``<path_prefix>_pr.png``; returns both paths.
-
-    ``labels``/``scores`` are 1-D (image level), or flattened masks and maps for pixel curves.
-    Raises :class:`s2swclip.errors.S2SWError` when only one class is present.
-    """
-    y = _to_numpy(labels).reshape(-1)
-    s = _to_numpy(scores).reshape(-1)
-    fpr, tpr = roc_points(y, s)
-    rec, prec = pr_points(y, s)
-    auroc, ap = image_auroc(y, s), image_ap(y, s)
-    prevalence = float(np.mean(y.astype(bool)))
-    prefix = os.fspath(path_prefix)
-    out = []
-    for kind in ("roc", "pr"):
-        fig = _new_figure(480, 480)
-        ax = fig.add_axes((0.14, 0.12, 0.8, 0.78))
-        if kind == "roc":
-            ax.plot(*_thin(fpr, tpr), color="tab:red", lw=1.5, label=f"AUROC = {auroc:.4f}")
-            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-            ax.set_xlabel("false positive rate")
-            ax.set_ylabel("true positive rate")
-            ax.set_title("ROC curve")
-        else:
-            r, p = _thin(np.r_[0.0, rec], np.r_[prec[0], prec])
-            ax.step(r, p, where="pre", color="tab:blue", lw=1.5, label=f"AP = {ap:.4f}")
-            ax.axhline(prevalence, color="grey", lw=0.8, ls="--")
-            ax.set_xlabel("recall")
-            ax.set_ylabel("precision")
-            ax.set_title("Precision-recall curve")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if kind == "roc" else "lower left")
-        out.append(_save_figure(fig, f"{prefix}_{kind}.png"))
-    return out[0], out[1]

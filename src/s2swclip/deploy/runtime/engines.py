@@ -1,7 +1,7 @@
 """One model file run by ONNX Runtime or OpenVINO: ``run({name: array}) -> {name: array}``.
 
 The runtime libraries are imported when a stage is created, so that importing
-:mod:`s2swclip.runtime` needs neither, and a folder of one format needs only its runtime.
+:mod:`s2swclip.deploy.runtime` needs neither, and a folder of one format needs only its runtime.
 Everything runs on the CPU.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import S2SWError
+from ...errors import S2SWError
 
 __all__ = ["OnnxStage", "OpenVinoStage", "make_stage"]
 
@@ -87,7 +87,7 @@ class OpenVinoStage:
 
 
 def make_stage(folder: Path, fmt: str, stage: dict[str, Any], *, threads: int | None = None):
-    """The stage of a checked manifest (:func:`~s2swclip.runtime.manifest.read_manifest`)."""
+    """The stage of a checked manifest (:func:`~s2swclip.deploy.runtime.manifest.read_manifest`)."""
     if fmt == "onnx":
         return OnnxStage(folder / stage["model"], stage["inputs"], stage["outputs"], threads=threads)
     return OpenVinoStage(folder / stage["model"], folder / stage["weights"], stage["inputs"], stage["outputs"],

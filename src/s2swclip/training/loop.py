@@ -2,15 +2,15 @@
 
 Each epoch ends with ONE atomic commit, ``train_state.safetensors`` (prompts, optimizer, random
 generators, epoch, history, log records and a fingerprint of the run's configuration; see
-:mod:`s2swclip.train_state`). Derived from it afterwards, each written atomically:
+:mod:`s2swclip.training.state`). Derived from it afterwards, each written atomically:
 ``prompts_epochNNN.safetensors`` and ``prompts_last.safetensors`` (this package's prompt format)
 and ``train_log.jsonl`` (one JSON object per epoch: epoch, seconds, every loss term, the learning
 rate, whether features came from a cache). With ``cache_features`` the frozen image encoder's
-outputs are computed once per image and read back in later epochs (:mod:`s2swclip.feature_cache`;
+outputs are computed once per image and read back in later epochs (:mod:`s2swclip.training.feature_cache`;
 the images are encoded one at a time with or without it, so an fp32 cache changes nothing in the
 results). ``resume`` continues from the state and re-derives
 whatever a crash left missing or stale, so a run killed at any moment and resumed ends
-bit-identical to an uninterrupted one. Messages go to ``logging.getLogger("s2swclip.train")`` and
+bit-identical to an uninterrupted one. Messages go to ``logging.getLogger("s2swclip.training.loop")`` and
 are appended to ``train.log``.
 """
 
@@ -31,16 +31,16 @@ from typing import Any, Sequence
 
 import torch
 
-from . import __version__
-from .errors import S2SWError
+from .. import __version__
+from ..errors import S2SWError
 from .feature_cache import CACHE_DTYPES, MEMORY, collate_cached, encode_per_image, open_feature_cache
-from .fileio import atomic_write_bytes, atomic_write_text, check_output_dir, remove_temporaries
-from .model.checkpoint import PromptCheckpoint, load_prompts, save_prompts
-from .model.config import TRAIN_FLAGS, TrainConfig, get_preset
-from .model.objective import s2sw_objective
-from .model.prompts import PromptLearner
-from .progress import progress as make_progress
-from .train_state import (STATE_NAME, TrainState, encode_state, indexed_optimizer_state,
+from ..fileio import atomic_write_bytes, atomic_write_text, check_output_dir, remove_temporaries
+from ..model.checkpoint import PromptCheckpoint, load_prompts, save_prompts
+from ..model.config import TRAIN_FLAGS, TrainConfig, get_preset
+from ..model.objective import s2sw_objective
+from ..model.prompts import PromptLearner
+from ..progress import progress as make_progress
+from .state import (STATE_NAME, TrainState, encode_state, indexed_optimizer_state,
                           named_optimizer_state, one_line, read_state)
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def train(
         max_batches: stop each epoch after this many batches (quick runs, tests).
         num_workers: data-loader worker processes.
         cache_features: a folder, or ``"memory"``: compute the frozen image features once per
-            image and reuse them in later epochs (:mod:`s2swclip.feature_cache`). The expected
+            image and reuse them in later epochs (:mod:`s2swclip.training.feature_cache`). The expected
             size is logged first; a disk (memory) without the space is refused.
         cache_dtype: ``fp32`` (results bit-identical to an uncached run) or ``fp16`` (half the
             space; features rounded to float16 in every epoch, so the prompts differ slightly and
@@ -129,8 +129,8 @@ def train(
     run's own generators (seeded ``seed`` and ``seed + 1``), the prompts' initialisation from the
     builder's.
     """
-    from .api import load_detector
-    from .data.dataset import AnomalyDataset
+    from ..model.factory import load_detector
+    from ..data.dataset import AnomalyDataset
 
     cfg = resolve_train_config(preset, **overrides)
     _check_count(max_batches, "max_batches", "--max-batches", optional=True)

@@ -2,7 +2,7 @@
 
 The folder is built in a temporary sibling and renamed into place at the end, so a failed or
 interrupted export never leaves a half-written model folder. After writing the model files,
-the export loads them with the runtime (:mod:`s2swclip.runtime`) and measures the drift
+the export loads them with the runtime (:mod:`s2swclip.deploy.runtime`) and measures the drift
 against the float32 PyTorch detector on (up to 8 of) the calibration images (or, without
 ``--calibrate``, on 4 seeded random inputs), records it in ``s2swclip.json`` and returns it.
 
@@ -30,11 +30,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .. import __version__
-from ..data.images import OPENAI_MEAN, OPENAI_STD, ImageError, decode_for_model
-from ..errors import S2SWError
-from ..fileio import atomic_write_text, check_output_dir
-from ..model.detector import S2SWDetector
+from ... import __version__
+from ...data.images import OPENAI_MEAN, OPENAI_STD, ImageError, decode_for_model
+from ...errors import S2SWError
+from ...fileio import atomic_write_text, check_output_dir
+from ...model.detector import S2SWDetector
 from ..runtime.manifest import FORMATS, MANIFEST_NAME, PRECISIONS, SCHEMA, SCHEMA_VERSION, check_manifest, file_record
 from .graph import IMAGES, MAPS, SCORES, DetectorGraph
 
@@ -122,7 +122,7 @@ def check_export_request(fmt: str, precision: str, calibrate_dir, out_dir) -> Pa
         raise S2SWError("--precision int8 needs --calibrate DIR: a folder of normal images of your product "
                         "for the quantisation statistics")
     if calibrate_dir is not None:
-        from ..inference.inputs import collect_inputs
+        from ...inference.inputs import collect_inputs
 
         try:
             collect_inputs([calibrate_dir])
@@ -136,7 +136,7 @@ def check_export_request(fmt: str, precision: str, calibrate_dir, out_dir) -> Pa
 
 def load_calibration(folder: str | os.PathLike, image_size: int, limit: int) -> np.ndarray:
     """Up to ``limit`` images of ``folder`` (sorted by name) as float32 [n, 3, S, S]."""
-    from ..inference.inputs import collect_inputs
+    from ...inference.inputs import collect_inputs
 
     entries = [e for e in collect_inputs([folder]) if e.problem is None]
     arrays = []

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..model.detector import TEXT_SETS, DetectorOutput, S2SWDetector, TextFeatures
+from ...model.detector import TEXT_SETS, DetectorOutput, S2SWDetector, TextFeatures
 
 __all__ = ["DetectorGraph", "EncoderGraph", "HeadGraph", "feature_layout"]
 

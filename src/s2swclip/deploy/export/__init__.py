@@ -6,7 +6,7 @@
 * :mod:`.quantize` — NNCF int8 post-training quantisation of the encoder;
 * :mod:`.exporter` — :func:`export_detector`: writes the folder, measures the drift.
 
-The exported folder runs without torch in :mod:`s2swclip.runtime`.
+The exported folder runs without torch in :mod:`s2swclip.deploy.runtime`.
 """
 
 __all__ = ["export_detector"]
@@ -17,4 +17,4 @@ def __getattr__(name):  # lazy: importing the package does not import torch
         from .exporter import export_detector
 
         return export_detector
-    raise AttributeError(f"module 's2swclip.export' has no attribute {name!r}")
+    raise AttributeError(f"module 's2swclip.deploy.export' has no attribute {name!r}")

@@ -63,8 +63,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import S2SWError
-from .fileio import atomic_write_bytes, check_output_dir
+from ..errors import S2SWError
+from ..fileio import atomic_write_bytes, check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def run_key(det, dataset, dtype: str) -> tuple[str, dict[str, Any]]:
     """The run key (hex SHA-256) and the description it hashes (see the module docstring)."""
     import open_clip
 
-    from . import __version__
+    from .. import __version__
 
     visual = det.backbone.clip.visual
     h = hashlib.sha256()

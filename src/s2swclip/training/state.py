@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from .errors import S2SWError
-from .model.config import DetectorConfig
-from .model.prompts import FAMILIES
+from ..errors import S2SWError
+from ..model.config import DetectorConfig
+from ..model.prompts import FAMILIES
 
 STATE_NAME = "train_state.safetensors"
 FORMAT_TAG = "s2swclip-train-state"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..model.portable import portable_forms
+from ...model.portable import portable_forms
 from .graph import IMAGES, MAPS, SCORES, DetectorGraph
 
 __all__ = ["OPSET", "export_onnx"]

@@ -3,7 +3,7 @@
 Needs NumPy, Pillow and ONNX Runtime or OpenVINO only; it never imports torch, so a deployment
 can install ``requirements-runtime.txt`` and ``pip install --no-deps s2swclip`` without PyTorch::
 
-    from s2swclip.runtime import load_exported
+    from s2swclip.deploy.runtime import load_exported
     model = load_exported("exported/")      # s2swclip.json + model files
     out = model.predict(images)             # float32 [B, 3, S, S], CLIP-normalised
     out.image_scores, out.anomaly_maps      # [B], [B, S, S] NumPy arrays

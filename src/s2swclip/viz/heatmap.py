@@ -133,7 +133,7 @@ def colorbar_image(width: int, scale: HeatmapScale) -> Image.Image:
     """A ``width`` x :data:`COLORBAR_HEIGHT` RGB strip: the jet gradient from ``scale.lo`` to
     ``scale.hi``, their values at the ends and the threshold, when on the bar, marked with a
     black tick and its value."""
-    from ..eval.figures import jet_colormap
+    from .figures import jet_colormap
 
     width = int(width)
     strip = Image.new("RGB", (width, COLORBAR_HEIGHT), (255, 255, 255))

@@ -37,7 +37,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import S2SWError
+from ...errors import S2SWError
 
 __all__ = ["FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA", "SCHEMA_VERSION", "check_manifest",
            "file_record", "read_manifest"]

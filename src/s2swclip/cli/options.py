@@ -1,0 +1,168 @@
+"""Options shared by several commands (model, heat map, few-shot, exported model) and the
+objects built from them (the detector, the exported model, the threshold)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..errors import S2SWError
+from .types import positive_int, seed_value, share, unit_interval
+
+
+# defaults of the model options (also used to tell which ones were given next to --model)
+MODEL_DEFAULTS = {"backbone": "ViT-L-14-336", "weights": "openai", "prompts": None, "image_size": None,
+                   "device": "cpu", "precision": "fp32", "preset": None, "cache_dir": None}
+
+
+def add_model_args(p: argparse.ArgumentParser, prompts: bool = True, torch_runtime: bool = True) -> None:
+    """The model options; ``torch_runtime=False`` leaves out --device and --precision (export)."""
+    from ..model.config import PRECISIONS, PRESETS  # torch-free: --help and --model never load torch
+
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default=MODEL_DEFAULTS["backbone"],
+                   help="open_clip model name or model-config JSON path (default: ViT-L-14-336)")
+    g.add_argument("--weights", default=MODEL_DEFAULTS["weights"],
+                   help="pretrained tag (default: openai), weights file (.pt/.pth/.safetensors), "
+                        "or 'none' for random weights")
+    if prompts:
+        g.add_argument("--prompts", default=None,
+                       help="prompt checkpoint (.safetensors from 's2swclip train' or the authors' .pth)")
+    g.add_argument("--image-size", type=positive_int, default=None,
+                   help="input side in pixels (default: preset's or 518)")
+    if torch_runtime:
+        g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+        g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                       help="fp32 (faithful), bf16 (CPU/CUDA autocast) or fp16 (CUDA)")
+    g.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="protocol preset for the test-time values")
+    g.add_argument("--cache-dir", default=None, help="download cache for pretrained weights")
+
+
+def add_heatmap_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heatmap-scale", default="fixed", choices=("fixed", "image"),
+                   help="overlay colours: fixed (default; one scale, centred on the threshold when there is "
+                        "one, else the run's range; a normal image stays blue) or image (each map's own range)")
+
+
+def weights_arg(value: str | None):
+    return None if value is None or str(value).lower() in ("none", "random") else value
+
+
+def detector(args):
+    det = load_detector_of(args)
+    set_references(det, args)
+    return det
+
+
+def load_detector_of(args):
+    """The detector of the model options and the few-shot options (references not set yet)."""
+    from ..api import load_detector
+
+    options = few_shot_options(args)
+    return load_detector(args.backbone, weights_arg(args.weights), getattr(args, "prompts", None),
+                         image_size=args.image_size, device=args.device, precision=args.precision,
+                         preset=args.preset, cache_dir=args.cache_dir,
+                         untrained_ok=references_only(args), **options)
+
+
+# ----------------------------------------------------------------------- few-normal-shot mode
+def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False) -> None:
+    """predict/serve: ``--reference DIR [--shots K]``; test (``protocol``): ``--shots K
+    --shot-seed S [S ...]``; both: ``--few-shot-weight W``, ``--coreset F``."""
+    g = p.add_argument_group("few-shot (known-good reference images of the product)")
+    if protocol:
+        g.add_argument("--shots", type=positive_int, metavar="K",
+                       help="few-shot protocol: K normal references per class, drawn from the train split "
+                            "(from the test normals, then excluded from scoring, when there is none)")
+        g.add_argument("--shot-seed", type=seed_value, nargs="+", metavar="S",
+                       help="seed(s) of the draw (default 0); several seeds: mean +- std in the report")
+    else:
+        g.add_argument("--reference", metavar="DIR",
+                       help="folder (or image files, glob) of known-good images, or a references .safetensors "
+                            "file saved with det.save_references: turns the few-shot mode on")
+        g.add_argument("--shots", type=positive_int, metavar="K",
+                       help="use the first K reference images (sorted by path; default: all)")
+    g.add_argument("--few-shot-weight", type=unit_interval, metavar="W",
+                   help="weight of the few-shot map and score in [0, 1] (default 0.5); 1: references only, "
+                        "no trained prompts needed")
+    g.add_argument("--coreset", type=share, metavar="F",
+                   help="keep this fraction of each layer's reference tokens (greedy k-center): less memory "
+                        "and time with many references")
+
+
+def few_shot_options(args) -> dict:
+    """Detector options of the few-shot flags; refuses flags that would be ignored."""
+    if not hasattr(args, "few_shot_weight"):
+        return {}
+    on = args.shots is not None if hasattr(args, "shot_seed") else args.reference is not None
+    need = "--shots K" if hasattr(args, "shot_seed") else "--reference DIR"
+    given = [flag for flag, value in (("--few-shot-weight", args.few_shot_weight), ("--coreset", args.coreset),
+                                      ("--shot-seed", getattr(args, "shot_seed", None)),
+                                      ("--shots", None if hasattr(args, "shot_seed") else args.shots))
+             if value is not None]
+    if given and not on:
+        raise S2SWError(f"{given[0]} only applies to the few-shot mode: add {need}")
+    options = {}
+    if args.few_shot_weight is not None:
+        options["few_shot_weight"] = args.few_shot_weight
+    if args.coreset is not None:
+        options["coreset"] = args.coreset
+    return options
+
+
+def references_only(args) -> bool:
+    """References with weight 1: the prompts play no part (no warning about untrained ones)."""
+    on = getattr(args, "reference", None) is not None or getattr(args, "shots", None) is not None
+    return on and getattr(args, "few_shot_weight", None) == 1
+
+
+def set_references(det, args) -> list[str]:
+    """``--reference``: a references file is loaded, images are read like query images.
+    Returns the files the references came from (none without ``--reference``)."""
+    source = getattr(args, "reference", None)
+    if source is None:
+        return []
+    from ..inference.references import apply_references
+
+    files = apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
+    logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
+                                           f"{source} (weight {det.config.few_shot_weight})")
+    return files
+
+
+# ------------------------------------------------------------------------- exported models
+def add_exported_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR",
+                   help="run a model exported by 's2swclip export' (ONNX Runtime or OpenVINO, no PyTorch) "
+                        "instead of building the detector from --backbone/--weights/--prompts")
+
+
+FEW_SHOT_FLAGS = ("reference", "shots", "few_shot_weight", "coreset")
+
+
+def check_exported_args(args) -> None:
+    """``--model DIR`` fixes the model: the model options and the few-shot flags must not be set."""
+    given = [f"--{k.replace('_', '-')}" for k, default in MODEL_DEFAULTS.items()
+             if getattr(args, k, default) != default]
+    if given:
+        raise S2SWError(f"--model {args.model} already fixes the backbone, weights, prompts, image size and "
+                        f"precision; drop {', '.join(given)}")
+    few_shot = [f"--{k.replace('_', '-')}" for k in FEW_SHOT_FLAGS if getattr(args, k, None) is not None]
+    if few_shot:
+        raise S2SWError(f"{', '.join(few_shot)} cannot be used with --model {args.model}: references are baked in "
+                        f"at export; export the model with them ('s2swclip export --reference DIR [--shots K] "
+                        f"[--few-shot-weight W] [--coreset F] ...')")
+
+
+def exported_model(args):
+    """The exported model of ``--model DIR`` (torch-free); the model options must not be set."""
+    from ..deploy.runtime import load_exported
+
+    check_exported_args(args)
+    return load_exported(args.model)
+
+
+def threshold_of(args, model) -> float | None:
+    """--threshold, else the threshold recorded in an exported model."""
+    return args.threshold if args.threshold is not None else getattr(model, "threshold", None)

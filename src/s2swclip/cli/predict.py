@@ -1,0 +1,146 @@
+"""``s2swclip predict``: score images, folders, globs or manifests (local or Ray engine)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import S2SWError
+from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, check_exported_args, detector,
+                      exported_model, few_shot_options, references_only, threshold_of, weights_arg)
+from .types import finite, fraction, non_negative, positive, positive_int
+
+
+def add_parser(sub) -> None:
+    """Register the ``predict`` command."""
+    p = sub.add_parser("predict", help="score images, folders, globs or manifests")
+    p.add_argument("inputs", nargs="+",
+                   help="image files, folders, glob patterns or manifests (.txt: one path per line; .csv/.parquet: "
+                        "a 'path' column); local paths or URIs (s3://, gs://, hdfs://, file://)")
+    p.add_argument("--out", required=True, help="output folder for results.csv/json and overlays")
+    add_model_args(p)
+    p.add_argument("--threshold", type=finite, help="flag images scoring above this")
+    p.add_argument("--calibrate", metavar="DIR",
+                   help="folder of known-good images: the threshold becomes their split-conformal quantile, "
+                        "which bounds the expected false-positive rate on new good images by --fpr")
+    p.add_argument("--fpr", type=fraction, default=0.01,
+                   help="false-positive rate allowed on good images when calibrating (default 0.01)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-mpx", type=positive, default=40.0,
+                   help="refuse images larger than this many megapixels (default 40)")
+    p.add_argument("--no-overlays", action="store_true")
+    add_heatmap_arg(p)
+    p.add_argument("--quiet", action="store_true")
+    add_few_shot_args(p)
+    add_exported_arg(p)
+    _add_ray_args(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    if args.engine == "ray":
+        return _predict_ray(args)
+    _refuse_ray_options(args)
+    from ..fileio import check_output_dir
+    from ..inference.inputs import collect_inputs
+    from ..inference.local import predict_files
+
+    if args.model is not None:
+        check_exported_args(args)
+    check_output_dir(args.out)  # inputs and output checked before the (slow) model load
+    collect_inputs(args.inputs)
+    if args.calibrate is not None:
+        collect_inputs([args.calibrate])
+    if args.reference is not None:
+        collect_inputs([args.reference])
+    if args.model is not None:
+        scorer = exported_model(args)  # torch-free
+    else:
+        from ..inference.scorers import as_scorer
+
+        scorer = as_scorer(detector(args))
+    summary = predict_files(scorer, args.inputs, args.out, threshold=threshold_of(args, scorer),
+                            calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
+                            overlays=not args.no_overlays, progress=not args.quiet,
+                            max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale)
+    width = max((len(r["name"]) for r in summary.rows), default=10)
+    for r in summary.rows:
+        if r["error"]:
+            print(f"{r['name']:<{width}}  skipped")
+            continue
+        verdict = "" if r["anomalous"] is None else ("  ANOMALOUS" if r["anomalous"] else "  normal")
+        print(f"{r['name']:<{width}}  {r['score']:.4f}{verdict}")
+    if summary.calibration is not None:
+        print(summary.calibration.describe())
+    print(f"{summary.n_scored} scored, {summary.n_failed} skipped; results in {Path(args.out) / 'results.csv'}")
+    if not summary.n_scored:
+        raise S2SWError(f"none of the {summary.n_failed} input files could be read as an image")
+    return 0
+
+
+# ---- predict --engine ray (scale-out batch scoring; s2swclip.inference.ray_engine) ----
+_RAY_OPTIONS = ("ray_address", "workers", "gpus_per_worker", "cpus_per_worker", "shard_rows")
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine", "--engine ray scores on Ray Data (pip install 's2swclip[ray]'): Parquet "
+                                       "shards under OUT/results/, resumable by rerunning the same command")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (default): this process; ray: a Ray cluster or a local Ray instance")
+    g.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="Ray cluster to join (HOST:PORT printed by 'ray start --head', ray://HOST:PORT, or auto); "
+                        "default: start Ray on this machine")
+    g.add_argument("--workers", type=positive_int, default=None,
+                   help="scoring actors, each loads the model once (default 1)")
+    g.add_argument("--gpus-per-worker", type=non_negative, default=None,
+                   help="GPUs per scoring actor (default 0: CPU; 0.5 puts two actors on each GPU)")
+    g.add_argument("--cpus-per-worker", type=positive, default=None,
+                   help="CPUs reserved per scoring actor (default 1); decoding tasks take 1 CPU each")
+    g.add_argument("--shard-rows", type=positive_int, default=None,
+                   help="rows per committed Parquet shard (default 5000; a crash loses at most a shard)")
+
+
+def _refuse_ray_options(args) -> None:
+    given = [f"--{k.replace('_', '-')}" for k in _RAY_OPTIONS if getattr(args, k) is not None]
+    if given:
+        raise S2SWError(f"{', '.join(given)} only apply with --engine ray")
+
+
+def _predict_ray(args) -> int:
+    from ..inference.inputs import collect_inputs
+    from ..inference.ray_engine import predict_ray
+    from ..inference.spec import ScorerSpec
+
+    if args.model is not None:  # an exported model: the workers need no torch
+        from ..deploy.runtime.manifest import read_manifest
+
+        check_exported_args(args)
+        if args.gpus_per_worker:
+            raise S2SWError(f"--model {args.model} runs on the CPU (ONNX Runtime / OpenVINO); drop --gpus-per-worker")
+        spec = ScorerSpec.exported(args.model)
+        threshold = args.threshold  # else the one recorded at export, as with the local engine
+        if threshold is None:
+            threshold = read_manifest(args.model, verify_files=False).get("threshold")
+    else:
+        if args.reference is not None:
+            collect_inputs([args.reference])  # checked before Ray starts
+        spec = ScorerSpec.detector(args.backbone, weights_arg(args.weights), args.prompts, image_size=args.image_size,
+                                   device=args.device, precision=args.precision, preset=args.preset,
+                                   cache_dir=args.cache_dir, reference=args.reference, shots=args.shots,
+                                   max_pixels=int(args.max_mpx * 1e6), untrained_ok=references_only(args),
+                                   **few_shot_options(args))
+        threshold = args.threshold
+    s = predict_ray(spec, args.inputs, args.out, threshold=threshold, calibrate_dir=args.calibrate,
+                    fpr=args.fpr, batch_size=args.batch_size, workers=args.workers or 1,
+                    gpus_per_worker=args.gpus_per_worker or 0.0, cpus_per_worker=args.cpus_per_worker or 1.0,
+                    ray_address=args.ray_address, overlays=not args.no_overlays, progress=not args.quiet,
+                    max_pixels=int(args.max_mpx * 1e6), shard_rows=args.shard_rows or 5000,
+                    heatmap_scale=args.heatmap_scale)
+    if s.calibration is not None:
+        print(s.calibration.describe())
+    print(f"{s.n_scored} scored, {s.n_failed} skipped ({s.n_new} rows written now, {s.n_already_done} already "
+          f"done); results in {s.results_dir}")
+    if not s.n_scored:
+        raise S2SWError(f"none of the {s.n_failed} input files could be read as an image")
+    return 0
+# ---- end of predict --engine ray ----

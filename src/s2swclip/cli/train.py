@@ -1,0 +1,49 @@
+"""``s2swclip train``: learn the prompts on an auxiliary annotated dataset."""
+
+from __future__ import annotations
+
+from .options import add_model_args, weights_arg
+
+
+def add_parser(sub) -> None:
+    """Register the ``train`` command."""
+    p = sub.add_parser("train", help="learn the prompts on an auxiliary annotated dataset")
+    p.add_argument("--data", required=True, help="dataset root holding meta.json")
+    p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
+    add_model_args(p, prompts=False)
+    p.add_argument("--prompts", default=None, help="start from this prompt checkpoint (fine-tuning)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--alpha", type=float, help="weight of the generic family's pixel loss")
+    p.add_argument("--beta", type=float, help="weight of the pairwise image term")
+    p.add_argument("--split", default="test", help="meta.json split to train on (default: test)")
+    p.add_argument("--classes", nargs="+", help="train on these classes only")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    p.add_argument("--max-batches", type=int, help="batches per epoch (quick runs)")
+    p.add_argument("--workers", type=int, default=0, help="data loading workers")
+    p.add_argument("--cache-features", metavar="DIR|memory", default=None,
+                   help="compute the frozen image features once per image and reuse them in later epochs, "
+                        "stored in DIR (shareable by runs that differ only in training hyper-parameters) or "
+                        "in memory (small sets)")
+    p.add_argument("--cache-dtype", default="fp32", choices=("fp32", "fp16"),
+                   help="feature cache entries: fp32 (default; results bit-identical to an uncached run) "
+                        "or fp16 (half the space; slightly different prompts)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from ..training.loop import train
+
+    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed", "alpha", "beta")}
+    overrides["image_size"] = args.image_size
+    result = train(args.data, args.out, backbone=args.backbone, weights=weights_arg(args.weights),
+                   preset=args.preset or "visa-to-all", device=args.device, split=args.split,
+                   init_prompts=args.prompts, precision=args.precision,
+                   classes=args.classes, resume=args.resume, progress=not args.quiet,
+                   max_batches=args.max_batches, num_workers=args.workers,
+                   cache_features=args.cache_features, cache_dtype=args.cache_dtype, **overrides)
+    print(f"prompts written to {result.checkpoint}")
+    return 0

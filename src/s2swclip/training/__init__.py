@@ -1,0 +1,1 @@
+"""Learning the prompts: the loop (setup/resume, epochs, commits), its state file and the feature cache."""
