@@ -1,12 +1,15 @@
 """ScorerSpec: what a scoring worker loads, as plain picklable data built where it runs."""
 
+import dataclasses
 import pickle
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from s2swclip.errors import S2SWError
 from s2swclip.inference.spec import ScorerSpec
+from s2swclip.specs import DetectorSpec, SpecError
 
 
 def test_spec_is_plain_data_and_builds_the_detector_of_load_detector(tmp_path, monkeypatch):
@@ -40,18 +43,17 @@ def test_local_files_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w.safetensors").write_bytes(b"x")
     spec = ScorerSpec.detector("S2SW-Tiny-24L", "w.safetensors", "nope.safetensors", cache_dir="cache")
-    s = spec.settings
-    assert s["weights"] == str(tmp_path / "w.safetensors")
-    assert s["prompts"] == "nope.safetensors"  # not there: kept as given, check() names it
-    assert s["cache_dir"] == str(tmp_path / "cache")
-    assert spec.replace(device="cuda").settings == {**s, "device": "cuda"}
+    s = spec.spec
+    assert s.weights == str(tmp_path / "w.safetensors")
+    assert s.prompts == "nope.safetensors"  # not there: kept as given, check() names it
+    assert s.cache_dir == str(tmp_path / "cache")
+    assert spec.replace(device="cuda").spec == dataclasses.replace(s, device="cuda")
 
 
 @pytest.mark.parametrize("kwargs, needle", [
     ({"weights": "gone/w.safetensors"}, "weights file not found"),
     ({"prompts": "gone.safetensors"}, "gone.safetensors"),
     ({"backbone": "no-such-net"}, "unknown backbone"),
-    ({"precision": "fp8"}, "invalid precision"),
 ])
 def test_check_names_what_is_wrong_before_any_worker_starts(tmp_path, kwargs, needle):
     args = {"backbone": "S2SW-Tiny-24L", "weights": None, **kwargs}
@@ -60,9 +62,31 @@ def test_check_names_what_is_wrong_before_any_worker_starts(tmp_path, kwargs, ne
         spec.check()
 
 
-def test_unknown_kind():
-    with pytest.raises(ValueError, match="unknown scorer kind 'onnx'"):
-        ScorerSpec("onnx", ()).build()
+def test_wrong_fields_are_refused_when_the_spec_is_made_naming_the_field():
+    with pytest.raises(SpecError, match=r"^precision must be one of fp32, bf16, fp16, got 'fp8'$") as err:
+        ScorerSpec.detector("S2SW-Tiny-24L", None, precision="fp8")
+    assert err.value.field == "precision"
+    with pytest.raises(SpecError, match="^few_shot_weight must be a number in \\[0, 1\\], got 1.5$"):
+        DetectorSpec("S2SW-Tiny-24L", None, few_shot_weight=1.5)
+    with pytest.raises(SpecError, match="unknown detector option 'wavelet_lambdaa'"):
+        ScorerSpec.detector("S2SW-Tiny-24L", None, wavelet_lambdaa=0.5)
+    assert pickle.loads(pickle.dumps(err.value)).field == "precision"
+
+
+def test_digests_are_of_the_content_of_every_model_input(tmp_path):
+    import hashlib
+
+    (tmp_path / "p.safetensors").write_bytes(b"prompts")
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(refs / f"{i}.png")
+    spec = ScorerSpec.detector("S2SW-Tiny-24L", None, tmp_path / "p.safetensors", reference=refs, shots=2)
+    sha = [hashlib.sha256((refs / f"{i}.png").read_bytes()).digest() for i in range(2)]
+    assert spec.digests() == {"prompts": hashlib.sha256(b"prompts").hexdigest(),
+                              "reference": hashlib.sha256(b"".join(sha)).hexdigest()}
+    (tmp_path / "p.safetensors").write_bytes(b"other prompts")  # same path, other content
+    assert spec.digests()["prompts"] == hashlib.sha256(b"other prompts").hexdigest()
 
 
 def test_engine_and_spec_import_no_torch_until_a_detector_is_built():

@@ -32,5 +32,5 @@ def test_without_a_threshold_the_whole_range_and_per_image_on_request():
     assert h is None
     with TestClient(create_app(FakeDetector(), heatmap_scale="image"), base_url="http://127.0.0.1") as c:
         assert c.get("/v1/model").json()["heatmap_scale"] == "image"
-    with pytest.raises(S2SWError, match="invalid heatmap scale"):
+    with pytest.raises(S2SWError, match="^heatmap_scale must be one of fixed, image, got 'per-image'$"):
         create_app(FakeDetector(), heatmap_scale="per-image")

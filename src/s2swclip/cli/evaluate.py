@@ -37,7 +37,7 @@ def cmd_test(args) -> int:
     check_output_dir(args.out)
     for root in args.data:  # check every dataset before the (slow) model load
         read_meta(Path(root) / "meta.json")
-    det = detector(args)
+    det = detector(args, protocol=True)
     for root in args.data:
         name = Path(root).resolve().name
         out = Path(args.out) / name if len(args.data) > 1 else Path(args.out)

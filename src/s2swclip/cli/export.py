@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_few_shot_args, add_model_args, load_detector_of, set_references
+from .options import add_few_shot_args, add_model_args, detector_spec, log_references
 from .types import finite, positive_int
 
 
@@ -41,10 +41,16 @@ def cmd_export(args) -> int:
         from ..inference.inputs import collect_inputs
 
         collect_inputs([args.reference])
-    torch_args = argparse.Namespace(**{**vars(args), "device": "cpu", "precision": "fp32"})
-    det = load_detector_of(torch_args)
-    files = set_references(det, torch_args)
-    references = ReferenceSource(args.reference, files, args.shots) if files else None
+    from ..inference.references import apply_references
+    from ..model.factory import load_detector
+
+    spec = detector_spec(argparse.Namespace(**{**vars(args), "device": "cpu", "precision": "fp32"}))
+    det = load_detector(**spec.replace(reference=None).load_kwargs())
+    references = None
+    if spec.reference is not None:  # the files they were read from are recorded in the manifest
+        files = apply_references(det, spec.reference, shots=spec.shots, max_pixels=spec.max_pixels)
+        references = ReferenceSource(args.reference, files, args.shots)
+        log_references(det, spec.reference)
     result = export_detector(det, args.out, format=args.format, precision=args.precision,
                              calibrate_dir=args.calibrate, calibrate_max=args.calibrate_max,
                              threshold=args.threshold, references=references)

@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
         return int(args.func(args) or 0)
     except S2SWError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .options import flag_message
+
+        print(f"error: {flag_message(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:  # an output that cannot be created or written, found only when writing
         print(f"error: {_os_error_line(e)}", file=sys.stderr)

@@ -1,5 +1,9 @@
 """Options shared by several commands (model, heat map, few-shot, exported model) and the
-objects built from them (the detector, the exported model, the threshold)."""
+specs built from them (:class:`~s2swclip.specs.DetectorSpec`, the exported model, the threshold).
+
+The library names fields (``threshold``); :data:`FLAGS` is the one table from fields to the flags
+that set them, used to word the errors of :class:`~s2swclip.specs.SpecError` (:func:`flag_message`).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,30 @@ import logging
 from ..errors import S2SWError
 from .types import positive_int, seed_value, share, unit_interval
 
+#: library field -> the command-line flag that sets it
+FLAGS = {
+    "backbone": "--backbone", "weights": "--weights", "prompts": "--prompts", "image_size": "--image-size",
+    "device": "--device", "precision": "--precision", "preset": "--preset", "cache_dir": "--cache-dir",
+    "reference": "--reference", "shots": "--shots", "few_shot_weight": "--few-shot-weight", "coreset": "--coreset",
+    "max_pixels": "--max-mpx", "threshold": "--threshold", "calibrate_dir": "--calibrate", "fpr": "--fpr",
+    "heatmap_scale": "--heatmap-scale", "overlays": "--no-overlays", "batch_size": "--batch-size",
+    "max_inflight_pixels": "--max-inflight-mpx", "workers": "--workers", "gpus_per_worker": "--gpus-per-worker",
+    "cpus_per_worker": "--cpus-per-worker", "shard_rows": "--shard-rows", "ray_address": "--ray-address",
+    "save_dir": "--save", "save_max_bytes": "--save-max-mb", "max_batch": "--max-batch",
+    "batch_wait_ms": "--batch-wait-ms", "queue_size": "--queue-size", "max_upload_bytes": "--max-upload-mb",
+    "upload_idle_timeout_s": "--upload-timeout",
+}
+#: the model options of :func:`add_model_args`, fields of :class:`~s2swclip.specs.DetectorSpec`
+MODEL_FIELDS = ("backbone", "weights", "prompts", "image_size", "device", "precision", "preset", "cache_dir")
 
-# defaults of the model options (also used to tell which ones were given next to --model)
-MODEL_DEFAULTS = {"backbone": "ViT-L-14-336", "weights": "openai", "prompts": None, "image_size": None,
-                   "device": "cpu", "precision": "fp32", "preset": None, "cache_dir": None}
+
+def flag_message(err: Exception) -> str:
+    """The message of a library error, a :class:`~s2swclip.specs.SpecError` worded with the flag
+    that sets its field."""
+    name = getattr(err, "field", None)
+    if name is None:
+        return str(err)
+    return f"{FLAGS.get(name, name)} {err.problem}"
 
 
 def add_model_args(p: argparse.ArgumentParser, prompts: bool = True, torch_runtime: bool = True) -> None:
@@ -20,9 +44,9 @@ def add_model_args(p: argparse.ArgumentParser, prompts: bool = True, torch_runti
     from ..model.config import PRECISIONS, PRESETS  # torch-free: --help and --model never load torch
 
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default=MODEL_DEFAULTS["backbone"],
+    g.add_argument("--backbone", default="ViT-L-14-336",
                    help="open_clip model name or model-config JSON path (default: ViT-L-14-336)")
-    g.add_argument("--weights", default=MODEL_DEFAULTS["weights"],
+    g.add_argument("--weights", default="openai",
                    help="pretrained tag (default: openai), weights file (.pt/.pth/.safetensors), "
                         "or 'none' for random weights")
     if prompts:
@@ -49,21 +73,30 @@ def weights_arg(value: str | None):
     return None if value is None or str(value).lower() in ("none", "random") else value
 
 
-def detector(args):
-    det = load_detector_of(args)
-    set_references(det, args)
+def detector_spec(args, *, protocol: bool = False):
+    """The :class:`~s2swclip.specs.DetectorSpec` of the model and few-shot options. ``protocol``:
+    the command's few-shot mode is the evaluation protocol's (``test --shots K``, references drawn
+    from the dataset) rather than ``--reference DIR``."""
+    from ..specs import DetectorSpec
+
+    options = few_shot_options(args, protocol=protocol)
+    reference = None if protocol else getattr(args, "reference", None)
+    return DetectorSpec(args.backbone, weights_arg(args.weights), getattr(args, "prompts", None),
+                        image_size=args.image_size, device=getattr(args, "device", "cpu"),
+                        precision=getattr(args, "precision", "fp32"), preset=args.preset, cache_dir=args.cache_dir,
+                        reference=reference, shots=None if reference is None else args.shots,
+                        max_pixels=None if reference is None else int(getattr(args, "max_mpx", 40.0) * 1e6),
+                        untrained_ok=references_only(args), **options)
+
+
+def detector(args, *, protocol: bool = False):
+    """The detector of the command's options, references set (``--reference``)."""
+    from ..inference.spec import build_detector
+
+    spec = detector_spec(args, protocol=protocol)
+    det = build_detector(spec)
+    log_references(det, spec.reference)
     return det
-
-
-def load_detector_of(args):
-    """The detector of the model options and the few-shot options (references not set yet)."""
-    from ..api import load_detector
-
-    options = few_shot_options(args)
-    return load_detector(args.backbone, weights_arg(args.weights), getattr(args, "prompts", None),
-                         image_size=args.image_size, device=args.device, precision=args.precision,
-                         preset=args.preset, cache_dir=args.cache_dir,
-                         untrained_ok=references_only(args), **options)
 
 
 # ----------------------------------------------------------------------- few-normal-shot mode
@@ -91,24 +124,18 @@ def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False) -> Non
                         "and time with many references")
 
 
-def few_shot_options(args) -> dict:
-    """Detector options of the few-shot flags; refuses flags that would be ignored."""
-    if not hasattr(args, "few_shot_weight"):
-        return {}
-    on = args.shots is not None if hasattr(args, "shot_seed") else args.reference is not None
-    need = "--shots K" if hasattr(args, "shot_seed") else "--reference DIR"
-    given = [flag for flag, value in (("--few-shot-weight", args.few_shot_weight), ("--coreset", args.coreset),
-                                      ("--shot-seed", getattr(args, "shot_seed", None)),
-                                      ("--shots", None if hasattr(args, "shot_seed") else args.shots))
+def few_shot_options(args, *, protocol: bool = False) -> dict:
+    """Detector options of the few-shot flags; refuses flags that would be ignored (the mode is
+    on with ``--shots K`` in the ``protocol``, with ``--reference DIR`` elsewhere)."""
+    weight, coreset = getattr(args, "few_shot_weight", None), getattr(args, "coreset", None)
+    on = (args.shots if protocol else getattr(args, "reference", None)) is not None
+    given = [flag for flag, value in (("--few-shot-weight", weight), ("--coreset", coreset),
+                                      ("--shot-seed", getattr(args, "shot_seed", None) if protocol else None),
+                                      ("--shots", None if protocol else getattr(args, "shots", None)))
              if value is not None]
     if given and not on:
-        raise S2SWError(f"{given[0]} only applies to the few-shot mode: add {need}")
-    options = {}
-    if args.few_shot_weight is not None:
-        options["few_shot_weight"] = args.few_shot_weight
-    if args.coreset is not None:
-        options["coreset"] = args.coreset
-    return options
+        raise S2SWError(f"{given[0]} only applies to the few-shot mode: add {'--shots K' if protocol else '--reference DIR'}")
+    return {k: v for k, v in (("few_shot_weight", weight), ("coreset", coreset)) if v is not None}
 
 
 def references_only(args) -> bool:
@@ -117,18 +144,11 @@ def references_only(args) -> bool:
     return on and getattr(args, "few_shot_weight", None) == 1
 
 
-def set_references(det, args) -> list[str]:
-    """``--reference``: a references file is loaded, images are read like query images.
-    Returns the files the references came from (none without ``--reference``)."""
-    source = getattr(args, "reference", None)
-    if source is None:
-        return []
-    from ..inference.references import apply_references
-
-    files = apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
-    logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
-                                           f"{source} (weight {det.config.few_shot_weight})")
-    return files
+def log_references(det, source) -> None:
+    """Say that the few-shot mode is on (``source``: where the references came from)."""
+    if source is not None:
+        logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
+                                               f"{source} (weight {det.config.few_shot_weight})")
 
 
 # ------------------------------------------------------------------------- exported models
@@ -143,8 +163,10 @@ FEW_SHOT_FLAGS = ("reference", "shots", "few_shot_weight", "coreset")
 
 def check_exported_args(args) -> None:
     """``--model DIR`` fixes the model: the model options and the few-shot flags must not be set."""
-    given = [f"--{k.replace('_', '-')}" for k, default in MODEL_DEFAULTS.items()
-             if getattr(args, k, default) != default]
+    from ..specs import DetectorSpec
+
+    defaults = DetectorSpec()
+    given = [FLAGS[k] for k in MODEL_FIELDS if getattr(args, k, getattr(defaults, k)) != getattr(defaults, k)]
     if given:
         raise S2SWError(f"--model {args.model} already fixes the backbone, weights, prompts, image size and "
                         f"precision; drop {', '.join(given)}")
@@ -163,6 +185,6 @@ def exported_model(args):
     return load_exported(args.model)
 
 
-def threshold_of(args, model) -> float | None:
-    """--threshold, else the threshold recorded in an exported model."""
-    return args.threshold if args.threshold is not None else getattr(model, "threshold", None)
+def threshold_of(args, recorded: float | None) -> float | None:
+    """--threshold, else the threshold recorded in an exported model (None for a detector)."""
+    return args.threshold if args.threshold is not None else recorded

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import S2SWError
 from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, check_exported_args, detector,
-                      exported_model, few_shot_options, references_only, threshold_of, weights_arg)
+                      detector_spec, exported_model, threshold_of)
 from .types import finite, fraction, non_negative, positive, positive_int
 
 
@@ -37,13 +37,23 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def run_options(args, recorded_threshold: float | None = None):
+    """The :class:`~s2swclip.specs.RunOptions` of the command's options (``recorded_threshold``:
+    an exported model's, used without ``--threshold``)."""
+    from ..specs import RunOptions
+
+    return RunOptions(threshold=threshold_of(args, recorded_threshold), calibrate_dir=args.calibrate, fpr=args.fpr,
+                      heatmap_scale=args.heatmap_scale, overlays=not args.no_overlays, batch_size=args.batch_size,
+                      max_pixels=int(args.max_mpx * 1e6), progress=not args.quiet)
+
+
 def cmd_predict(args) -> int:
     if args.engine == "ray":
         return _predict_ray(args)
     _refuse_ray_options(args)
     from ..fileio import check_output_dir
     from ..inference.inputs import collect_inputs
-    from ..inference.local import predict_files
+    from ..inference.local import LocalEngine
 
     if args.model is not None:
         check_exported_args(args)
@@ -59,10 +69,7 @@ def cmd_predict(args) -> int:
         from ..inference.scorers import as_scorer
 
         scorer = as_scorer(detector(args))
-    summary = predict_files(scorer, args.inputs, args.out, threshold=threshold_of(args, scorer),
-                            calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
-                            overlays=not args.no_overlays, progress=not args.quiet,
-                            max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale)
+    summary = LocalEngine(scorer).run(args.inputs, args.out, run_options(args, getattr(scorer, "threshold", None)))
     width = max((len(r["name"]) for r in summary.rows), default=10)
     for r in summary.rows:
         if r["error"]:
@@ -108,7 +115,7 @@ def _refuse_ray_options(args) -> None:
 
 def _predict_ray(args) -> int:
     from ..inference.inputs import collect_inputs
-    from ..inference.ray_engine import predict_ray
+    from ..inference.ray_engine import RayEngine, RaySettings
     from ..inference.spec import ScorerSpec
 
     if args.model is not None:  # an exported model: the workers need no torch
@@ -118,24 +125,17 @@ def _predict_ray(args) -> int:
         if args.gpus_per_worker:
             raise S2SWError(f"--model {args.model} runs on the CPU (ONNX Runtime / OpenVINO); drop --gpus-per-worker")
         spec = ScorerSpec.exported(args.model)
-        threshold = args.threshold  # else the one recorded at export, as with the local engine
-        if threshold is None:
-            threshold = read_manifest(args.model, verify_files=False).get("threshold")
+        # else the threshold recorded at export, as with the local engine
+        recorded = read_manifest(args.model, verify_files=False).get("threshold") if args.threshold is None else None
     else:
         if args.reference is not None:
             collect_inputs([args.reference])  # checked before Ray starts
-        spec = ScorerSpec.detector(args.backbone, weights_arg(args.weights), args.prompts, image_size=args.image_size,
-                                   device=args.device, precision=args.precision, preset=args.preset,
-                                   cache_dir=args.cache_dir, reference=args.reference, shots=args.shots,
-                                   max_pixels=int(args.max_mpx * 1e6), untrained_ok=references_only(args),
-                                   **few_shot_options(args))
-        threshold = args.threshold
-    s = predict_ray(spec, args.inputs, args.out, threshold=threshold, calibrate_dir=args.calibrate,
-                    fpr=args.fpr, batch_size=args.batch_size, workers=args.workers or 1,
-                    gpus_per_worker=args.gpus_per_worker or 0.0, cpus_per_worker=args.cpus_per_worker or 1.0,
-                    ray_address=args.ray_address, overlays=not args.no_overlays, progress=not args.quiet,
-                    max_pixels=int(args.max_mpx * 1e6), shard_rows=args.shard_rows or 5000,
-                    heatmap_scale=args.heatmap_scale)
+        spec = ScorerSpec.detector(detector_spec(args))
+        recorded = None
+    settings = RaySettings(workers=args.workers or 1, gpus_per_worker=args.gpus_per_worker or 0.0,
+                           cpus_per_worker=args.cpus_per_worker or 1.0, ray_address=args.ray_address,
+                           shard_rows=args.shard_rows or 5000)
+    s = RayEngine(spec, settings).run(args.inputs, args.out, run_options(args, recorded))
     if s.calibration is not None:
         print(s.calibration.describe())
     print(f"{s.n_scored} scored, {s.n_failed} skipped ({s.n_new} rows written now, {s.n_already_done} already "

@@ -38,6 +38,19 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def serve_settings(args, recorded_threshold: float | None = None):
+    """The :class:`~s2swclip.specs.ServeSettings` of the command's options (``recorded_threshold``:
+    an exported model's, used without ``--threshold``)."""
+    from ..specs import ServeSettings
+
+    return ServeSettings(threshold=threshold_of(args, recorded_threshold), save_dir=args.save,
+                         save_max_bytes=int(args.save_max_mb * 1e6), max_batch=args.max_batch,
+                         batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
+                         max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_mpx * 1e6),
+                         max_inflight_pixels=int(args.max_inflight_mpx * 1e6),
+                         upload_idle_timeout_s=args.upload_timeout, warmup=True, heatmap_scale=args.heatmap_scale)
+
+
 def build_serve_app(args):
     """The service app for the ``serve`` command's arguments (loads the model)."""
     from ..serve.app import create_app
@@ -46,13 +59,7 @@ def build_serve_app(args):
     security = SecuritySettings(token=resolve_token(args.token), host=args.host,
                                 allow_hosts=tuple(args.allow_host or ()))
     model = exported_model(args) if args.model is not None else detector(args)
-    return create_app(model, threshold=threshold_of(args, model), save_dir=args.save,
-                      save_max_bytes=int(args.save_max_mb * 1e6), max_batch=args.max_batch,
-                      batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
-                      max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_mpx * 1e6),
-                      max_inflight_pixels=int(args.max_inflight_mpx * 1e6), security=security,
-                      upload_idle_timeout_s=args.upload_timeout, warmup=True,
-                      heatmap_scale=args.heatmap_scale)
+    return create_app(model, serve_settings(args, getattr(model, "threshold", None)), security=security)
 
 
 def cmd_serve(args) -> int:

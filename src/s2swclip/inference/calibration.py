@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import S2SWError
 
-__all__ = ["Calibration", "conformal_threshold"]
+__all__ = ["Calibration", "calibrate_folder", "conformal_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +72,15 @@ def conformal_threshold(normal_scores: Iterable[float], fpr: float = 0.01) -> Ca
         k = n
     threshold = float(s[k - 1])
     return Calibration(threshold, n, float(fpr), k, 1.0 - k / (n + 1), int((s > threshold).sum()))
+
+
+def calibrate_folder(folder, fpr: float, score: Callable[[Sequence], Iterable[float | None]]) -> Calibration:
+    """The conformal threshold of the known-good images of ``folder`` (listed as inputs are,
+    :func:`~s2swclip.inference.inputs.collect_inputs`): ``score(entries)`` scores them (None for
+    an image that could not be scored) -- every engine calibrates through here."""
+    from .inputs import collect_inputs
+
+    entries = collect_inputs([folder])
+    cal = conformal_threshold([s for s in score(entries) if s is not None], fpr)
+    log.info("calibrated %s", cal.describe())
+    return cal

@@ -35,22 +35,21 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import S2SWError
 from ..fileio import atomic_write_bytes, check_output_dir
 from ..progress import progress as make_progress
-from .calibration import Calibration, conformal_threshold
-from ..viz.heatmap import HEATMAP_SCALES, OverlayPainter
+from ..specs import RunOptions
+from ..viz.heatmap import OverlayPainter
+from .calibration import Calibration, calibrate_folder
 from .inputs import collect_inputs, display_names
-from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage, overlay_png
+from .pipeline import InferencePipeline, ScoredImage, overlay_png
 
-__all__ = ["RESULT_FIELDS", "PredictSummary", "apply_listing_problem", "calibrate", "check_run_options", "csv_safe",
-           "overlay_names", "predict_files", "result_row"]
+__all__ = ["RESULT_FIELDS", "LocalEngine", "PredictSummary", "apply_listing_problem", "csv_safe", "overlay_names",
+           "predict_files", "result_row"]
 
 log = logging.getLogger(__name__)
 
@@ -124,97 +123,65 @@ def _overlay_name(display: str, used: set[str]) -> str:
     return name
 
 
+class LocalEngine:
+    """The local engine (:class:`~.engine.Engine`): scores in this process with ``scorer`` (a
+    :class:`~s2swclip.inference.pipeline.Scorer`; see :func:`~s2swclip.inference.scorers.as_scorer`
+    for a detector) and writes ``results.csv``, ``results.json`` and ``overlays/*.png``."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def run(self, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+            options: RunOptions = RunOptions()) -> PredictSummary:
+        """Score ``inputs`` (files, folders, globs) into ``out_dir`` (checked before any work);
+        see :class:`~s2swclip.specs.RunOptions` for the options. Returns :class:`PredictSummary`."""
+        o = options
+        out = check_output_dir(out_dir)
+        entries = collect_inputs(inputs)
+        pipe = InferencePipeline(self.scorer, batch_size=o.batch_size, threshold=o.threshold,
+                                 max_pixels=o.max_pixels, max_inflight_pixels=o.max_inflight_pixels)
+        cal = None
+        if o.calibrate_dir is not None:
+            cal = calibrate_folder(o.calibrate_dir, o.fpr, lambda found: (
+                r.score for r in pipe.run(_sources([e.path for e in found]))))
+            pipe.threshold = cal.threshold
+        summary = PredictSummary(pipe.threshold, cal)
+        painter = OverlayPainter(o.heatmap_scale, pipe.threshold, getattr(self.scorer, "map_scale", None),
+                                 draw=lambda preview, amap, scale: overlay_png(preview, amap, scale=scale,
+                                                                               colorbar=True),
+                                 write=atomic_write_bytes, window=o.scale_window)
+        bar = make_progress(len(entries), "scoring", enabled=o.progress)
+        names = display_names([e.path for e in entries])
+        overlay_files = overlay_names(names)
+        try:
+            for rec in pipe.run([(e.path, name) for e, name in zip(entries, names)], progress=bar):
+                apply_listing_problem(rec, entries[rec.index].problem)
+                overlay = None
+                if rec.error is not None:
+                    log.warning("skipped %s: %s", rec.name, rec.error)
+                elif o.overlays:
+                    overlay = overlay_files[rec.index]
+                    painter.add(rec.preview, rec.anomaly_map, out / overlay)
+                summary.rows.append(result_row(rec, overlay))
+                rec.release()
+            painter.flush()
+        finally:
+            bar.close()
+        summary.heatmap = painter.describe() if o.overlays else None
+        _write_results(out, summary)
+        return summary
+
+
 def _sources(paths: Sequence[str]):
     return [(p, n) for p, n in zip(paths, display_names(paths))]
 
 
-def calibrate(pipeline: InferencePipeline, folder: str | os.PathLike, fpr: float) -> Calibration:
-    """Score the known-good images of ``folder`` and return the conformal threshold."""
-    entries = collect_inputs([folder])
-    scores = [r.score for r in pipeline.run(_sources([e.path for e in entries])) if r.score is not None]
-    cal = conformal_threshold(scores, fpr)
-    log.info("calibrated %s", cal.describe())
-    return cal
-
-
-def check_run_options(threshold: float | None, heatmap_scale: str) -> None:
-    """The options every engine checks before any work: ``--threshold`` (None or a finite
-    number) and ``--heatmap-scale``. Raises :class:`S2SWError`."""
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold)):
-        raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
-    if heatmap_scale not in HEATMAP_SCALES:
-        raise S2SWError(f"invalid --heatmap-scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
-
-
-def predict_files(
-    scorer,
-    inputs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    *,
-    threshold: float | None = None,
-    calibrate_dir: str | os.PathLike | None = None,
-    fpr: float = 0.01,
-    batch_size: int = 8,
-    overlays: bool = True,
-    progress: bool = True,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
-    heatmap_scale: str = "fixed",
-    scale_window: int = 32,
-) -> PredictSummary:
-    """Score ``inputs`` and write ``results.csv``, ``results.json`` and ``overlays/*.png``.
-
-    Args:
-        scorer: a :class:`~s2swclip.inference.pipeline.Scorer` (see
-            :func:`~s2swclip.inference.scorers.as_scorer` for a detector).
-        inputs: files, folders, glob patterns.
-        out_dir: output folder (checked before any work).
-        threshold: flag images scoring above it; ``calibrate_dir`` overrides it.
-        calibrate_dir: folder of known-good images: the threshold is their split-conformal
-            quantile for false-positive rate ``fpr`` (see :mod:`.calibration`).
-        overlays: write heat-map overlays.
-        heatmap_scale: ``fixed`` (one scale for the run: centred on the threshold when there is
-            one, else the range of the first ``scale_window`` maps) or ``image`` (each map's own
-            range); see :mod:`.heatmap`.
-
-    Returns:
-        :class:`PredictSummary`.
-    """
-    check_run_options(threshold, heatmap_scale)
-    out = check_output_dir(out_dir)
-    entries = collect_inputs(inputs)
-    pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=threshold, max_pixels=max_pixels,
-                             max_inflight_pixels=max_inflight_pixels)
-    cal = None
-    if calibrate_dir is not None:
-        cal = calibrate(pipe, calibrate_dir, fpr)
-        pipe.threshold = cal.threshold
-    summary = PredictSummary(pipe.threshold, cal)
-    painter = OverlayPainter(heatmap_scale, pipe.threshold, getattr(scorer, "map_scale", None),
-                             draw=lambda preview, amap, scale: overlay_png(preview, amap, scale=scale, colorbar=True),
-                             write=atomic_write_bytes, window=scale_window)
-    bar = make_progress(len(entries), "scoring", enabled=progress)
-    names = display_names([e.path for e in entries])
-    overlay_files = overlay_names(names)
-    sources = [(e.path, name) for e, name in zip(entries, names)]
-    try:
-        for rec in pipe.run(sources, progress=bar):
-            apply_listing_problem(rec, entries[rec.index].problem)
-            overlay = None
-            if rec.error is not None:
-                log.warning("skipped %s: %s", rec.name, rec.error)
-            elif overlays:
-                overlay = overlay_files[rec.index]
-                painter.add(rec.preview, rec.anomaly_map, out / overlay)
-            summary.rows.append(result_row(rec, overlay))
-            rec.release()
-        painter.flush()
-    finally:
-        bar.close()
-    summary.heatmap = painter.describe() if overlays else None
-    _write_results(out, summary)
-    return summary
+def predict_files(scorer, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                  **options: Any) -> PredictSummary:
+    """``LocalEngine(scorer).run(inputs, out_dir, RunOptions(**options))``: score ``inputs`` and
+    write ``results.csv``, ``results.json`` and ``overlays/*.png`` (``options``: the fields of
+    :class:`~s2swclip.specs.RunOptions`)."""
+    return LocalEngine(scorer).run(inputs, out_dir, RunOptions(**options))
 
 
 def _write_results(out: Path, summary: PredictSummary) -> None:

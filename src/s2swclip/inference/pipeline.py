@@ -259,10 +259,13 @@ class InferencePipeline:
         self.attach(records, scores, maps, inference_ms=ms)
 
     def attach(self, records: Sequence[ScoredImage], scores: np.ndarray, maps: np.ndarray, *,
-               inference_ms: float = 0.0, queue_ms: Sequence[float] | None = None) -> None:
-        """Put a scorer's outputs into the records (and apply the threshold)."""
+               inference_ms: float = 0.0, queue_ms: Sequence[float] | None = None,
+               threshold: float | None | type(...) = ...) -> None:
+        """Put a scorer's outputs into the records (and apply the threshold: the pipeline's, or
+        ``threshold`` when given, e.g. a request's own)."""
+        thr = self.threshold if threshold is ... else threshold
         for i, r in enumerate(records):
-            r.set_result(float(scores[i]), np.asarray(maps[i], dtype=np.float32), self.threshold, self.map_scale)
+            r.set_result(float(scores[i]), np.asarray(maps[i], dtype=np.float32), thr, self.map_scale)
             r.timings_ms.update(inference=inference_ms, batch_size=len(records),
                                 queue=0.0 if queue_ms is None else queue_ms[i])
 

@@ -24,12 +24,10 @@ rows are never removed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,20 +39,20 @@ from PIL import Image
 from ..errors import S2SWError
 from ..fileio import atomic_write_text, check_output_dir
 from ..progress import progress as make_progress
-from .calibration import Calibration, conformal_threshold
+from ..specs import RunOptions, SpecError
 from ..viz.heatmap import standalone_scale
+from .calibration import Calibration, calibrate_folder
 from .inputs import InputEntry, collect_inputs, display_names
-from .local import RESULT_FIELDS, apply_listing_problem, check_run_options, overlay_names, result_row
-from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, Decoder, InferencePipeline, ScoredImage
+from .local import RESULT_FIELDS, apply_listing_problem, overlay_names, result_row
+from .pipeline import Decoder, InferencePipeline, ScoredImage
+from .ray_cluster import check_reachable, check_resources, data_context, ray_session, worker_error
 from .shards import (OVERLAY_PNG, RESULTS, ResultsFolder, require_pyarrow, committed_paths, count_rows,
                      rows_in_flight_schema)
 from .spec import ScorerSpec
 
-__all__ = ["RaySummary", "predict_ray"]
+__all__ = ["RayEngine", "RaySettings", "RaySummary", "predict_ray"]
 
 log = logging.getLogger(__name__)
-
-_CONNECT_TIMEOUT_S = 5.0
 
 
 # ------------------------------------------------------------------------------------ Ray stages
@@ -141,111 +139,36 @@ class _ScoreWorker:
         return self.pipe.overlay(rec, scale=scale, colorbar=True)
 
 
-# ----------------------------------------------------------------------------------- Ray session
-def _parse_address(address: str) -> tuple[str, int] | None:
-    """``(host, port)`` of a cluster address (None for ``auto``); S2SWError when malformed."""
-    if address == "auto":
-        return None
-    hostport = address.split("://", 1)[1] if address.startswith("ray://") else address
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise S2SWError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto "
-                        f"(the address 'ray start --head' prints, e.g. 10.0.0.5:6379)")
-    return host.strip("[]"), int(port)
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how wide a Ray run scores.
 
+    Attributes:
+        workers: scoring actors; ``gpus_per_worker`` / ``cpus_per_worker``: Ray resources of
+            each (GPUs > 0: the workers run on CUDA; 0.5 puts two workers on a GPU).
+        ray_address: a running cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``); None:
+            a Ray already initialised by the calling program, else a local instance with
+            ``local_cpus`` CPUs (default: all).
+        shard_rows, flush_seconds: a shard is committed every ``shard_rows`` rows or
+            ``flush_seconds`` seconds, whichever comes first (the work a crash can lose).
+    """
 
-def _check_reachable(address: str) -> None:
-    """Fail fast (seconds, not Ray's minutes of retries) when nothing listens at the address."""
-    target = _parse_address(address)
-    if target is None:
-        return
-    try:
-        with socket.create_connection(target, timeout=_CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise S2SWError(f"cannot reach a Ray cluster at --ray-address {address} ({exc.strerror or exc}); "
-                        f"start one with 'ray start --head' and pass the address it prints, or leave "
-                        f"--ray-address out to run on this machine") from None
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    ray_address: str | None = None
+    local_cpus: int | None = None
+    shard_rows: int = 5000
+    flush_seconds: float = 60.0
 
-
-@contextlib.contextmanager
-def _ray_session(address: str | None, local_cpus: int | None):
-    """Ray, connected: reuses a Ray already initialised by the calling program (and leaves it
-    running), else connects to ``address`` or starts a local instance, and shuts it down after.
-    Yields ``(ray, owned_local)``."""
-    try:
-        import ray
-    except ImportError:
-        raise S2SWError("--engine ray needs Ray: pip install 's2swclip[ray]'") from None
-    if ray.is_initialized():
-        if address is not None:
-            log.info("using the Ray this program already initialised, not --ray-address %s", address)
-        yield ray, False
-        return
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address is None:
-        kwargs.update(include_dashboard=False, num_cpus=local_cpus)
-    try:
-        ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at --ray-address {address}" if address else "a local Ray instance"
-        raise S2SWError(f"cannot start or join {where}: {str(exc).splitlines()[0]}") from None
-    try:
-        yield ray, address is None
-    finally:
-        ray.shutdown()
-
-
-@contextlib.contextmanager
-def _data_context():
-    """Ray Data settings for this run (restored after): no Ray progress bars or execution
-    banners (we report progress), the original exception of a failing task."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    wanted = {"enable_progress_bars": False, "print_on_execution_start": False,
-              "raise_original_map_exception": True, "enable_auto_log_stats": False}
-    saved = {k: getattr(ctx, k) for k in wanted}
-    data_log = logging.getLogger("ray.data")
-    saved_level = data_log.level
-    for k, v in wanted.items():
-        setattr(ctx, k, v)
-    data_log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(ctx, k, v)
-        data_log.setLevel(saved_level)
-
-
-def _check_resources(ray, owned_local: bool, workers: int, cpus: float, gpus: float) -> None:
-    """Refuse (on a local instance) or warn (on a cluster, which may scale up) when the actor
-    pool plus one decoding task cannot be scheduled: Ray would wait for ever."""
-    total = ray.cluster_resources()
-    need_cpu, need_gpu = workers * cpus + 1, workers * gpus
-    have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    if need_cpu <= have_cpu + 1e-9 and need_gpu <= have_gpu + 1e-9:
-        return
-    msg = (f"{workers} worker(s) x {cpus:g} CPU and {gpus:g} GPU, plus 1 CPU for decoding, need "
-           f"{need_cpu:g} CPUs and {need_gpu:g} GPUs; the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
-    if owned_local:
-        raise S2SWError(f"{msg}: use fewer --workers, a smaller --cpus-per-worker (e.g. 0.5) or "
-                        f"--gpus-per-worker, or a cluster (--ray-address)")
-    log.warning("%s; waiting for the cluster to provide them", msg)
-
-
-def _worker_error(exc: BaseException) -> S2SWError | None:
-    """The user error behind a failed Ray task, if there is one (one line)."""
-    seen: set[int] = set()
-    c: BaseException | None = exc
-    while c is not None and id(c) not in seen:
-        seen.add(id(c))
-        if isinstance(c, S2SWError):
-            first = str(c.args[0] if c.args else c).splitlines()[0]
-            return S2SWError(f"scoring worker: {first}")
-        c = getattr(c, "cause", None) or c.__cause__ or c.__context__
-    return None
+    def __post_init__(self) -> None:
+        for name in ("workers", "shard_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+                raise SpecError(name, f"must be an integer >= 1, got {value!r}")
+        if not (self.gpus_per_worker >= 0 and self.cpus_per_worker > 0):
+            raise SpecError("gpus_per_worker", f"must be >= 0 and cpus_per_worker > 0, got "
+                                               f"{self.gpus_per_worker!r}, {self.cpus_per_worker!r}")
 
 
 @dataclass(frozen=True)
@@ -253,16 +176,20 @@ class _Job:
     """What the Ray stages need (picklable), shared by calibration and scoring."""
 
     spec: ScorerSpec
+    options: RunOptions
     threshold: float | None
-    overlays: bool
-    heatmap_scale: str
-    batch_size: int
     workers: int
     cpus_per_worker: float
     gpus_per_worker: float
-    max_pixels: int | None
-    max_inflight_pixels: int
     block_rows: int
+
+    @property
+    def overlays(self) -> bool:
+        return self.options.overlays
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
 
 
 def _decode_memory(job: _Job) -> int:
@@ -271,7 +198,8 @@ def _decode_memory(job: _Job) -> int:
     batch of float32 model inputs. Ray starts no more decoding tasks than memory allows, and,
     the resources differing from the actors', never fuses decoding into the scoring actors:
     decoding stays in CPU tasks that scale apart from them."""
-    pixels = min(job.max_pixels or job.max_inflight_pixels, job.max_inflight_pixels)
+    o = job.options
+    pixels = min(o.max_pixels or o.max_inflight_pixels, o.max_inflight_pixels)
     s = job.spec.image_size()
     return int(pixels * 8 + job.batch_size * 3 * s * s * 4)
 
@@ -288,17 +216,19 @@ def _score_tables(ray, job: _Job, planned) -> Iterator:
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(_decode_batch, batch_size=job.batch_size, batch_format="numpy",
                         num_cpus=1, memory=_decode_memory(job),
-                        fn_kwargs={"image_size": job.spec.image_size(), "max_pixels": job.max_pixels,
-                                   "max_inflight_pixels": job.max_inflight_pixels, "overlays": job.overlays})
+                        fn_kwargs={"image_size": job.spec.image_size(), "max_pixels": job.options.max_pixels,
+                                   "max_inflight_pixels": job.options.max_inflight_pixels,
+                                   "overlays": job.overlays})
     ds = ds.map_batches(_ScoreWorker, batch_size=job.batch_size, batch_format="numpy",
                         compute=ActorPoolStrategy(size=job.workers), num_cpus=job.cpus_per_worker,
                         num_gpus=job.gpus_per_worker or None,
                         fn_constructor_kwargs={"spec": job.spec, "threshold": job.threshold,
-                                               "overlays": job.overlays, "heatmap_scale": job.heatmap_scale})
+                                               "overlays": job.overlays,
+                                               "heatmap_scale": job.options.heatmap_scale})
     try:
         yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
     except Exception as exc:
-        err = _worker_error(exc)
+        err = worker_error(exc)
         if err is None:
             raise
         raise err from None
@@ -316,16 +246,15 @@ def _plan(entries: Sequence[InputEntry], names: Sequence[str], overlays: Sequenc
                      "overlay": pa.array([overlays[i] if overlays else "" for i in idx], pa.string())})
 
 
-def _calibrate(ray, job: _Job, folder: str | os.PathLike, fpr: float) -> Calibration:
-    """Score the known-good images of ``folder`` on Ray: their conformal threshold."""
-    entries = collect_inputs([folder])
-    planned = _plan(entries, display_names([e.path for e in entries]), None, lambda p: True)
-    scores = []
-    for t in _score_tables(ray, dataclasses.replace(job, overlays=False, threshold=None), planned):
-        scores.extend(s for s in t.column("score").to_pylist() if s is not None)
-    cal = conformal_threshold(scores, fpr)
-    log.info("calibrated %s", cal.describe())
-    return cal
+def _calibrate(ray, job: _Job) -> Calibration:
+    """Score the known-good images of the calibration folder on Ray: their conformal threshold."""
+    def score(entries):
+        planned = _plan(entries, display_names([e.path for e in entries]), None, lambda p: True)
+        job_ = dataclasses.replace(job, options=job.options.replace(overlays=False), threshold=None)
+        for t in _score_tables(ray, job_, planned):
+            yield from t.column("score").to_pylist()
+
+    return calibrate_folder(job.options.calibrate_dir, job.options.fpr, score)
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -349,12 +278,10 @@ class RaySummary:
                 "n_new": self.n_new, "n_already_done": self.n_already_done, "results": RESULTS}
 
 
-def _worker_spec(spec: ScorerSpec, gpus: float, cpus: float) -> ScorerSpec:
+def _worker_spec(spec: ScorerSpec, gpus: float) -> ScorerSpec:
     """The spec the workers build: on CUDA exactly when they get GPUs (Ray assigns them, so a
     worker's device is plain ``cuda``)."""
-    if not (gpus >= 0 and cpus > 0):
-        raise S2SWError(f"--gpus-per-worker must be >= 0 and --cpus-per-worker > 0, got {gpus!r}, {cpus!r}")
-    device = str(spec.settings.get("device", "cpu"))
+    device = str(spec.device)
     if gpus > 0:
         if device.startswith("cuda:"):
             raise S2SWError(f"--device {device}: Ray assigns each worker its GPUs (--gpus-per-worker); "
@@ -366,103 +293,98 @@ def _worker_spec(spec: ScorerSpec, gpus: float, cpus: float) -> ScorerSpec:
     return spec
 
 
-def predict_ray(
-    spec: ScorerSpec,
-    inputs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    *,
-    threshold: float | None = None,
-    calibrate_dir: str | os.PathLike | None = None,
-    fpr: float = 0.01,
-    batch_size: int = 8,
-    workers: int = 1,
-    gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
-    ray_address: str | None = None,
-    local_cpus: int | None = None,
-    overlays: bool = True,
-    progress: bool = True,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
-    shard_rows: int = 5000,
-    flush_seconds: float = 60.0,
-    heatmap_scale: str = "fixed",
-) -> RaySummary:
-    """Score ``inputs`` on Ray and commit one row per input to Parquet shards under
-    ``out_dir/results`` (see the module docstring); resumes a run interrupted in ``out_dir``.
+def _run_settings(spec: ScorerSpec, o: RunOptions) -> dict[str, Any]:
+    """What the rows of a run depend on (JSON-safe): a folder holding rows of other settings, or
+    of other model inputs (``digests``: the content of the prompts, weights, references...), is
+    refused (:class:`~.shards.ResultsFolder`)."""
+    return {"scorer": {k: v for k, v in spec.describe().items() if k != "device"}, "digests": spec.digests(),
+            "threshold": o.threshold, "overlays": bool(o.overlays), "max_pixels": o.max_pixels,
+            "heatmap_scale": o.heatmap_scale if o.overlays else None,
+            "calibrate": None if o.calibrate_dir is None else os.path.abspath(o.calibrate_dir),
+            "fpr": None if o.calibrate_dir is None else float(o.fpr)}
 
-    Args:
-        spec: what each worker loads (:meth:`ScorerSpec.detector`).
-        inputs: files, folders, glob patterns, manifests; local paths or URIs.
-        threshold, calibrate_dir, fpr: the decision threshold, as in
-            :func:`~.local.predict_files` (calibration images are scored on Ray too).
-        batch_size: images per scorer call.
-        workers: scoring actors; ``gpus_per_worker`` / ``cpus_per_worker``: Ray resources of
-            each (GPUs > 0: the workers run on CUDA; 0.5 puts two workers on a GPU).
-        ray_address: a running cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``); None:
-            a Ray already initialised by the calling program, else a local instance with
-            ``local_cpus`` CPUs (default: all).
-        shard_rows, flush_seconds: a shard is committed every ``shard_rows`` rows or
-            ``flush_seconds`` seconds, whichever comes first (the work a crash can lose).
-        heatmap_scale: as in :func:`~.local.predict_files`, except that ``fixed`` without a
-            threshold spans the whole [0, 1] (workers colour each image on its own, see
-            :func:`~.heatmap.standalone_scale`): with a threshold the overlays equal the local
-            engine's.
 
-    Returns:
-        :class:`RaySummary`.
-    """
-    check_run_options(threshold, heatmap_scale)
-    for name, value in (("--workers", workers), ("--batch-size", batch_size), ("shard_rows", shard_rows)):
-        if int(value) != value or value < 1:
-            raise S2SWError(f"{name} must be an integer >= 1, got {value!r}")
-    spec = _worker_spec(spec, gpus_per_worker, cpus_per_worker)
-    require_pyarrow()
-    out = check_output_dir(out_dir)
-    entries = collect_inputs(inputs)
-    if calibrate_dir is not None:
-        collect_inputs([calibrate_dir])
-    spec.check()
-    if ray_address is not None:  # before anything is written
-        _check_reachable(ray_address)
-    names = display_names([e.path for e in entries])
-    overlay_files = overlay_names(names) if overlays else None
-    settings = {"scorer": {k: v for k, v in spec.describe().items() if k != "device"},
-                "threshold": threshold, "overlays": bool(overlays), "max_pixels": max_pixels,
-                "heatmap_scale": heatmap_scale if overlays else None,
-                "calibrate": None if calibrate_dir is None else os.path.abspath(os.fspath(calibrate_dir)),
-                "fpr": None if calibrate_dir is None else float(fpr)}
-    with ResultsFolder(out, settings) as output:
-        record = output.record()
-        done = committed_paths(out)
-        planned = _plan(entries, names, overlay_files, lambda p: p not in done)
-        n_already = len(entries) - planned.num_rows
-        calibration = None
-        if record is not None and record.get("calibration") is not None:
-            calibration = Calibration(**record["calibration"])
-        thr = calibration.threshold if calibration is not None else threshold
-        # rows reach the driver one input block at a time: blocks of a few batches, at most a shard
-        block_rows = max(int(batch_size), min(4 * int(batch_size), int(shard_rows)))
-        job = _Job(spec, thr, bool(overlays), heatmap_scale, int(batch_size), int(workers), float(cpus_per_worker),
-                   float(gpus_per_worker), max_pixels, int(max_inflight_pixels), block_rows)
+class RayEngine:
+    """The Ray engine (:class:`~.engine.Engine`): scores on Ray Data, each worker building its
+    scorer from ``spec`` (:meth:`~.spec.ScorerSpec.detector`, :meth:`~.spec.ScorerSpec.exported`),
+    and commits one row per input to Parquet shards under ``out_dir/results`` (see the module
+    docstring); resumes a run interrupted in ``out_dir``."""
+
+    def __init__(self, spec: ScorerSpec, settings: RaySettings = RaySettings()):
+        self.spec = _worker_spec(spec, settings.gpus_per_worker)
+        self.settings = settings
+
+    def run(self, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+            options: RunOptions = RunOptions()) -> RaySummary:
+        """Score ``inputs`` (files, folders, globs, manifests; local paths or URIs). Options as in
+        :class:`~.local.LocalEngine` (calibration images are scored on Ray too), except that
+        ``heatmap_scale="fixed"`` without a threshold spans the whole [0, 1] (workers colour each
+        image on its own, see :func:`~s2swclip.viz.heatmap.standalone_scale`): with a threshold
+        the overlays equal the local engine's. Returns :class:`RaySummary`."""
+        o, rs = options, self.settings
+        require_pyarrow()
+        out = check_output_dir(out_dir)
+        entries = collect_inputs(inputs)
+        if o.calibrate_dir is not None:
+            collect_inputs([o.calibrate_dir])
+        self.spec.check()
+        if rs.ray_address is not None:  # before anything is written
+            check_reachable(rs.ray_address)
+        names = display_names([e.path for e in entries])
+        overlay_files = overlay_names(names) if o.overlays else None
+        with ResultsFolder(out, _run_settings(self.spec, o)) as output:
+            record = output.record()
+            done = committed_paths(out)
+            planned = _plan(entries, names, overlay_files, lambda p: p not in done)
+            n_already = len(entries) - planned.num_rows
+            calibration = None
+            if record is not None and record.get("calibration") is not None:
+                calibration = Calibration(**record["calibration"])
+            thr = calibration.threshold if calibration is not None else o.threshold
+            # rows reach the driver one input block at a time: blocks of a few batches, at most a shard
+            block_rows = max(o.batch_size, min(4 * o.batch_size, int(rs.shard_rows)))
+            job = _Job(self.spec, o, thr, int(rs.workers), float(rs.cpus_per_worker), float(rs.gpus_per_worker),
+                       block_rows)
+            n_new = 0
+            if planned.num_rows or record is None:
+                if n_already:
+                    log.info("resuming: %d of %d inputs already have rows in %s", n_already, len(entries),
+                             output.results)
+                calibration, n_new = self._score(job, planned, output, record is None, calibration)
+                thr = calibration.threshold if calibration is not None else thr
+            summary = RaySummary(thr, calibration, *count_rows(out), n_new, n_already, out / RESULTS)
+        atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2, allow_nan=False))
+        return summary
+
+    def _score(self, job: _Job, planned, output: ResultsFolder, new_record: bool,
+               calibration: Calibration | None) -> tuple[Calibration | None, int]:
+        """On Ray: calibrate (unless a resumed run recorded it), record the run, score the
+        planned inputs. Returns the calibration and the rows committed."""
+        rs = self.settings
         n_new = 0
-        if planned.num_rows or record is None:
-            if n_already:
-                log.info("resuming: %d of %d inputs already have rows in %s", n_already, len(entries),
-                         output.results)
-            with _ray_session(ray_address, local_cpus) as (ray, owned_local), _data_context():
-                _check_resources(ray, owned_local, int(workers), float(cpus_per_worker), float(gpus_per_worker))
-                if calibrate_dir is not None and calibration is None:
-                    calibration = _calibrate(ray, job, calibrate_dir, fpr)
-                    job = dataclasses.replace(job, threshold=calibration.threshold)
-                    thr = calibration.threshold
-                if record is None:
-                    output.write_record(thr, calibration)
-                if planned.num_rows:
-                    n_new = _run(ray, job, planned, output, shard_rows, flush_seconds, progress)
-        summary = RaySummary(thr, calibration, *count_rows(out), n_new, n_already, out / RESULTS)
-    atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2, allow_nan=False))
-    return summary
+        with ray_session(rs.ray_address, rs.local_cpus) as (ray, owned_local), data_context():
+            check_resources(ray, owned_local, job.workers, job.cpus_per_worker, job.gpus_per_worker)
+            if job.options.calibrate_dir is not None and calibration is None:
+                calibration = _calibrate(ray, job)
+                job = dataclasses.replace(job, threshold=calibration.threshold)
+            if new_record:
+                output.write_record(job.threshold, calibration)
+            if planned.num_rows:
+                n_new = _run(ray, job, planned, output, int(rs.shard_rows), float(rs.flush_seconds),
+                             job.options.progress)
+        return calibration, n_new
+
+
+_RAY_FIELDS = frozenset(RaySettings.__dataclass_fields__)
+
+
+def predict_ray(spec: ScorerSpec, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                **options: Any) -> RaySummary:
+    """``RayEngine(spec, RaySettings(...)).run(inputs, out_dir, RunOptions(...))``: ``options``
+    are the fields of :class:`RaySettings` and of :class:`~s2swclip.specs.RunOptions`."""
+    ray_options = {k: options.pop(k) for k in list(options) if k in _RAY_FIELDS}
+    run_options = RunOptions(**options)
+    return RayEngine(spec, RaySettings(**ray_options)).run(inputs, out_dir, run_options)
 
 
 def _run(ray, job: _Job, planned, output: ResultsFolder, shard_rows: int, flush_seconds: float,

@@ -158,11 +158,15 @@ class ResultsFolder:
         if rec.get("format") != _FORMAT:
             raise S2SWError(f"{path} was written by another version (format {rec.get('format')!r}); "
                             f"choose another --out")
-        for key in sorted(set(old) | set(self.settings)):
-            if old.get(key) != self.settings.get(key):
-                raise S2SWError(f"{self.out} holds results of a different run ({key}: {old.get(key)!r} "
-                                f"there, {self.settings.get(key)!r} now); rerun with the same settings "
-                                f"to resume it, or choose another --out")
+        changed = _first_difference(old, self.settings)
+        if changed is not None:
+            key, was, now = changed
+            if key.startswith("digests."):
+                raise S2SWError(f"{self.out} holds results of a different run: {key[8:]} changed since (content "
+                                f"sha256 {str(was)[:12]} there, {str(now)[:12]} now); rerun with the same "
+                                f"files to resume it, or choose another --out")
+            raise S2SWError(f"{self.out} holds results of a different run ({key}: {was!r} there, {now!r} now); "
+                            f"rerun with the same settings to resume it, or choose another --out")
         return rec
 
     def write_record(self, threshold: float | None, calibration: Calibration | None) -> None:
@@ -186,6 +190,19 @@ class ResultsFolder:
         self.seq += 1
         atomic_write_bytes(self.results / f"part-{self.run_id}-{self.seq:05d}.parquet", buf.getvalue())
         return table.num_rows
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first key (``digests.prompts``: nested keys joined by dots) whose value differs."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key == "digests":
+            inner = _first_difference(a, b, f"{prefix}{key}.")
+            if inner is not None:
+                return inner
+        elif a != b:
+            return f"{prefix}{key}", a, b
+    return None
 
 
 def count_rows(out_dir: str | os.PathLike) -> tuple[int, int]:

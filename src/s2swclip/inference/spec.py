@@ -1,71 +1,54 @@
 """What a scoring worker loads: a small picklable description of a scorer, built where it runs.
 
-The Ray engine does not ship a model to its workers: it ships a :class:`ScorerSpec` (a kind and
-a few options, plain data) and each worker calls :meth:`ScorerSpec.build` once. The driver can
-ask a spec for the model input size (to decode before any worker exists) and check it cheaply
-(:meth:`ScorerSpec.check`) before a cluster is started.
+The Ray engine does not ship a model to its workers: it ships a :class:`ScorerSpec` (typed, plain
+data) and each worker calls :meth:`ScorerSpec.build` once. The driver can ask a spec for the model
+input size (to decode before any worker exists), check it cheaply (:meth:`ScorerSpec.check`)
+before a cluster is started, and take the content digests of every model input
+(:meth:`ScorerSpec.digests`) that a resumed run is compared on.
 
-Kinds are registered in :data:`_KINDS`: ``detector`` builds the PyTorch detector with
-:func:`s2swclip.model.factory.load_detector` wrapped in a
-:class:`~s2swclip.inference.scorers.DetectorScorer`; ``exported`` loads a folder written by
-``s2swclip export`` with :func:`s2swclip.deploy.runtime.load_exported` (ONNX Runtime or OpenVINO: the
-workers need no torch). Each kind has its own ``build``/``image_size``/``check`` and a
-constructor (:meth:`ScorerSpec.detector`, :meth:`ScorerSpec.exported`). Torch-free until a
-``detector``'s ``build``/``check`` run; an ``exported`` spec never imports torch.
+Two kinds: :class:`DetectorScorerSpec` (:meth:`ScorerSpec.detector`) holds a
+:class:`~s2swclip.specs.DetectorSpec` and builds the PyTorch detector with :func:`build_detector`
+wrapped in a :class:`~s2swclip.inference.scorers.DetectorScorer`; :class:`ExportedScorerSpec`
+(:meth:`ScorerSpec.exported`) loads a folder written by ``s2swclip export`` with
+:func:`s2swclip.deploy.runtime.load_exported` (ONNX Runtime or OpenVINO: the workers need no
+torch). Torch-free until a detector is built or checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ..errors import S2SWError
+from ..specs import DetectorSpec
 
-__all__ = ["ScorerSpec"]
-
-
-class _Kind(NamedTuple):
-    build: Callable[[dict[str, Any]], Any]
-    image_size: Callable[[dict[str, Any]], int]
-    check: Callable[[dict[str, Any]], None]
+__all__ = ["DetectorScorerSpec", "ExportedScorerSpec", "ScorerSpec", "build_detector", "detector_digests"]
 
 
-@dataclass(frozen=True)
 class ScorerSpec:
-    """A scorer to build: ``kind`` (a key of :data:`_KINDS`) and its options (name, value)
-    pairs, JSON-safe values only."""
+    """A scorer to build where it runs (base of the two kinds; use the constructors)."""
 
-    kind: str
-    options: tuple[tuple[str, Any], ...]
+    kind = ""
+    device = "cpu"
 
-    @classmethod
-    def detector(cls, backbone: str = "ViT-L-14-336", weights: str | None = "openai",
-                 prompts: str | os.PathLike | None = None, *, image_size: int | None = None,
-                 device: str = "cpu", precision: str = "fp32", preset: str | None = None,
-                 cache_dir: str | None = None, reference: str | os.PathLike | None = None,
-                 shots: int | None = None, max_pixels: int | None = None, untrained_ok: bool = False,
-                 **few_shot: Any) -> ScorerSpec:
-        """The PyTorch detector of :func:`s2swclip.model.factory.load_detector` with these arguments.
-        ``reference`` (with ``shots``, ``max_pixels``) turns on the few-shot mode in every worker
-        (:func:`~s2swclip.inference.references.apply_references`); ``few_shot`` holds the
-        detector's few-shot options (``few_shot_weight``, ``coreset``...). Local files (prompts,
-        weights, a backbone config, references, the cache) are made absolute: workers may run in
+    @staticmethod
+    def detector(backbone: str | os.PathLike | DetectorSpec = "ViT-L-14-336", weights: str | os.PathLike | None = "openai",
+                 prompts: str | os.PathLike | None = None, **fields: Any) -> DetectorScorerSpec:
+        """The PyTorch detector of a :class:`~s2swclip.specs.DetectorSpec` (given, or made of
+        these arguments: its fields; few-shot options other than ``few_shot_weight`` and
+        ``coreset`` go to its ``options``). Local files are made absolute: workers may run in
         another folder."""
-        opts = {"backbone": _abs_if_file(backbone), "weights": _abs_if_file(weights),
-                "prompts": _abs_if_file(prompts), "image_size": None if image_size is None else int(image_size),
-                "device": str(device), "precision": precision, "preset": preset,
-                "cache_dir": None if cache_dir is None else os.path.abspath(os.path.expanduser(cache_dir))}
-        if reference is not None:  # only what is used is recorded: a resumed run compares these
-            opts.update(reference=_abs_if_file(reference), shots=shots, max_pixels=max_pixels)
-        if untrained_ok:
-            opts["untrained_ok"] = True
-        if few_shot:
-            opts["few_shot"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in few_shot.items()))
-        return cls("detector", tuple(sorted(opts.items())))
+        if isinstance(backbone, DetectorSpec):
+            return DetectorScorerSpec(backbone.absolute())
+        known = set(DetectorSpec.__dataclass_fields__)
+        options = {k: fields.pop(k) for k in list(fields) if k not in known}
+        spec = DetectorSpec(backbone, weights, prompts, options=tuple(sorted(options.items())), **fields)
+        return DetectorScorerSpec(spec.absolute())
 
-    @classmethod
-    def exported(cls, model_dir: str | os.PathLike) -> ScorerSpec:
+    @staticmethod
+    def exported(model_dir: str | os.PathLike) -> ExportedScorerSpec:
         """A model exported by ``s2swclip export`` (:func:`s2swclip.deploy.runtime.load_exported`, on the
         CPU, torch-free). The folder is made absolute, and the SHA-256 of its ``s2swclip.json``
         (which lists every model file's SHA-256) is recorded, so that a resumed run with a model
@@ -76,117 +59,153 @@ class ScorerSpec:
         folder = os.path.abspath(os.path.expanduser(os.fspath(model_dir)))
         manifest = os.path.join(folder, MANIFEST_NAME)
         digest = file_record(manifest)["sha256"] if os.path.isfile(manifest) else None
-        return cls("exported", (("manifest_sha256", digest), ("model", folder)))
+        return ExportedScorerSpec(folder, digest)
 
-    @property
-    def settings(self) -> dict[str, Any]:
-        return dict(self.options)
-
-    def replace(self, **options: Any) -> ScorerSpec:
-        return ScorerSpec(self.kind, tuple(sorted({**self.settings, **options}.items())))
-
-    def _kind(self) -> _Kind:
-        try:
-            return _KINDS[self.kind]
-        except KeyError:
-            raise ValueError(f"unknown scorer kind {self.kind!r}; known: {', '.join(_KINDS)}") from None
+    def replace(self, **changes: Any) -> ScorerSpec:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def image_size(self) -> int:
         """S, the model input side, without building anything."""
-        return self._kind().image_size(self.settings)
+        raise NotImplementedError
 
     def check(self) -> None:
         """Cheap checks of what a user can get wrong (files, names), before any worker starts.
         Raises :class:`S2SWError`."""
-        self._kind().check(self.settings)
+        raise NotImplementedError
 
     def build(self):
         """The scorer (a :class:`~s2swclip.inference.pipeline.Scorer`); called once per worker."""
-        return self._kind().build(self.settings)
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe: what runs will be compared on when resuming."""
-        return {"kind": self.kind, **self.settings}
+        raise NotImplementedError
 
-
-def _abs_if_file(value):
-    if value is None:
-        return None
-    path = os.path.expanduser(os.fspath(value))
-    return os.path.abspath(path) if os.path.exists(path) else str(value)
+    def digests(self) -> dict[str, str]:
+        """SHA-256 of the content of every model input, by name (``prompts``, ``weights``,
+        ``backbone`` (a config file), ``reference``; ``manifest`` of an exported model)."""
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------- detector
-def _detector_build(o: dict[str, Any]):
-    from ..model.factory import load_detector
-    from .scorers import DetectorScorer
+@dataclass(frozen=True)
+class DetectorScorerSpec(ScorerSpec):
+    """The PyTorch detector of ``detector`` (a :class:`~s2swclip.specs.DetectorSpec`)."""
 
-    det = load_detector(o["backbone"], o["weights"], o["prompts"], image_size=o["image_size"],
-                        device=o["device"], precision=o["precision"], preset=o["preset"],
-                        cache_dir=o["cache_dir"], untrained_ok=o.get("untrained_ok", False),
-                        **dict(o.get("few_shot", ())))
-    if o.get("reference") is not None:
+    spec: DetectorSpec
+    kind = "detector"
+
+    @property
+    def device(self) -> str:  # type: ignore[override]
+        return self.spec.device
+
+    def replace(self, **changes: Any) -> DetectorScorerSpec:
+        return DetectorScorerSpec(self.spec.replace(**changes))
+
+    def image_size(self) -> int:
+        return self.spec.input_size()
+
+    def check(self) -> None:
+        from ..model.checkpoint import load_prompts
+        from ..model.weights import resolve_model_config
+
+        o = self.spec
+        resolve_model_config(o.backbone)
+        weights = o.weights
+        if weights is not None and not os.path.isfile(weights) and (
+                os.path.splitext(weights)[1] in (".pt", ".pth", ".bin", ".safetensors") or os.sep in weights):
+            raise S2SWError(f"weights file not found: {weights} (pass an existing file, a pretrained tag "
+                            f"such as 'openai', or none for random weights)")
+        if o.prompts is not None:
+            load_prompts(o.prompts)
+
+    def build(self):
+        from .scorers import DetectorScorer
+
+        return DetectorScorer(build_detector(self.spec))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.spec.describe()}
+
+    def digests(self) -> dict[str, str]:
+        return detector_digests(self.spec)
+
+
+def build_detector(spec: DetectorSpec):
+    """The detector of ``spec``: :func:`~s2swclip.model.factory.load_detector`, then its
+    references (:func:`~s2swclip.inference.references.apply_references`) when it has some. The
+    one way the CLI, the API and the Ray workers build a detector."""
+    from ..model.factory import load_detector
+
+    det = load_detector(**spec.load_kwargs())
+    if spec.reference is not None:
         from .references import apply_references
 
-        apply_references(det, o["reference"], shots=o.get("shots"), max_pixels=o.get("max_pixels"))
-    return DetectorScorer(det)
+        apply_references(det, spec.reference, shots=spec.shots, max_pixels=spec.max_pixels)
+    return det
 
 
-def _detector_image_size(o: dict[str, Any]) -> int:
-    from ..model.config import DetectorConfig, get_preset
+def detector_digests(spec: DetectorSpec) -> dict[str, str]:
+    """SHA-256 of the content of the local files ``spec`` is built from (see
+    :meth:`ScorerSpec.digests`); references in a folder (or a glob): one digest of the digests
+    of the images used, in their order."""
+    from ..deploy.runtime.manifest import file_record
 
-    if o["image_size"] is not None:
-        return int(o["image_size"])
-    config = DetectorConfig()
-    if o["preset"] is not None:
-        config = config.replace(**get_preset(o["preset"]).test)
-    return int(config.image_size)
+    out = {name: file_record(path)["sha256"] for name, path in spec.model_files().items()}
+    if spec.reference is not None and "reference" not in out:
+        from .inputs import collect_inputs
 
-
-def _detector_check(o: dict[str, Any]) -> None:
-    from ..model.factory import PRECISIONS
-    from ..model.checkpoint import load_prompts
-    from ..model.weights import resolve_model_config
-
-    if o["precision"] not in PRECISIONS:
-        raise S2SWError(f"invalid precision {o['precision']!r}: choose one of {', '.join(PRECISIONS)}")
-    resolve_model_config(o["backbone"])
-    weights = o["weights"]
-    if weights is not None and not os.path.isfile(weights) and (
-            os.path.splitext(weights)[1] in (".pt", ".pth", ".bin", ".safetensors") or os.sep in weights):
-        raise S2SWError(f"weights file not found: {weights} (pass an existing file, a pretrained tag "
-                        f"such as 'openai', or none for random weights)")
-    if o["prompts"] is not None:
-        load_prompts(o["prompts"])
+        entries = collect_inputs([spec.reference])
+        if spec.shots is not None:
+            entries = entries[:spec.shots]
+        h = hashlib.sha256()
+        for e in entries:
+            if e.problem is None and os.path.isfile(e.path):
+                h.update(bytes.fromhex(file_record(e.path)["sha256"]))
+        out["reference"] = h.hexdigest()
+    return out
 
 
 # --------------------------------------------------------------------------------------- exported
-def _exported_build(o: dict[str, Any]):
-    from ..deploy.runtime import load_exported
-    from ..deploy.runtime.manifest import MANIFEST_NAME, file_record
+@dataclass(frozen=True)
+class ExportedScorerSpec(ScorerSpec):
+    """A folder written by ``s2swclip export`` and the SHA-256 of its manifest when planned."""
 
-    model = load_exported(o["model"])
-    if file_record(os.path.join(o["model"], MANIFEST_NAME))["sha256"] != o["manifest_sha256"]:
-        raise S2SWError(f"--model {o['model']} changed since this run was planned (exported again?); "
-                        f"run the command again")
-    return model
+    model: str
+    manifest_sha256: str | None
+    device: str = "cpu"  # type: ignore[assignment]
+    kind = "exported"
 
+    def replace(self, **changes: Any) -> ExportedScorerSpec:
+        return replace(self, **changes)
 
-def _exported_image_size(o: dict[str, Any]) -> int:
-    from ..deploy.runtime.manifest import read_manifest
+    def image_size(self) -> int:
+        from ..deploy.runtime.manifest import read_manifest
 
-    return int(read_manifest(o["model"], verify_files=False)["image_size"])
+        return int(read_manifest(self.model, verify_files=False)["image_size"])
 
+    def check(self) -> None:
+        from ..deploy.runtime.manifest import read_manifest
 
-def _exported_check(o: dict[str, Any]) -> None:
-    from ..deploy.runtime.manifest import read_manifest
+        if self.device != "cpu":
+            raise S2SWError(f"--model {self.model} runs on the CPU (ONNX Runtime / OpenVINO): give its workers "
+                            f"no GPUs")
+        read_manifest(self.model)  # sizes and SHA-256 of every model file
 
-    if o.get("device", "cpu") != "cpu":
-        raise S2SWError(f"--model {o['model']} runs on the CPU (ONNX Runtime / OpenVINO): give its workers no GPUs")
-    read_manifest(o["model"])  # sizes and SHA-256 of every model file
+    def build(self):
+        from ..deploy.runtime import load_exported
 
+        model = load_exported(self.model)
+        if self.digests().get("manifest") != self.manifest_sha256:
+            raise S2SWError(f"--model {self.model} changed since this run was planned (exported again?); "
+                            f"run the command again")
+        return model
 
-_KINDS: dict[str, _Kind] = {
-    "detector": _Kind(_detector_build, _detector_image_size, _detector_check),
-    "exported": _Kind(_exported_build, _exported_image_size, _exported_check),
-}
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.model, "manifest_sha256": self.manifest_sha256}
+
+    def digests(self) -> dict[str, str]:
+        from ..deploy.runtime.manifest import MANIFEST_NAME, file_record
+
+        path = os.path.join(self.model, MANIFEST_NAME)
+        return {"manifest": file_record(path)["sha256"]} if os.path.isfile(path) else {}

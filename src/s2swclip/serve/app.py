@@ -31,40 +31,29 @@ unless a save folder is given (:mod:`s2swclip.serve.storage`).
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
-import os
-import time
-import uuid
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
 from ..errors import S2SWError
 
 try:
-    import anyio
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
 except ImportError:  # pragma: no cover - depends on the installation
     raise S2SWError("serving needs FastAPI, uvicorn and python-multipart: "
                     "pip install fastapi uvicorn python-multipart") from None
 
-from ..viz.heatmap import HEATMAP_SCALES, HeatmapScale, standalone_scale
-from ..inference.pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage
-from .batcher import BatcherClosed, MicroBatcher, QueueFull
+from ..specs import ServeSettings
 from .security import SecurityMiddleware, SecuritySettings, fastapi_docs_kwargs
-from .storage import SaveStore
+from .service import FILE_FIELDS, InspectionService, ServiceError
 from .upload import UploadError, read_multipart
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_BYTES = 20_000_000
-FILE_FIELDS = ("files", "file", "images", "image")
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; frame-ancestors 'none'")
 
@@ -100,117 +89,37 @@ def _error_json(status: int, detail: str, headers: dict | None = None, **extra):
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
 
-def _row(rec: ScoredImage, filename: str, png: bytes | None, total_ms: float, saved: dict | None,
-         heatmap: dict | None = None) -> dict:
-    """The JSON row of one file of a request."""
-    row: dict[str, Any] = {"index": rec.index, "filename": filename}
-    if rec.score is None:
-        row.update(ok=False, error=rec.error, error_code=rec.error_code)
-        return row
-    t = rec.timings_ms
-    row.update(ok=True, score=rec.score, anomalous=rec.anomalous, width=rec.width, height=rec.height,
-               overlay_png=None if png is None else base64.b64encode(png).decode("ascii"), heatmap=heatmap,
-               timing_ms={"decode": round(t.get("decode", 0.0), 3), "queue": round(t.get("queue", 0.0), 3),
-                          "inference": round(t.get("inference", 0.0), 3), "batch_size": t.get("batch_size", 0),
-                          "overlay": round(t.get("overlay", 0.0), 3), "request_total": round(total_ms, 3)})
-    if saved is not None:
-        row["saved"] = saved
-    return row
-
-
-def create_app(
-    model,
-    *,
-    threshold: float | None = None,
-    save_dir: str | os.PathLike | None = None,
-    save_max_bytes: int | None = None,
-    max_batch: int = 8,
-    batch_wait_ms: float = 10.0,
-    queue_size: int = 64,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
-    decode_threads: int = 2,
-    upload_idle_timeout_s: float = 30.0,
-    upload_total_timeout_s: float = 300.0,
-    security: SecuritySettings | None = None,
-    warmup: bool = False,
-    heatmap_scale: str = "fixed",
-):
-    """Build the FastAPI app around a loaded model.
+def create_app(model, settings: ServeSettings | None = None, *, security: SecuritySettings | None = None,
+               **options: Any):
+    """Build the FastAPI app around a loaded model: thin routes over an
+    :class:`~s2swclip.serve.service.InspectionService`.
 
     Args:
         model: a scorer (:class:`~s2swclip.inference.pipeline.Scorer`) or a detector (wrapped
             by :func:`~s2swclip.inference.scorers.as_scorer`).
-        threshold: decision threshold (``anomalous = score > threshold``); None: no decision.
-        save_dir: write uploads, overlays and ``results.jsonl`` here; None: write nothing.
-        save_max_bytes: most bytes ``save_dir`` may hold (its existing content included).
-        max_batch, batch_wait_ms, queue_size: micro-batching (see :class:`MicroBatcher`).
-        max_upload_bytes: largest request body; max_pixels: largest image (width x height).
-        max_inflight_pixels: decoded full-resolution pixels held at once by all requests.
-        decode_threads: files decoded at the same time, across all requests.
-        upload_idle_timeout_s, upload_total_timeout_s: stalled or too slow uploads get 408.
+        settings: the service's options (:class:`~s2swclip.specs.ServeSettings`); or give its
+            fields as keyword ``options`` (``threshold=0.5, max_batch=4``...).
         security: token, Host check and headers (default: loopback, no token).
-        warmup: run one dummy batch when the app starts (first real request is not slow).
-        heatmap_scale: ``fixed``: overlays centred on the request's threshold (the server's,
-            or the ``threshold`` query parameter), the whole [0, 1] per-layer scale without
-            one; ``image``: each map's own range (see :mod:`s2swclip.viz.heatmap`).
     """
     from .. import __version__
 
+    if settings is None:
+        settings = ServeSettings(**options)
+    elif options:
+        raise TypeError("give ServeSettings or its fields, not both")
     if not hasattr(model, "score"):
         from ..inference.scorers import as_scorer
 
         model = as_scorer(model)
-    for name, value in (("max_batch", max_batch), ("queue_size", queue_size), ("max_upload_bytes", max_upload_bytes),
-                        ("max_pixels", max_pixels), ("max_inflight_pixels", max_inflight_pixels),
-                        ("decode_threads", decode_threads)):
-        if int(value) < 1:
-            raise S2SWError(f"{name} must be at least 1, got {value}")
-    if batch_wait_ms < 0:
-        raise S2SWError(f"batch wait must be >= 0 ms, got {batch_wait_ms}")
-    if threshold is not None and not math.isfinite(float(threshold)):
-        raise S2SWError(f"threshold must be a finite number, got {threshold}")
-    if heatmap_scale not in HEATMAP_SCALES:
-        raise S2SWError(f"invalid heatmap scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
-    map_scale = getattr(model, "map_scale", None)
-    pipe = InferencePipeline(model, threshold=threshold, max_pixels=int(max_pixels),
-                             max_inflight_pixels=int(max_inflight_pixels))
-    store = SaveStore(save_dir, save_max_bytes) if save_dir is not None else None
     security = security or SecuritySettings()
-
-    def run_batch(arrays: list) -> list:
-        import numpy as np
-
-        scores, maps = model.score(np.stack(arrays))
-        return [(float(scores[i]), maps[i]) for i in range(len(arrays))]
-
-    batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=batch_wait_ms,
-                           queue_size=queue_size, name="s2sw-inference")
-    started = time.time()
-    model_info = {
-        **model.describe(),
-        "image_size": pipe.image_size,
-        "threshold": None if threshold is None else float(threshold),
-        "limits": {"max_batch": int(max_batch), "batch_wait_ms": float(batch_wait_ms),
-                   "queue_size": int(queue_size), "max_upload_bytes": int(max_upload_bytes),
-                   "max_pixels": int(max_pixels), "max_inflight_pixels": int(max_inflight_pixels),
-                   "save_max_bytes": None if save_max_bytes is None else int(save_max_bytes)},
-        "save": store is not None,
-        "heatmap_scale": heatmap_scale,
-        "auth": security.token is not None,
-        "version": __version__,
-    }
-    decode_limiter = anyio.CapacityLimiter(int(decode_threads))
+    service = InspectionService(model, settings, auth=security.token is not None)
 
     @asynccontextmanager
     async def lifespan(app):
-        if warmup:
-            import numpy as np
-
-            await batcher.run([np.zeros((3, pipe.image_size, pipe.image_size), np.float32)])
+        if settings.warmup:
+            await service.warm_up()
         yield
-        await run_in_threadpool(batcher.close)
+        await service.close()
 
     app = FastAPI(
         title="S2SWCLIP inspection service",
@@ -220,14 +129,24 @@ def create_app(
         **fastapi_docs_kwargs(),
     )
     app.add_middleware(SecurityMiddleware, settings=security)
-    app.state.batcher = batcher
-    app.state.pipeline = pipe
-    app.state.model_info = model_info
-    app.state.save_root = None if store is None else store.root
+    app.state.service = service
+    app.state.batcher = service.batcher
+    app.state.pipeline = service.pipe
+    app.state.model_info = service.model_info
+    app.state.save_root = None if service.store is None else service.store.root
+    _add_page(app)
+    app.add_api_route("/v1/health", _health, methods=["GET"], tags=["service"],
+                      summary="Liveness, queue and memory-budget statistics")
+    app.add_api_route("/v1/model", _model, methods=["GET"], tags=["service"],
+                      summary="The loaded model and the serving settings")
+    app.add_api_route("/v1/predict", _predict, methods=["POST"], tags=["inspection"],
+                      summary="Score one or more images", openapi_extra=_PREDICT_BODY)
+    return app
 
+
+def _add_page(app) -> None:
     static_dir = resources.files("s2swclip.serve") / "static"
 
-    # ------------------------------------------------------------------------------ page
     @app.get("/", include_in_schema=False)
     async def index():
         return FileResponse(str(static_dir / "index.html"), media_type="text/html",
@@ -235,119 +154,43 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
-    # ------------------------------------------------------------------------------- API
-    @app.get("/v1/health", tags=["service"], summary="Liveness, queue and memory-budget statistics")
-    async def health():
-        body = {
-            "status": "ok" if batcher.alive else "unavailable",
-            "uptime_s": round(time.time() - started, 3),
-            "queue": {"pending": batcher.pending, "capacity": batcher.queue_size},
-            "batches": batcher.batches,
-            "images_scored": batcher.items,
-            "rejected_queue_full": batcher.rejected,
-            "decoding": {"pixels_in_flight": pipe.budget.in_use, "peak_pixels_in_flight": pipe.budget.peak,
-                         "budget_pixels": pipe.budget.max_pixels},
-            "last_error": batcher.last_error,
-        }
-        return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
-    @app.get("/v1/model", tags=["service"], summary="The loaded model and the serving settings")
-    async def model_route():
-        return model_info
+async def _health(request: Request):
+    body, status = request.app.state.service.health()
+    return JSONResponse(body, status_code=status)
 
-    def heatmap(rec: ScoredImage, thr: float | None) -> HeatmapScale:
-        """The colour scale of one overlay (see ``heatmap_scale``)."""
-        return standalone_scale(heatmap_scale, rec.anomaly_map, thr, map_scale)
 
-    def finish(records: list[ScoredImage], parts: list, want_overlay: bool, request_id: str,
-               thr: float | None) -> dict:
-        """Overlays and saving, off the event loop; returns {index: (png, saved, heatmap)}."""
-        out = {}
-        for rec in records:
-            scale = heatmap(rec, thr)
-            png = pipe.overlay(rec, scale=scale) if (want_overlay or store is not None) else None
-            saved = None
-            if store is not None:
-                part = parts[rec.index]
-                record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                          "filename": part.filename, "score": rec.score}
-                saved = store.save(request_id, rec.index, part.filename, rec.format or "", bytes(part.data),
-                                   png, record)
-            out[rec.index] = (png if want_overlay else None, saved, scale.to_dict() if want_overlay else None)
-            rec.release()
-        return out
+async def _model(request: Request):
+    return request.app.state.service.model_info
 
-    @app.post("/v1/predict", tags=["inspection"], summary="Score one or more images",
-              openapi_extra=_PREDICT_BODY)
-    async def predict(request: Request, threshold: float | None = None, overlay: bool = True):
-        """Score uploaded images (multipart field ``files``, repeatable).
 
-        Query parameters: ``threshold`` overrides the server's decision threshold for this
-        request; ``overlay=false`` leaves the heatmap PNGs out (faster, smaller answers).
-        """
-        t0 = time.perf_counter()
-        thr = model_info["threshold"] if threshold is None else float(threshold)
-        if thr is not None and not math.isfinite(thr):
-            return _error_json(400, f"threshold must be a finite number, got {threshold}")
-        try:
-            parts = await read_multipart(request.headers.get("content-type"),
-                                         request.headers.get("content-length"), request.stream(),
-                                         max_bytes=int(max_upload_bytes), max_parts=int(queue_size) + 16,
-                                         idle_timeout_s=upload_idle_timeout_s,
-                                         total_timeout_s=upload_total_timeout_s)
-        except UploadError as e:
-            return _error_json(e.status, e.message, headers=e.headers)
-        files = [p for p in parts if p.filename is not None or p.name in FILE_FIELDS]
-        del parts
-        if not files:
-            return _error_json(400, "no files in the request: send images in the multipart field 'files'")
-        if len(files) > batcher.queue_size:
-            return _error_json(413, f"{len(files)} files in one request, more than the inference queue holds "
-                                    f"({batcher.queue_size}, --queue-size); split the upload")
-        names = [p.filename or p.name for p in files]
-        records: list[ScoredImage] = []
-        for i, p in enumerate(files):  # one file at a time; decoding threads shared by all requests
-            rec = await anyio.to_thread.run_sync(
-                lambda p=p, i=i: pipe.decode(bytes(p.data), index=i, name=names[i], label=names[i]),
-                limiter=decode_limiter)
-            if store is None:
-                p.data = bytearray()  # the bytes are not needed any more
-            records.append(rec)
-        good = [r for r in records if r.decoded]
-        extras: dict = {}
-        if good:
-            try:
-                results = await batcher.run([r.pixels for r in good])
-            except QueueFull as exc:
-                return _error_json(503, str(exc), headers={"Retry-After": "1"})
-            except BatcherClosed as exc:
-                return _error_json(503, f"{exc}; retry later", headers={"Retry-After": "1"})
-            except Exception as exc:  # noqa: BLE001 - a model failure is the server's error
-                return _error_json(500, f"inference failed: {type(exc).__name__}: {exc}")
-            for rec, ((score, amap), info) in zip(good, results):
-                rec.set_result(score, amap, thr)
-                rec.timings_ms.update(queue=info.queue_ms, inference=info.run_ms, batch_size=info.batch_size)
-            request_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:8]
-            try:
-                extras = await run_in_threadpool(finish, good, files, overlay, request_id, thr)
-            except OSError as exc:
-                return _error_json(500, f"cannot save results under {store.root if store else '?'}: {exc}")
-        total_ms = (time.perf_counter() - t0) * 1000
-        rows = []
-        for r in records:
-            png, saved, scale = extras.get(r.index, (None, None, None))
-            rows.append(_row(r, names[r.index], png, total_ms, saved, scale))
-        body = {"threshold": thr, "image_size": pipe.image_size, "n_scored": len(good),
-                "n_failed": len(records) - len(good), "results": rows,
-                "timing_ms": {"total": round(total_ms, 3)}}
-        if good:
-            return body
-        too_big = any(r.error_code == "too_many_pixels" for r in records)
-        first = next(r for r in records if not too_big or r.error_code == "too_many_pixels")
-        detail = f"no image could be scored: {names[first.index]}: {first.error}"
-        return JSONResponse(dict(body, detail=detail), status_code=413 if too_big else 422)
+async def _predict(request: Request, threshold: float | None = None, overlay: bool = True):
+    """Score uploaded images (multipart field ``files``, repeatable).
 
-    return app
+    Query parameters: ``threshold`` overrides the server's decision threshold for this
+    request; ``overlay=false`` leaves the heatmap PNGs out (faster, smaller answers).
+    """
+    service: InspectionService = request.app.state.service
+    s = service.settings
+    thr = service.model_info["threshold"] if threshold is None else float(threshold)
+    if thr is not None and not math.isfinite(thr):
+        return _error_json(400, f"threshold must be a finite number, got {threshold}")
+    try:
+        parts = await read_multipart(request.headers.get("content-type"), request.headers.get("content-length"),
+                                     request.stream(), max_bytes=int(s.max_upload_bytes),
+                                     max_parts=int(s.queue_size) + 16, idle_timeout_s=s.upload_idle_timeout_s,
+                                     total_timeout_s=s.upload_total_timeout_s)
+    except UploadError as e:
+        return _error_json(e.status, e.message, headers=e.headers)
+    files = [p for p in parts if p.filename is not None or p.name in FILE_FIELDS]
+    del parts
+    if not files:
+        return _error_json(400, "no files in the request: send images in the multipart field 'files'")
+    try:
+        body, status = await service.predict(files, thr, overlay)
+    except ServiceError as e:
+        return _error_json(e.status, e.detail, headers=e.headers)
+    return body if status == 200 else JSONResponse(body, status_code=status)
 
 
 # ------------------------------------------------------------------------------------- serve
