@@ -114,3 +114,58 @@ def test_config_without_text_heads_uses_one_head_per_64_channels(tmp_path):
     p.write_text(json.dumps(cfg))
     det = s2swclip.load_detector(str(p), None, None, image_size=224)
     assert det.backbone.clip.transformer.resblocks[0].attn.num_heads == 1
+
+
+def _exif_rotated_jpeg(path):
+    """A 96 x 48 JPEG whose EXIF orientation tag (6: rotate 90 degrees clockwise) makes it 48 x 96."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    pixels = np.zeros((48, 96, 3), np.uint8)
+    pixels[:, :48] = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)  # texture on one side only
+    pixels[:, 48:] = (200, 30, 30)
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+def test_api_and_predict_give_the_same_score_for_an_exif_rotated_jpeg(capsys, tmp_path):
+    """The detector comes with its preprocessing (EXIF orientation applied, as ``predict`` reads
+    files): the API path and the CLI give one score; ignoring the tag gives another."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from helpers import run_cli
+    from s2swclip.data.dataset import load_image
+    from s2swclip.data.images import preprocess
+
+    photo = _exif_rotated_jpeg(tmp_path / "photo.jpg")
+    det, transform = s2swclip.load_detector_and_transform("S2SW-Tiny-24L", None, None, image_size=56)
+    x = transform(photo)
+    assert x.shape == (3, 56, 56) and x.dtype == torch.float32
+    assert torch.equal(det.preprocess(Image.open(photo)), x)  # a PIL image: the same input
+    api_score = float(det.predict(x[None]).image_scores[0])
+    code, _, err = run_cli(capsys, "predict", photo, "--out", tmp_path / "out", "--backbone", "S2SW-Tiny-24L",
+                           "--weights", "none", "--image-size", "56", "--quiet")
+    assert code == 0, err
+    (row,) = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert abs(row["score"] - api_score) <= 1e-6  # float32, the same computation
+    upright_ignored = torch.from_numpy(preprocess(load_image(photo), 56))[None]
+    assert abs(float(det.predict(upright_ignored).image_scores[0]) - api_score) > 1e-4
+    assert not np.array_equal(upright_ignored[0].numpy(), x.numpy())
+
+
+def test_load_detector_from_a_spec_is_the_cli_detector():
+    from s2swclip.specs import DetectorSpec
+
+    spec = DetectorSpec("S2SW-Tiny-24L", None, image_size=56, few_shot_weight=0.25)
+    det = s2swclip.load_detector(spec)
+    ref = s2swclip.load_detector("S2SW-Tiny-24L", None, None, image_size=56, few_shot_weight=0.25)
+    images = make_images(1, 56)
+    assert det.config == ref.config
+    assert torch.equal(det.predict(images).anomaly_maps, ref.predict(images).anomaly_maps)

@@ -116,3 +116,30 @@ def test_ray_usage_errors_are_one_line(capsys, tmp_path, argv, needles):
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
     code, _, err = run_cli(capsys, "predict", tmp_path / "a.png", "--out", tmp_path / "o", *TINY, *argv)
     assert_user_error(code, err, *needles)
+
+
+def test_a_resume_whose_model_inputs_changed_is_refused_naming_what_changed(capsys, cluster, manifests, tmp_path):
+    """The run records the content digests of the model inputs: the prompts file replaced (same
+    path, other prompts) between two runs into one folder is one error line naming ``prompts``."""
+    import torch
+
+    from s2swclip.model.checkpoint import save_prompts
+
+    root, _ = manifests
+    det = s2swclip.load_detector("S2SW-Tiny-24L", None, None, image_size=56, untrained_ok=True)
+    prompts = tmp_path / "prompts.safetensors"
+    save_prompts(prompts, det.prompts, {"backbone": "S2SW-Tiny-24L"})
+    argv = ["predict", root / "list.txt", "--out", tmp_path / "ray", "--quiet", "--engine", "ray",
+            "--prompts", prompts, *TINY]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    run = json.loads((tmp_path / "ray" / "results" / "_run.json").read_text())
+    assert set(run["settings"]["digests"]) == {"prompts"}
+    shards = sorted((tmp_path / "ray" / "results").glob("part-*.parquet"))
+    with torch.no_grad():
+        for p in det.prompts.parameters():
+            p.add_(0.25)
+    save_prompts(prompts, det.prompts, {"backbone": "S2SW-Tiny-24L"})
+    code, out, err = run_cli(capsys, *argv)
+    assert_user_error(code, err, "holds results of a different run: prompts changed since")
+    assert sorted((tmp_path / "ray" / "results").glob("part-*.parquet")) == shards

@@ -12,7 +12,7 @@ def test_request_mistakes(capsys, tmp_path, monkeypatch):
     def no_model_load(*a, **k):
         raise AssertionError("the model must not be loaded for a request that cannot work")
 
-    monkeypatch.setattr("s2swclip.api.load_detector", no_model_load)
+    monkeypatch.setattr("s2swclip.model.factory.load_detector", no_model_load)
     out = str(tmp_path / "out")
     user_error(capsys, ["export", "--format", "openvino", "--precision", "int8", "--out", out, *TINY],
                 "--precision int8 needs --calibrate DIR")
@@ -35,7 +35,7 @@ def test_few_shot_request_mistakes(capsys, tmp_path, monkeypatch):
     def no_model_load(*a, **k):
         raise AssertionError("the model must not be loaded for a request that cannot work")
 
-    monkeypatch.setattr("s2swclip.api.load_detector", no_model_load)
+    monkeypatch.setattr("s2swclip.model.factory.load_detector", no_model_load)
     out = str(tmp_path / "out")
     base = ["export", "--format", "onnx", "--out", out, *TINY]
     user_error(capsys, [*base, "--reference", str(tmp_path / "none")], "input not found")

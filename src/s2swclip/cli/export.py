@@ -57,7 +57,7 @@ def cmd_export(args) -> int:
     print(result.drift.describe())
     baked = (f" with {det.num_references} reference images baked in (few-shot weight {det.config.few_shot_weight})"
              if det.num_references else "")
-    print(f"exported {args.format} {args.precision} model ({result.manifest['image_size']} px){baked} to "
+    print(f"exported {args.format} {args.precision} model ({result.manifest.image_size} px){baked} to "
           f"{result.folder} in {result.seconds:.0f} s; run it with 's2swclip predict --model {result.folder} IMAGES "
           f"--out DIR'")
     return 0

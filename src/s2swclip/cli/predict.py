@@ -119,14 +119,14 @@ def _predict_ray(args) -> int:
     from ..inference.spec import ScorerSpec
 
     if args.model is not None:  # an exported model: the workers need no torch
-        from ..deploy.runtime.manifest import read_manifest
+        from ..deploy.runtime.manifest import load_manifest
 
         check_exported_args(args)
         if args.gpus_per_worker:
             raise S2SWError(f"--model {args.model} runs on the CPU (ONNX Runtime / OpenVINO); drop --gpus-per-worker")
         spec = ScorerSpec.exported(args.model)
         # else the threshold recorded at export, as with the local engine
-        recorded = read_manifest(args.model, verify_files=False).get("threshold") if args.threshold is None else None
+        recorded = load_manifest(args.model, verify_files=False).threshold if args.threshold is None else None
     else:
         if args.reference is not None:
             collect_inputs([args.reference])  # checked before Ray starts

@@ -34,6 +34,7 @@ __all__ = [
     "OPENAI_STD",
     "DecodedImage",
     "ImageError",
+    "model_input",
     "PixelBudget",
     "decode_for_model",
     "is_image_name",
@@ -408,6 +409,24 @@ def decode_for_model(source: str | os.PathLike | bytes, image_size: int, *,
     finally:
         im.close()
     return DecodedImage(pixels, small, width, height, fmt)
+
+
+def model_input(image: Image.Image | str | os.PathLike | bytes, image_size: int, *,
+                max_pixels: int | None = None) -> np.ndarray:
+    """The model input of one image, float32 ``[3, S, S]``, exactly as ``predict``, ``serve`` and
+    the references make it (:func:`decode_for_model`: first frame, EXIF orientation applied, RGB,
+    bicubic to S x S, CLIP normalisation). ``image``: a path, the file's bytes, or a PIL image
+    (its EXIF orientation is applied to a copy).
+
+    Raises:
+        ImageError: one line naming the file and the reason.
+    """
+    if isinstance(image, Image.Image):
+        im = image.copy()
+        im.info = dict(image.info)
+        exif_upright(im)
+        return preprocess(im, image_size)
+    return decode_for_model(image, image_size, preview_side=1, max_pixels=max_pixels).pixels
 
 
 class _NoHold:

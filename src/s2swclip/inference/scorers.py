@@ -7,10 +7,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .scoring import ScorerBase
+
 __all__ = ["DetectorScorer", "as_scorer"]
 
 
-class DetectorScorer:
+class DetectorScorer(ScorerBase):
     """Wraps anything with ``predict(images) -> Prediction`` and ``config.image_size``
     (:class:`~s2swclip.model.detector.S2SWDetector`) for the inference pipeline.
 
@@ -35,24 +37,21 @@ class DetectorScorer:
         return (out.image_scores.detach().float().cpu().numpy(),
                 out.anomaly_maps.detach().float().cpu().numpy())
 
-    def describe(self) -> dict[str, Any]:
-        det = self.detector
-        info = dict(getattr(det, "provenance", {}) or {})
-        device = getattr(det, "device", None)
-        references = _describe_references(det)
-        references_only = references is not None and references["few_shot_weight"] == 1
-        return {
-            "engine": "pytorch",
-            "backbone": info.get("backbone"),
-            "weights": info.get("weights"),
-            "prompts": info.get("prompts"),
-            "prompts_format": info.get("prompts_format"),
-            "image_size": self.image_size,
-            "precision": getattr(det.config, "precision", None),
-            "device": None if device is None else str(device),
-            "untrained_prompts": info.get("prompts") is None and not references_only,
-            "references": references,
-        }
+    def _engine_fields(self) -> dict[str, Any]:
+        return {"engine": "pytorch"}
+
+    def _provenance(self) -> dict[str, Any]:
+        return dict(getattr(self.detector, "provenance", {}) or {})
+
+    def _precision(self) -> str | None:
+        return getattr(self.detector.config, "precision", None)
+
+    def _device(self) -> str | None:
+        device = getattr(self.detector, "device", None)
+        return None if device is None else str(device)
+
+    def _references(self) -> dict[str, Any] | None:
+        return _describe_references(self.detector)
 
 
 def _describe_references(det) -> dict[str, Any] | None:

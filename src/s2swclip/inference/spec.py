@@ -180,9 +180,9 @@ class ExportedScorerSpec(ScorerSpec):
         return replace(self, **changes)
 
     def image_size(self) -> int:
-        from ..deploy.runtime.manifest import read_manifest
+        from ..deploy.runtime.manifest import load_manifest
 
-        return int(read_manifest(self.model, verify_files=False)["image_size"])
+        return load_manifest(self.model, verify_files=False).image_size
 
     def check(self) -> None:
         from ..deploy.runtime.manifest import read_manifest

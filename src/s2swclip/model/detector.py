@@ -132,6 +132,16 @@ class S2SWDetector(nn.Module):
         self.references = ReferenceBank()
 
     # ------------------------------------------------------------------------------ utilities
+    def preprocess(self, image) -> torch.Tensor:
+        """The model input of one image for :meth:`predict`: float32 ``[3, S, S]`` (S: the
+        configured ``image_size``) on the CPU, made as ``s2swclip predict`` makes it (EXIF
+        orientation, RGB, bicubic resize, CLIP normalisation;
+        :func:`~s2swclip.data.images.model_input`). ``image``: a path, the file's bytes or a PIL
+        image. Stack several for a batch: ``det.predict(torch.stack([det.preprocess(p) for p in paths]))``."""
+        from ..data.images import model_input
+
+        return torch.from_numpy(model_input(image, int(self.config.image_size)))
+
     @property
     def device(self) -> torch.device:
         return self.prompts.ctx_normal.device

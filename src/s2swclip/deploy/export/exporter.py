@@ -14,6 +14,7 @@ of the files).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from ...data.images import OPENAI_MEAN, OPENAI_STD, ImageError, decode_for_model
 from ...errors import S2SWError
 from ...fileio import atomic_write_text, check_output_dir
 from ...model.detector import S2SWDetector
-from ..runtime.manifest import FORMATS, MANIFEST_NAME, PRECISIONS, SCHEMA, SCHEMA_VERSION, check_manifest, file_record
+from ..runtime.manifest import FORMATS, MANIFEST_NAME, PRECISIONS, Manifest, ManifestInput, Stage, file_record
 from .graph import IMAGES, MAPS, SCORES, DetectorGraph
 
 __all__ = ["Drift", "ExportResult", "ReferenceSource", "check_export_request", "export_detector",
@@ -68,7 +69,7 @@ class Drift:
 @dataclass
 class ExportResult:
     folder: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     drift: Drift
     seconds: float
 
@@ -189,15 +190,13 @@ def _versions(fmt: str, precision: str) -> dict[str, str]:
 
 
 def _write_models(graph: DetectorGraph, tmp: Path, fmt: str, precision: str,
-                  calibration: np.ndarray | None) -> tuple[list[dict[str, Any]], list[str]]:
+                  calibration: np.ndarray | None) -> tuple[list[Stage], list[str]]:
     """Write the model files; returns the manifest's stages and the file names."""
     if fmt == "onnx":
         from .to_onnx import export_onnx
 
         files = export_onnx(graph, tmp / "model.onnx")
-        stage = {"name": "detector", "model": "model.onnx", "weights": None, "inputs": [IMAGES],
-                 "outputs": [SCORES, MAPS], "inference_precision": "fp32"}
-        return [stage], files
+        return [Stage("detector", "model.onnx", None, (IMAGES,), (SCORES, MAPS), "fp32")], files
     from .to_openvino import convert_parts, save_ir
 
     encoder, head, names = convert_parts(graph)
@@ -207,10 +206,9 @@ def _write_models(graph: DetectorGraph, tmp: Path, fmt: str, precision: str,
         encoder = quantize_int8(encoder, calibration)
     files = save_ir(encoder, tmp / "encoder.xml") + save_ir(head, tmp / "head.xml")
     stages = [
-        {"name": "encoder", "model": "encoder.xml", "weights": "encoder.bin", "inputs": names["encoder_in"],
-         "outputs": names["encoder_out"], "inference_precision": "bf16" if precision == "bf16" else "fp32"},
-        {"name": "head", "model": "head.xml", "weights": "head.bin", "inputs": names["head_in"],
-         "outputs": names["head_out"], "inference_precision": "fp32"},
+        Stage("encoder", "encoder.xml", "encoder.bin", tuple(names["encoder_in"]), tuple(names["encoder_out"]),
+              "bf16" if precision == "bf16" else "fp32"),
+        Stage("head", "head.xml", "head.bin", tuple(names["head_in"]), tuple(names["head_out"]), "fp32"),
     ]
     return stages, files
 
@@ -280,30 +278,28 @@ def export_detector(
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the folder is meant to be copied and served
     try:
         stages, files = _write_models(graph, tmp, format, precision, calibration)
-        manifest = {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-            "format": format, "precision": precision, "image_size": size,
-            "input": {"name": IMAGES, "layout": "NCHW", "dtype": "float32", "mean": list(OPENAI_MEAN),
-                      "std": list(OPENAI_STD), "resize": "bicubic"},
-            "outputs": {"scores": SCORES, "maps": MAPS},
-            "stages": stages,
-            "files": {name: file_record(tmp / name) for name in files},
-            "detector_config": det.config.replace(image_size=size).to_dict(),
-            "threshold": None if threshold is None else float(threshold),
-            "map_scale": float(det.map_scale),
-            "references": few_shot,
-            "provenance": {**_json_safe(det.provenance), "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "versions": _versions(format, precision)},
-            "drift": None,
-        }
-        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(check_manifest(manifest), indent=2))
+        manifest = Manifest(
+            format=format, precision=precision, image_size=size,
+            input=ManifestInput(IMAGES, tuple(OPENAI_MEAN), tuple(OPENAI_STD)),
+            scores_output=SCORES, maps_output=MAPS,
+            stages=tuple(stages),
+            files={name: file_record(tmp / name) for name in files},
+            detector_config=det.config.replace(image_size=size).to_dict(),
+            threshold=None if threshold is None else float(threshold),
+            map_scale=float(det.map_scale),
+            references=few_shot,
+            provenance={**_json_safe(det.provenance), "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "versions": _versions(format, precision)},
+        )
+        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2))
         log.info("measuring the drift against PyTorch fp32 on %d image(s)", len(drift_images))
         drift = measure_drift(tmp, det, drift_images, "calibration" if calibration is not None else "random")
         seconds = time.perf_counter() - started
-        manifest["drift"] = {"reference": "pytorch fp32", "images": drift.images, "n_images": drift.n_images,
-                             "max_abs_score": drift.max_abs_score, "max_abs_map": drift.max_abs_map}
-        manifest["export"] = {"seconds": round(seconds, 1), "peak_rss_mib": _peak_rss_mib()}
-        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(check_manifest(manifest), indent=2))
+        manifest = dataclasses.replace(
+            manifest, drift={"reference": "pytorch fp32", "images": drift.images, "n_images": drift.n_images,
+                             "max_abs_score": drift.max_abs_score, "max_abs_map": drift.max_abs_map},
+            export={"seconds": round(seconds, 1), "peak_rss_mib": _peak_rss_mib()})
+        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2))
         if out.exists():
             out.rmdir()  # checked empty above
         os.replace(tmp, out)

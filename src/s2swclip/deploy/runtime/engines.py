@@ -86,12 +86,13 @@ class OpenVinoStage:
             return {name: self.request.get_tensor(name).data.copy() for name in self.outputs}
 
 
-def make_stage(folder: Path, fmt: str, stage: dict[str, Any], *, threads: int | None = None):
-    """The stage of a checked manifest (:func:`~s2swclip.deploy.runtime.manifest.read_manifest`)."""
+def make_stage(folder: Path, fmt: str, stage, *, threads: int | None = None):
+    """The runner of a :class:`~s2swclip.deploy.runtime.manifest.Stage` of a checked manifest."""
+    inputs, outputs = list(stage.inputs), list(stage.outputs)
     if fmt == "onnx":
-        return OnnxStage(folder / stage["model"], stage["inputs"], stage["outputs"], threads=threads)
-    return OpenVinoStage(folder / stage["model"], folder / stage["weights"], stage["inputs"], stage["outputs"],
-                         precision=stage["inference_precision"], threads=threads)
+        return OnnxStage(folder / stage.model, inputs, outputs, threads=threads)
+    return OpenVinoStage(folder / stage.model, folder / stage.weights, inputs, outputs,
+                         precision=stage.inference_precision, threads=threads)
 
 
 def _check_names(model: Path, got_in: list[str], want_in: list[str], got_out: list[str], want_out: list[str]) -> None:

@@ -34,13 +34,14 @@ import json
 import math
 import os
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import S2SWError
 
-__all__ = ["FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA", "SCHEMA_VERSION", "check_manifest",
-           "file_record", "read_manifest"]
+__all__ = ["FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA", "SCHEMA_VERSION", "Manifest", "ManifestInput",
+           "Stage", "check_manifest", "file_record", "load_manifest", "read_manifest"]
 
 MANIFEST_NAME = "s2swclip.json"
 SCHEMA = "s2swclip-export"
@@ -247,3 +248,88 @@ def read_manifest(folder: str | os.PathLike, *, verify_files: bool = True) -> di
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+# ------------------------------------------------------------------------------ typed manifest
+@dataclass(frozen=True)
+class ManifestInput:
+    """The model input: its name, layout and the preprocessing it expects."""
+
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    resize: str = "bicubic"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model file run in turn: its inputs are the folder's input or earlier outputs."""
+
+    name: str
+    model: str
+    weights: str | None
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    inference_precision: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``s2swclip.json`` as typed fields (layout: the module docstring), written with
+    :meth:`to_dict` and read with :meth:`from_dict` (after :func:`check_manifest`); format
+    version :data:`SCHEMA_VERSION` (``schema_version``). ``files``: name -> ``{"bytes",
+    "sha256"}``; ``references``, ``detector_config``, ``provenance``, ``drift``, ``export``: the
+    records described in the module docstring."""
+
+    format: str
+    precision: str
+    image_size: int
+    input: ManifestInput
+    scores_output: str
+    maps_output: str
+    stages: tuple[Stage, ...]
+    files: dict[str, dict[str, Any]]
+    detector_config: dict[str, Any]
+    threshold: float | None
+    map_scale: float
+    references: dict[str, Any] | None
+    provenance: dict[str, Any]
+    drift: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON layout (checked: :func:`check_manifest`)."""
+        d = {"schema": SCHEMA, "schema_version": self.schema_version, "format": self.format,
+             "precision": self.precision, "image_size": self.image_size,
+             "input": {**asdict(self.input), "mean": list(self.input.mean), "std": list(self.input.std)},
+             "outputs": {"scores": self.scores_output, "maps": self.maps_output},
+             "stages": [{**asdict(st), "inputs": list(st.inputs), "outputs": list(st.outputs)} for st in self.stages],
+             "files": self.files, "detector_config": self.detector_config, "threshold": self.threshold,
+             "map_scale": self.map_scale, "references": self.references, "provenance": self.provenance,
+             "drift": self.drift}
+        if self.export is not None:
+            d["export"] = self.export
+        return check_manifest(d)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        """The manifest of parsed JSON; ValueError naming the first problem."""
+        d = check_manifest(data)
+        inp = d["input"]
+        stages = tuple(Stage(str(st.get("name", f"stage{i}")), st["model"],
+                             st.get("weights"), tuple(st["inputs"]), tuple(st["outputs"]), st["inference_precision"])
+                       for i, st in enumerate(d["stages"]))
+        return cls(d["format"], d["precision"], int(d["image_size"]),
+                   ManifestInput(inp["name"], tuple(inp["mean"]), tuple(inp["std"]), inp.get("layout", "NCHW"),
+                                 inp.get("dtype", "float32"), inp.get("resize", "bicubic")),
+                   d["outputs"]["scores"], d["outputs"]["maps"], stages, d["files"], d["detector_config"],
+                   d.get("threshold"), float(d["map_scale"]), d["references"], d["provenance"], d.get("drift"),
+                   d.get("export"), int(d["schema_version"]))
+
+
+def load_manifest(folder: str | os.PathLike, *, verify_files: bool = True) -> Manifest:
+    """:func:`read_manifest`, as a :class:`Manifest`."""
+    return Manifest.from_dict(read_manifest(folder, verify_files=verify_files))

@@ -18,7 +18,8 @@ import numpy as np
 from ...data.images import OPENAI_MEAN, OPENAI_STD, decode_for_model
 from ...errors import S2SWError
 from .engines import make_stage
-from .manifest import read_manifest
+from ...inference.scoring import ScorerBase
+from .manifest import Manifest, load_manifest
 
 __all__ = ["ExportedModel", "RuntimePrediction", "load_exported"]
 
@@ -36,7 +37,7 @@ class RuntimePrediction:
     anomaly_maps: np.ndarray
 
 
-class ExportedModel:
+class ExportedModel(ScorerBase):
     """A folder written by ``s2swclip export``, ready to score images.
 
     Use :func:`load_exported`. Attributes: ``image_size`` (S), ``format``, ``precision``,
@@ -46,18 +47,18 @@ class ExportedModel:
     None), ``manifest`` (the checked ``s2swclip.json``).
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], *, threads: int | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, *, threads: int | None = None):
         self.folder = folder
         self.manifest = manifest
-        self.format = manifest["format"]
-        self.precision = manifest["precision"]
-        self.image_size = int(manifest["image_size"])
-        self.threshold = manifest.get("threshold")
-        self.map_scale = float(manifest["map_scale"])
-        self.references = manifest["references"]
-        self.input_name = manifest["input"]["name"]
-        self.output_names = (manifest["outputs"]["scores"], manifest["outputs"]["maps"])
-        self.stages = [make_stage(folder, self.format, st, threads=threads) for st in manifest["stages"]]
+        self.format = manifest.format
+        self.precision = manifest.precision
+        self.image_size = int(manifest.image_size)
+        self.threshold = manifest.threshold
+        self.map_scale = float(manifest.map_scale)
+        self.references = manifest.references
+        self.input_name = manifest.input.name
+        self.output_names = (manifest.scores_output, manifest.maps_output)
+        self.stages = [make_stage(folder, self.format, st, threads=threads) for st in manifest.stages]
 
     # ------------------------------------------------------------------------------ scoring
     def predict(self, images: np.ndarray) -> RuntimePrediction:
@@ -107,31 +108,29 @@ class ExportedModel:
         out = self.predict(pixels)
         return out.image_scores, out.anomaly_maps
 
-    def describe(self) -> dict[str, Any]:
-        """What is loaded, JSON-safe (the fields of the PyTorch scorer's description, plus the
-        export's format, engine, measured drift, and where the references came from)."""
-        prov = self.manifest.get("provenance", {})
-        effective = [getattr(st, "effective_precision", None) for st in self.stages]
+    # --------------------------------------------------------------- ScorerBase hooks
+    def _engine_fields(self) -> dict[str, Any]:
+        return {"engine": self.stages[0].engine, "engine_version": self.stages[0].version, "format": self.format,
+                "model_dir": str(self.folder)}
+
+    def _provenance(self) -> dict[str, Any]:
+        return self.manifest.provenance
+
+    def _precision(self) -> str | None:
+        return self.precision
+
+    def _device(self) -> str | None:
+        return "cpu"
+
+    def _references(self) -> dict[str, Any] | None:
         refs = self.references
-        references_only = refs is not None and refs["few_shot_weight"] == 1
-        return {
-            "engine": self.stages[0].engine,
-            "engine_version": self.stages[0].version,
-            "format": self.format,
-            "model_dir": str(self.folder),
-            "backbone": prov.get("backbone"),
-            "weights": prov.get("weights"),
-            "prompts": prov.get("prompts"),
-            "prompts_format": prov.get("prompts_format"),
-            "image_size": self.image_size,
-            "precision": self.precision,
-            "inference_precision": [p for p in effective if p is not None] or None,
-            "device": "cpu",
-            "untrained_prompts": prov.get("prompts") is None and not references_only,
-            "references": None if refs is None else {k: refs[k] for k in (
-                "count", "few_shot_weight", "layers", "stream", "coreset", "bank_bytes", "source", "sha256")},
-            "drift": self.manifest.get("drift"),
-        }
+        return None if refs is None else {k: refs[k] for k in (
+            "count", "few_shot_weight", "layers", "stream", "coreset", "bank_bytes", "source", "sha256")}
+
+    def _extra_fields(self) -> dict[str, Any]:
+        """The precision each stage runs at, and the drift measured at export."""
+        effective = [getattr(st, "effective_precision", None) for st in self.stages]
+        return {"inference_precision": [p for p in effective if p is not None] or None, "drift": self.manifest.drift}
 
 
 def load_exported(folder: str | os.PathLike, *, threads: int | None = None,
@@ -150,8 +149,8 @@ def load_exported(folder: str | os.PathLike, *, threads: int | None = None,
     Raises:
         S2SWError: a missing, incomplete, corrupt or foreign folder (one line).
     """
-    manifest = read_manifest(folder, verify_files=verify_files)
-    mean, std = manifest["input"]["mean"], manifest["input"]["std"]
+    manifest = load_manifest(folder, verify_files=verify_files)
+    mean, std = list(manifest.input.mean), list(manifest.input.std)
     if not (np.allclose(mean, OPENAI_MEAN, rtol=0, atol=1e-7) and np.allclose(std, OPENAI_STD, rtol=0, atol=1e-7)):
         raise S2SWError(f"--model {folder}: the model expects another input normalisation than CLIP's "
                         f"(mean {mean}, std {std}); this version of the runtime only prepares CLIP inputs")
