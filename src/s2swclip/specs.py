@@ -23,7 +23,7 @@ from .model.config import PRECISIONS, PRESETS, DetectorConfig, get_preset
 from .viz.heatmap import HEATMAP_SCALES
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "DetectorSpec", "RunOptions", "ServeSettings",
-           "SpecError"]
+           "SpecError", "check_heatmap_scale", "check_threshold"]
 
 #: Largest image accepted (width x height), checked from the header before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -81,6 +81,16 @@ def _in_interval(name: str, value: Any, low: float, high: float, *, open_low: bo
     if not ok:
         shown = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
         raise SpecError(name, f"must be a number in {shown}, got {value!r}")
+
+
+def check_threshold(value: Any) -> None:
+    """A decision threshold: None or a finite number (:class:`SpecError` naming ``threshold``)."""
+    _finite_or_none("threshold", value)
+
+
+def check_heatmap_scale(value: Any) -> None:
+    """A heat-map colour scale, one of :data:`~s2swclip.viz.heatmap.HEATMAP_SCALES`."""
+    _choice("heatmap_scale", value, HEATMAP_SCALES)
 
 
 def _path_or_none(value: Any) -> str | None:
@@ -231,9 +241,9 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "calibrate_dir", _path_or_none(self.calibrate_dir))
-        _finite_or_none("threshold", self.threshold)
+        check_threshold(self.threshold)
         _in_interval("fpr", self.fpr, 0, 1, open_low=True, open_high=True)
-        _choice("heatmap_scale", self.heatmap_scale, HEATMAP_SCALES)
+        check_heatmap_scale(self.heatmap_scale)
         _int_at_least("batch_size", self.batch_size)
         _int_at_least("max_pixels", self.max_pixels, optional=True)
         _int_at_least("max_inflight_pixels", self.max_inflight_pixels)
@@ -279,14 +289,14 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "save_dir", _path_or_none(self.save_dir))
-        _finite_or_none("threshold", self.threshold)
+        check_threshold(self.threshold)
         for name in ("max_batch", "queue_size", "max_upload_bytes", "max_pixels", "max_inflight_pixels",
                      "decode_threads"):
             _int_at_least(name, getattr(self, name))
         _int_at_least("save_max_bytes", self.save_max_bytes, optional=True)
         for name in ("batch_wait_ms", "upload_idle_timeout_s", "upload_total_timeout_s"):
             _number_at_least(name, getattr(self, name), 0)
-        _choice("heatmap_scale", self.heatmap_scale, HEATMAP_SCALES)
+        check_heatmap_scale(self.heatmap_scale)
 
     def describe_limits(self) -> dict[str, Any]:
         """The serving limits, JSON-safe (``GET /v1/model``)."""

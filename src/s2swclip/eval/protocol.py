@@ -58,12 +58,12 @@ def evaluate_dataset(
     Returns the report dict ``{"dataset", "aupro_method", "classes": {...}, "mean": {...}}``.
     """
     from ..data.dataset import AnomalyDataset
-    from ..viz.heatmap import HEATMAP_SCALES, image_scale, range_scale
+    from ..specs import check_heatmap_scale
+    from ..viz.heatmap import image_scale, range_scale
     from .metrics import compute_metrics
     from .report import build_report, write_report
 
-    if heatmap_scale not in HEATMAP_SCALES:
-        raise S2SWError(f"invalid --heatmap-scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
+    check_heatmap_scale(heatmap_scale)
     size = int(image_size or det.config.image_size)
     ds = AnomalyDataset(data_root, split="test", image_size=size, classes=classes)
     plan = None

@@ -26,15 +26,12 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import ImageError, PixelBudget, decode_for_model
+from ..specs import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS
 from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "Decoder", "InferencePipeline", "ScoredImage",
            "Scorer", "map_fraction_above", "overlay_png"]
 
-#: Largest image accepted (width x height), checked from the header before decoding.
-DEFAULT_MAX_PIXELS = 40_000_000
-#: Decoded full-resolution pixels held at once by all decoding threads together.
-DEFAULT_MAX_INFLIGHT_PIXELS = 64_000_000
 
 
 class Scorer(Protocol):

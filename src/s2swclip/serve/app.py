@@ -32,7 +32,6 @@ unless a save folder is given (:mod:`s2swclip.serve.storage`).
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -47,7 +46,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     raise S2SWError("serving needs FastAPI, uvicorn and python-multipart: "
                     "pip install fastapi uvicorn python-multipart") from None
 
-from ..specs import ServeSettings
+from ..specs import ServeSettings, SpecError, check_threshold
 from .security import SecurityMiddleware, SecuritySettings, fastapi_docs_kwargs
 from .service import FILE_FIELDS, InspectionService, ServiceError
 from .upload import UploadError, read_multipart
@@ -173,8 +172,10 @@ async def _predict(request: Request, threshold: float | None = None, overlay: bo
     service: InspectionService = request.app.state.service
     s = service.settings
     thr = service.model_info["threshold"] if threshold is None else float(threshold)
-    if thr is not None and not math.isfinite(thr):
-        return _error_json(400, f"threshold must be a finite number, got {threshold}")
+    try:
+        check_threshold(thr)
+    except SpecError as e:
+        return _error_json(400, str(e))
     try:
         parts = await read_multipart(request.headers.get("content-type"), request.headers.get("content-length"),
                                      request.stream(), max_bytes=int(s.max_upload_bytes),

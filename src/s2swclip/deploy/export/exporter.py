@@ -36,6 +36,7 @@ from ...data.images import OPENAI_MEAN, OPENAI_STD, ImageError, decode_for_model
 from ...errors import S2SWError
 from ...fileio import atomic_write_text, check_output_dir
 from ...model.detector import S2SWDetector
+from ...specs import check_threshold
 from ..runtime.manifest import FORMATS, MANIFEST_NAME, PRECISIONS, Manifest, ManifestInput, Stage, file_record
 from .graph import IMAGES, MAPS, SCORES, DetectorGraph
 
@@ -247,8 +248,7 @@ def export_detector(
     """
     started = time.perf_counter()
     out = check_export_request(format, precision, calibrate_dir, out_dir)
-    if threshold is not None and not np.isfinite(threshold):
-        raise S2SWError(f"--threshold must be a finite number, got {threshold!r}")
+    check_threshold(threshold)
     if det.config.precision != "fp32" or det.device.type != "cpu":
         raise S2SWError("export needs a float32 detector on the CPU: load_detector(..., device='cpu', "
                         "precision='fp32')")
@@ -278,19 +278,7 @@ def export_detector(
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the folder is meant to be copied and served
     try:
         stages, files = _write_models(graph, tmp, format, precision, calibration)
-        manifest = Manifest(
-            format=format, precision=precision, image_size=size,
-            input=ManifestInput(IMAGES, tuple(OPENAI_MEAN), tuple(OPENAI_STD)),
-            scores_output=SCORES, maps_output=MAPS,
-            stages=tuple(stages),
-            files={name: file_record(tmp / name) for name in files},
-            detector_config=det.config.replace(image_size=size).to_dict(),
-            threshold=None if threshold is None else float(threshold),
-            map_scale=float(det.map_scale),
-            references=few_shot,
-            provenance={**_json_safe(det.provenance), "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "versions": _versions(format, precision)},
-        )
+        manifest = _manifest(det, tmp, format, precision, stages, files, threshold, few_shot)
         atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2))
         log.info("measuring the drift against PyTorch fp32 on %d image(s)", len(drift_images))
         drift = measure_drift(tmp, det, drift_images, "calibration" if calibration is not None else "random")
@@ -309,6 +297,23 @@ def export_detector(
     if precision == "fp32" and (drift.max_abs_score > FP32_TOLERANCE["scores"] or drift.max_abs_map > FP32_TOLERANCE["maps"]):
         log.warning("the fp32 export differs from PyTorch by more than %s: %s", FP32_TOLERANCE, drift.describe())
     return ExportResult(out, manifest, drift, seconds)
+
+
+def _manifest(det: S2SWDetector, tmp: Path, fmt: str, precision: str, stages: list[Stage], files: list[str],
+              threshold: float | None, few_shot: dict[str, Any] | None) -> Manifest:
+    """The manifest of the model files written to ``tmp`` (no drift measured yet)."""
+    size = int(det.config.image_size)
+    return Manifest(
+        format=fmt, precision=precision, image_size=size,
+        input=ManifestInput(IMAGES, tuple(OPENAI_MEAN), tuple(OPENAI_STD)),
+        scores_output=SCORES, maps_output=MAPS, stages=tuple(stages),
+        files={name: file_record(tmp / name) for name in files},
+        detector_config=det.config.replace(image_size=size).to_dict(),
+        threshold=None if threshold is None else float(threshold),
+        map_scale=float(det.map_scale), references=few_shot,
+        provenance={**_json_safe(det.provenance), "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "versions": _versions(fmt, precision)},
+    )
 
 
 def _peak_rss_mib() -> int | None:
