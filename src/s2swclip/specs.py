@@ -194,9 +194,11 @@ class DetectorSpec:
         """JSON-safe: the fields; the few-shot ones only when they are set."""
         d = asdict(self)
         d["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options}
-        for name in ("reference", "shots", "max_pixels", "few_shot_weight", "coreset", "options"):
-            if not d[name]:
+        for name in ("reference", "shots", "max_pixels", "few_shot_weight", "coreset"):
+            if d[name] is None:
                 d.pop(name)
+        if not self.options:
+            d.pop("options")
         if not self.untrained_ok:
             d.pop("untrained_ok")
         return d

@@ -119,3 +119,12 @@ def test_exported_spec_is_plain_data_and_checks_the_folder(tmp_path, monkeypatch
     (tmp_path / "exported").mkdir()
     with pytest.raises(S2SWError, match="no s2swclip.json in this folder"):
         ScorerSpec.exported(tmp_path / "exported").check()
+
+
+def test_describe_keeps_a_zero_few_shot_weight_and_the_specs_are_frozen():
+    spec = DetectorSpec("S2SW-Tiny-24L", None, reference="good", few_shot_weight=0.0, options={"sigma": 2})
+    d = spec.describe()
+    assert d["few_shot_weight"] == 0.0 and d["reference"] == "good" and d["options"] == {"sigma": 2}
+    assert spec.detector_options() == {"sigma": 2, "few_shot_weight": 0.0}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.prompts = "other"

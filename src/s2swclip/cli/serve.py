@@ -58,8 +58,11 @@ def build_serve_app(args):
 
     security = SecuritySettings(token=resolve_token(args.token), host=args.host,
                                 allow_hosts=tuple(args.allow_host or ()))
+    settings = serve_settings(args)  # checked before the (slow) model load
     model = exported_model(args) if args.model is not None else detector(args)
-    return create_app(model, serve_settings(args, getattr(model, "threshold", None)), security=security)
+    if settings.threshold is None and getattr(model, "threshold", None) is not None:
+        settings = serve_settings(args, model.threshold)  # the one recorded at export
+    return create_app(model, settings, security=security)
 
 
 def cmd_serve(args) -> int:
