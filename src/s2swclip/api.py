@@ -14,7 +14,7 @@ from .model.checkpoint import PromptCheckpoint, load_prompts
 from .model.config import PRECISIONS, DetectorConfig, get_preset
 from .model.detector import S2SWDetector
 from .model.prompts import PromptLearner
-from .model.weights import create_clip
+from .model.weights import backbone_detector_defaults, create_clip
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_detector(
     """
     dev = resolve_device(device)
     check_precision(precision, dev)
-    config = DetectorConfig()
+    config = DetectorConfig().replace(**backbone_detector_defaults(backbone))  # usually none
     if preset is not None:
         config = config.replace(**get_preset(preset).test)
     if image_size is not None:
