@@ -370,7 +370,7 @@ def test_a_data_pipeline_not_declared_deterministic_is_refused(data, tmp_path, m
 
 @pytest.mark.parametrize("kw,needle", [
     (dict(cache_dtype="fp16"), "cache_dtype fp16 applies to a feature cache (--cache-dtype); set "
-                               "cache_features (a folder or 'memory') (--cache-features)"),
+                               "cache_features to a folder or 'memory' (--cache-features)"),
     (dict(cache_features="memory", cache_dtype="bf16"), "invalid cache_dtype 'bf16' (--cache-dtype): choose"),
 ])
 def test_cache_options_are_checked_before_any_work(tmp_path, kw, needle):

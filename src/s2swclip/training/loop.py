@@ -89,7 +89,7 @@ class RunSetup:
                             fields=["cache_dtype"])
         if self.cache_features is None and self.cache_dtype != "fp32":
             raise S2SWError(f"cache_dtype {self.cache_dtype} applies to a feature cache; set cache_features "
-                            f"(a folder or 'memory')", fields=["cache_dtype", "cache_features"])
+                            f"to a folder or 'memory'", fields=["cache_dtype", "cache_features"])
         if self.cache_features is not None and str(self.cache_features) != MEMORY:
             check_output_dir(self.cache_features, "--cache-features")
 
