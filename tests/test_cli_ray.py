@@ -21,17 +21,14 @@ import s2swclip  # noqa: E402
 from s2swclip.inference.shards import read_results  # noqa: E402
 from helpers import assert_user_error, run_cli  # noqa: E402
 
-TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "56"]
+TINY = ["--backbone", "S2SW-Tiny-4L", "--weights", "none", "--image-size", "56"]
 SRC = str(Path(s2swclip.__file__).resolve().parents[1])
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's Ray instance (tests/conftest.py): its GCS address."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +123,9 @@ def test_a_resume_whose_model_inputs_changed_is_refused_naming_what_changed(caps
     from s2swclip.model.checkpoint import save_prompts
 
     root, _ = manifests
-    det = s2swclip.load_detector("S2SW-Tiny-24L", None, None, image_size=56, untrained_ok=True)
+    det = s2swclip.load_detector("S2SW-Tiny-4L", None, None, image_size=56, untrained_ok=True)
     prompts = tmp_path / "prompts.safetensors"
-    save_prompts(prompts, det.prompts, {"backbone": "S2SW-Tiny-24L"})
+    save_prompts(prompts, det.prompts, {"backbone": "S2SW-Tiny-4L"})
     argv = ["predict", root / "list.txt", "--out", tmp_path / "ray", "--quiet", "--engine", "ray",
             "--prompts", prompts, *TINY]
     code, out, err = run_cli(capsys, *argv)
@@ -139,7 +136,7 @@ def test_a_resume_whose_model_inputs_changed_is_refused_naming_what_changed(caps
     with torch.no_grad():
         for p in det.prompts.parameters():
             p.add_(0.25)
-    save_prompts(prompts, det.prompts, {"backbone": "S2SW-Tiny-24L"})
+    save_prompts(prompts, det.prompts, {"backbone": "S2SW-Tiny-4L"})
     code, out, err = run_cli(capsys, *argv)
     assert_user_error(code, err, "holds results of a different run: prompts changed since")
     assert sorted((tmp_path / "ray" / "results").glob("part-*.parquet")) == shards

@@ -8,7 +8,7 @@
 
 Each is a frozen, picklable dataclass, checked when it is made: a wrong value raises
 :class:`SpecError`, which names the field (``threshold``), never a command-line flag; the CLI
-maps fields to its flags (``s2swclip.cli.options.FLAGS``). Torch-free.
+maps fields to its flags (``s2swclip.cli.options.FLAGS``, :meth:`S2SWError.with_flags`). Torch-free.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ DEFAULT_MAX_INFLIGHT_PIXELS = 64_000_000
 
 
 class SpecError(S2SWError):
-    """A field of a spec has a wrong value: ``field`` names it, ``problem`` says what is wrong
-    (the message is ``"<field> <problem>"``)."""
+    """A field of a spec has a wrong value: ``field`` names it (also in
+    :attr:`~s2swclip.errors.S2SWError.fields`), ``problem`` says what is wrong (the message is
+    ``"<field> <problem>"``)."""
 
     def __init__(self, field_name: str, problem: str):
-        super().__init__(f"{field_name} {problem}")
+        super().__init__(f"{field_name} {problem}", fields=[field_name])
         self.field = field_name
         self.problem = problem
 

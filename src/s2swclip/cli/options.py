@@ -2,7 +2,7 @@
 specs built from them (:class:`~s2swclip.specs.DetectorSpec`, the exported model, the threshold).
 
 The library names fields (``threshold``); :data:`FLAGS` is the one table from fields to the flags
-that set them, used to word the errors of :class:`~s2swclip.specs.SpecError` (:func:`flag_message`).
+that set them, added to the errors' messages (:func:`flag_message`).
 """
 
 from __future__ import annotations
@@ -13,30 +13,37 @@ import logging
 from ..errors import S2SWError
 from .types import positive_int, seed_value, share, unit_interval
 
-#: library field -> the command-line flag that sets it
-FLAGS = {
+#: library field -> the command-line flag that sets it (None: no flag): the one table of every
+#: command; errors name fields (:attr:`~s2swclip.errors.S2SWError.fields`), the CLI adds the flags
+FLAGS: dict[str, str | None] = {
+    # the detector (DetectorSpec) and the few-shot mode
     "backbone": "--backbone", "weights": "--weights", "prompts": "--prompts", "image_size": "--image-size",
     "device": "--device", "precision": "--precision", "preset": "--preset", "cache_dir": "--cache-dir",
     "reference": "--reference", "shots": "--shots", "few_shot_weight": "--few-shot-weight", "coreset": "--coreset",
-    "max_pixels": "--max-mpx", "threshold": "--threshold", "calibrate_dir": "--calibrate", "fpr": "--fpr",
-    "heatmap_scale": "--heatmap-scale", "overlays": "--no-overlays", "batch_size": "--batch-size",
-    "max_inflight_pixels": "--max-inflight-mpx", "workers": "--workers", "gpus_per_worker": "--gpus-per-worker",
-    "cpus_per_worker": "--cpus-per-worker", "shard_rows": "--shard-rows", "ray_address": "--ray-address",
+    "max_pixels": "--max-mpx", "options": None,
+    # a batch run (RunOptions) and the Ray engine (RaySettings)
+    "threshold": "--threshold", "calibrate_dir": "--calibrate", "fpr": "--fpr", "heatmap_scale": "--heatmap-scale",
+    "overlays": "--no-overlays", "batch_size": "--batch-size", "max_inflight_pixels": "--max-inflight-mpx",
+    "workers": "--workers", "gpus_per_worker": "--gpus-per-worker", "cpus_per_worker": "--cpus-per-worker",
+    "shard_rows": "--shard-rows", "ray_address": "--ray-address",
+    # the service (ServeSettings)
     "save_dir": "--save", "save_max_bytes": "--save-max-mb", "max_batch": "--max-batch",
     "batch_wait_ms": "--batch-wait-ms", "queue_size": "--queue-size", "max_upload_bytes": "--max-upload-mb",
     "upload_idle_timeout_s": "--upload-timeout",
+    # training (TrainConfig, train())
+    "epochs": "--epochs", "lr": "--lr", "seed": "--seed", "alpha": "--alpha", "beta": "--beta", "split": "--split",
+    "classes": "--classes", "items": "--data", "max_batches": "--max-batches", "num_workers": "--workers",
+    "cache_features": "--cache-features", "cache_dtype": "--cache-dtype", "feature_cache": "--cache-dtype",
+    "detector_options": None,
 }
 #: the model options of :func:`add_model_args`, fields of :class:`~s2swclip.specs.DetectorSpec`
 MODEL_FIELDS = ("backbone", "weights", "prompts", "image_size", "device", "precision", "preset", "cache_dir")
 
 
 def flag_message(err: Exception) -> str:
-    """The message of a library error, a :class:`~s2swclip.specs.SpecError` worded with the flag
-    that sets its field."""
-    name = getattr(err, "field", None)
-    if name is None:
-        return str(err)
-    return f"{FLAGS.get(name, name)} {err.problem}"
+    """The message of a library error with the flag of each field it names (:data:`FLAGS`)."""
+    with_flags = getattr(err, "with_flags", None)
+    return with_flags(FLAGS) if with_flags is not None else str(err)
 
 
 def add_model_args(p: argparse.ArgumentParser, prompts: bool = True, torch_runtime: bool = True) -> None:
