@@ -16,12 +16,12 @@ from s2swclip.specs import DetectorSpec, RunOptions, ServeSettings, SpecError
     (lambda: RunOptions(threshold=math.nan), "threshold", "threshold must be a finite number, got nan"),
     (lambda: RunOptions(heatmap_scale="per-image"), "heatmap_scale",
      "heatmap_scale must be one of fixed, image, got 'per-image'"),
-    (lambda: RunOptions(fpr=1.0), "fpr", "fpr must be a number in (0, 1), got 1.0"),
+    (lambda: RunOptions(fpr=1.0), "fpr", "fpr must be a number > 0 and < 1, got 1.0"),
     (lambda: RunOptions(batch_size=0), "batch_size", "batch_size must be an integer >= 1, got 0"),
     (lambda: ServeSettings(max_batch=0), "max_batch", "max_batch must be an integer >= 1, got 0"),
     (lambda: ServeSettings(batch_wait_ms=-1.0), "batch_wait_ms", "batch_wait_ms must be a finite number >= 0, got -1.0"),
     (lambda: ServeSettings(threshold=math.inf), "threshold", "threshold must be a finite number, got inf"),
-    (lambda: DetectorSpec(coreset=0), "coreset", "coreset must be a number in (0, 1], got 0"),
+    (lambda: DetectorSpec(coreset=0), "coreset", "coreset must be a number > 0 and <= 1, got 0"),
     (lambda: DetectorSpec(preset="nope"), "preset", "preset must be one of visa-to-all, mvtec-to-visa, got 'nope'"),
 ])
 def test_a_wrong_value_is_one_error_naming_the_field(make, field, message):

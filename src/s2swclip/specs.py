@@ -79,9 +79,9 @@ def _in_interval(name: str, value: Any, low: float, high: float, *, open_low: bo
         return
     ok = _is_number(value) and math.isfinite(value)
     ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-    if not ok:
-        shown = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-        raise SpecError(name, f"must be a number in {shown}, got {value!r}")
+    if not ok:  # no brackets: a clause of the message ends at ')' (S2SWError.with_flags)
+        shown = f"{'>' if open_low else '>='} {low:g} and {'<' if open_high else '<='} {high:g}"
+        raise SpecError(name, f"must be a number {shown}, got {value!r}")
 
 
 def check_threshold(value: Any) -> None:

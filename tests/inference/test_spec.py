@@ -66,7 +66,7 @@ def test_wrong_fields_are_refused_when_the_spec_is_made_naming_the_field():
     with pytest.raises(SpecError, match=r"^precision must be one of fp32, bf16, fp16, got 'fp8'$") as err:
         ScorerSpec.detector("S2SW-Tiny-24L", None, precision="fp8")
     assert err.value.field == "precision"
-    with pytest.raises(SpecError, match="^few_shot_weight must be a number in \\[0, 1\\], got 1.5$"):
+    with pytest.raises(SpecError, match="^few_shot_weight must be a number >= 0 and <= 1, got 1.5$"):
         DetectorSpec("S2SW-Tiny-24L", None, few_shot_weight=1.5)
     with pytest.raises(SpecError, match="unknown detector option 'wavelet_lambdaa'"):
         ScorerSpec.detector("S2SW-Tiny-24L", None, wavelet_lambdaa=0.5)
