@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 
+#: largest seed (the training configuration's limit, within every generator's range)
+SEED_MAX = 2**63 - 2
+
 
 def finite(text: str) -> float:
     try:
@@ -67,6 +70,46 @@ def seed_value(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in 0..{SEED_MAX}, got {value}")
     return value
+
+
+def int_range(lo: int, hi: int | None = None):
+    """An integer flag in ``[lo, hi]`` (``hi`` None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            shown = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"must be an integer {shown}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_range(lo: float, hi: float, *, lo_open: bool = False):
+    """A finite number flag in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+
+    def parse(text: str) -> float:
+        value = finite(text)
+        if value < lo or value > hi or (lo_open and value == lo):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+#: ``--port``: 0 (any free port) to 65535.
+port = int_range(0, 65535)
+#: process or thread counts (``--workers``): 0 (none) up to 256.
+worker_count = int_range(0, 256)
+#: images per model call (``--batch-size``, ``--max-batch``): a batch is held in memory at once.
+batch_count = int_range(1, 4096)
+#: megabytes or megapixels (memory limits): more than 0, at most 10**9 (1 PB, 10**15 pixels).
+mega = float_range(0, 1e9, lo_open=True)
