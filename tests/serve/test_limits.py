@@ -35,7 +35,7 @@ def open_stalled(stack, server, n):
     """``n`` connections that send part of a request head and then nothing."""
     socks = []
     for _ in range(n):
-        s = socket.create_connection((server.host, server.port), timeout=10)
+        s = socket.create_connection((server.host, server.port), timeout=30)  # SYN retries while the queue is full
         stack.callback(s.close)
         s.sendall(PARTIAL)
         socks.append(s)

@@ -173,6 +173,10 @@ def guarded_protocol(limits: ConnectionLimits):
             else:
                 self._headers_done()
 
+        def handle_websocket_upgrade(self, event) -> None:
+            self._cancel()  # the head is complete; the connection is the WebSocket protocol's now
+            super().handle_websocket_upgrade(event)
+
         def connection_lost(self, exc) -> None:
             self._cancel()
             super().connection_lost(exc)
