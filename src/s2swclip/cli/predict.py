@@ -73,7 +73,8 @@ def cmd_predict(args) -> int:
         print(f"{name:<{width}}  {r['score']:.4f}{verdict}")
     if summary.calibration is not None:
         print(summary.calibration.describe())
-    print(f"{summary.n_scored} scored, {summary.n_failed} skipped; results in {safe_text(Path(args.out) / 'results.csv')}")
+    results = safe_text(Path(args.out) / "results.csv")
+    print(f"{summary.n_scored} scored, {summary.n_failed} skipped; results in {results}")
     if not summary.n_scored:
         raise S2SWError(f"none of the {summary.n_failed} input files could be read as an image")
     return 0

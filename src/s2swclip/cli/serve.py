@@ -75,8 +75,9 @@ def cmd_serve(args) -> int:
     limits = ConnectionLimits(max_connections=args.max_connections, header_timeout_s=args.header_timeout)
     limits.check()
     if args.max_upload_mb > args.max_inflight_mb:
-        raise S2SWError(f"--max-upload-mb {args.max_upload_mb:g} is more than --max-inflight-mb {args.max_inflight_mb:g}: "
-                        f"no upload of that size could ever be accepted; raise --max-inflight-mb")
+        raise S2SWError(f"--max-upload-mb {args.max_upload_mb:g} is more than --max-inflight-mb "
+                        f"{args.max_inflight_mb:g}: no upload of that size could ever be accepted; raise "
+                        f"--max-inflight-mb")
     sock = bind_socket(args.host, args.port)  # before the (slow) model load: a busy port fails fast
     try:
         token = resolve_token(args.token)

@@ -60,7 +60,8 @@ _CONNECT_TIMEOUT_S = 5.0
 
 # ------------------------------------------------------------------------------------ Ray stages
 def _decode_batch(batch: dict[str, np.ndarray], *, image_size: int, max_pixels: int | None,
-                  max_inflight_pixels: int, overlays: bool, refused_stores: dict | None = None) -> dict[str, np.ndarray]:
+                  max_inflight_pixels: int, overlays: bool,
+                  refused_stores: dict | None = None) -> dict[str, np.ndarray]:
     """CPU task: decode a batch of inputs. In: ``index, path, name, problem, overlay``; out: the
     same plus ``ok``, ``error``, ``error_code``, ``pixels`` [n, 3, S, S] float32 (zeros where not
     decoded) and, with overlays, ``preview`` (RGB bytes), ``preview_w``, ``preview_h``. URIs of

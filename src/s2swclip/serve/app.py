@@ -22,8 +22,9 @@ Endpoints (OpenAPI schema at ``/openapi.json``):
 Memory is a budget the operator sets, not something clients choose: request bodies are capped
 (``--max-upload-mb``) and share one budget (``--max-inflight-mb``); connections and the time to
 send request headers are bounded (:mod:`s2swclip.serve.limits`); each file is decoded under a
-shared pixel budget (``--max-inflight-mpx``) by at most ``decode_threads`` threads and reduced at once to the model input and a preview, and
-only those are kept while the request waits for the model. Every image of every request goes
+shared pixel budget (``--max-inflight-mpx``) by at most ``decode_threads`` threads and reduced
+at once to the model input and a preview, and only those are kept while the request waits for
+the model. Every image of every request goes
 through one :class:`~s2swclip.serve.batcher.MicroBatcher`, so images that arrive together are
 scored in one call, from one worker thread. Exposure controls (token, Host check, cross-site
 requests, security headers) are :mod:`s2swclip.serve.security`'s; nothing is written to disk

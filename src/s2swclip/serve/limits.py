@@ -109,7 +109,7 @@ def guarded_protocol(limits: ConnectionLimits):
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     cap, timeout = int(limits.max_connections), float(limits.header_timeout_s)
-    warnings = _Warnings()
+    notes = _Warnings()
 
     class GuardedH11Protocol(H11Protocol):
         waiting_since: float | None = None  # when it started waiting for request headers; None: not waiting
@@ -123,12 +123,12 @@ def guarded_protocol(limits: ConnectionLimits):
             if len(live) >= cap:
                 waiting = [c for c in live if getattr(c, "waiting_since", None) is not None]
                 if not waiting:
-                    warnings.note("refused", cap)
+                    notes.note("refused", cap)
                     transport.write(_BUSY)
                     transport.close()
                     return
                 min(waiting, key=lambda c: c.waiting_since).drop()
-                warnings.note("evicted", cap)
+                notes.note("evicted", cap)
             self._wait_for_headers()
 
         def _wait_for_headers(self) -> None:
@@ -144,7 +144,7 @@ def guarded_protocol(limits: ConnectionLimits):
         def _headers_late(self) -> None:
             self._deadline = None
             if not self.transport.is_closing():
-                warnings.note("timed out", cap)
+                notes.note("timed out", cap)
                 if self._partial:
                     self.transport.write(_TIMEOUT)
                 self.drop()
