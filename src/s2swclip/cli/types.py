@@ -75,6 +75,17 @@ def seed_value(text: str) -> int:
     return value
 
 
+def _out_of_range(value, text: str, lo: float, hi: float | None, lo_open: bool = False) -> str | None:
+    """Why ``value`` is not in the range (worded like the other types here), or None."""
+    if lo_open and value <= lo:
+        return f"must be positive, got {text}" if lo == 0 else f"must be > {lo:g}, got {text}"
+    if value < lo:
+        return f"must be at least 1, got {text}" if lo == 1 else f"must be >= {lo:g}, got {text}"
+    if hi is not None and value > hi:
+        return f"must be <= {hi:g}, got {text}"
+    return None
+
+
 def int_range(lo: int, hi: int | None = None):
     """An integer flag in ``[lo, hi]`` (``hi`` None: no upper bound)."""
 
@@ -83,9 +94,9 @@ def int_range(lo: int, hi: int | None = None):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            shown = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-            raise argparse.ArgumentTypeError(f"must be an integer {shown}, got {value}")
+        problem = _out_of_range(value, str(value), lo, hi)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     parse.__name__ = "integer"
@@ -96,10 +107,10 @@ def float_range(lo: float, hi: float, *, lo_open: bool = False):
     """A finite number flag in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
 
     def parse(text: str) -> float:
-        value = finite(text)
-        if value < lo or value > hi or (lo_open and value == lo):
-            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {text!r}")
-        return value
+        problem = _out_of_range(finite(text), repr(text), lo, hi, lo_open)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return finite(text)
 
     parse.__name__ = "number"
     return parse
