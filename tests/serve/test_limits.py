@@ -185,45 +185,57 @@ def test_connection_limits_are_checked(kwargs, needle):
 
 # ------------------------------------------------------------------------------ request bodies
 def test_request_bodies_share_one_byte_budget(fake_detector):
-    """A stalled upload holds the bytes it sent; another that does not fit next to it is answered
-    503 with Retry-After at once; once the first is answered its bytes are free again."""
+    """An upload holds its declared size from its start until it is answered (a stalled one too);
+    another that does not fit next to it is answered 503 with Retry-After at once, before its
+    body is read; once the first is answered its bytes are free again. A chunked upload (size
+    unknown) holds the per-request cap."""
     body_a = multipart(("a.png", png_bytes(48, 40, 1)))
     body_b = multipart(("b.png", png_bytes(40, 40, 2)))
-    held = len(body_a) - 10
-    budget = len(body_a) + len(body_b) // 2  # each fits alone, not both (held + len(body_b) > budget)
-    app = create_app(fake_detector, max_upload_bytes=budget, max_inflight_bytes=budget)
+    budget = len(body_a) + len(body_b) - 1  # each fits alone, not both
+    app = create_app(fake_detector, max_upload_bytes=len(body_a), max_inflight_bytes=budget)
     ctype = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
     async def scenario():
         release = asyncio.Event()
+        sent_b = []
 
         async def stalled_a():
-            yield body_a[:held]
+            yield body_a[:100]
             await release.wait()
-            yield body_a[held:]
+            yield body_a[100:]
+
+        async def counted_b():
+            sent_b.append(len(body_b))
+            yield body_b
 
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=30) as client:
-            first = asyncio.ensure_future(client.post("/v1/predict", content=stalled_a(), headers=ctype))
-            for _ in range(500):  # until the first upload's bytes are held
+            first = asyncio.ensure_future(client.post("/v1/predict", content=stalled_a(),
+                                                      headers={**ctype, "Content-Length": str(len(body_a))}))
+            for _ in range(500):  # until the first upload is admitted
                 health = (await client.get("/v1/health")).json()
-                if health["bodies"]["bytes_in_flight"] == held:
+                if health["bodies"]["bytes_in_flight"]:
                     break
                 await asyncio.sleep(0.01)
-            assert health["bodies"]["bytes_in_flight"] == held
-            second = await client.post("/v1/predict", content=body_b, headers=ctype)
+            in_flight = health["bodies"]["bytes_in_flight"]
+            second = await client.post("/v1/predict", content=counted_b(),
+                                       headers={**ctype, "Content-Length": str(len(body_b))})
             release.set()
             first = await first
             third = await client.post("/v1/predict", content=body_b, headers=ctype)
+            chunked = await client.post("/v1/predict", content=counted_b(), headers=ctype)  # no Content-Length
             after = (await client.get("/v1/health")).json()["bodies"]
-        return first, second, third, after
+        return in_flight, first, second, sent_b, third, chunked, after
 
-    first, second, third, after = asyncio.run(scenario())
+    in_flight, first, second, sent_b, third, chunked, after = asyncio.run(scenario())
     app.state.batcher.close()
+    assert in_flight == len(body_a)  # held from the start, not as the bytes come
     assert second.status_code == 503 and second.headers["retry-after"] == "1"
-    assert "--max-inflight-mb" in second.json()["detail"]
+    assert second.headers["connection"] == "close" and "--max-inflight-mb" in second.json()["detail"]
+    assert len(sent_b) == 1  # the refused body was never read: only the chunked upload's generator ran
     assert first.status_code == 200 and first.json()["n_scored"] == 1
     assert third.status_code == 200 and third.json()["n_scored"] == 1
+    assert chunked.status_code == 200 and chunked.json()["n_scored"] == 1
     assert after == {"bytes_in_flight": 0, "peak_bytes_in_flight": len(body_a), "budget_bytes": budget,
                      "rejected_budget_full": 1}
 

@@ -230,7 +230,7 @@ def create_app(
         lifespan=lifespan,
         **fastapi_docs_kwargs(),
     )
-    app.add_middleware(BodyBudgetMiddleware, budget=body_budget)
+    app.add_middleware(BodyBudgetMiddleware, budget=body_budget, max_request_bytes=int(max_upload_bytes))
     app.add_middleware(SecurityMiddleware, settings=security)
     app.state.batcher = batcher
     app.state.pipeline = pipe

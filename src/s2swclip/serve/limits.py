@@ -19,10 +19,10 @@ request head, and a listen backlog equal to the cap (which is also how many conn
 accepts at once), so that the file descriptors the server can hold stay bounded;
 :meth:`ConnectionLimits.check` refuses a cap that the process's descriptor limit cannot hold.
 
-**Request bodies** (:class:`ByteBudget`, :class:`BodyBudgetMiddleware`): every request body byte
-the application has received counts against one budget shared by all requests, until the
-request's answer is sent. A request whose next chunk does not fit is answered ``503`` with
-``Retry-After`` (and the connection closed); the per-request cap is ``--max-upload-mb``.
+**Request bodies** (:class:`ByteBudget`, :class:`BodyBudgetMiddleware`): a request holds the
+size of its body (declared, or the per-request cap ``--max-upload-mb`` when it is sent chunked)
+in one budget shared by all requests (``--max-inflight-mb``) until it is answered; a request
+that does not fit is answered ``503`` with ``Retry-After`` before its body is read.
 """
 
 from __future__ import annotations
@@ -221,40 +221,80 @@ class ByteBudget:
             self.in_use -= n
 
 
-class BodyBudgetMiddleware:
-    """Pure ASGI middleware: the body bytes each HTTP request hands the application count against
-    ``budget`` until the application has answered. A chunk that does not fit makes the
-    application's ``receive`` raise :class:`~.upload.UploadError` 503 (with ``Retry-After`` and
-    ``Connection: close``), which the upload reader passes on as the answer."""
+def _declared_size(scope) -> int | None:
+    """The request's ``Content-Length`` (None: chunked, i.e. unknown; 0: no body; -1: unreadable)."""
+    length, chunked = None, False
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return -1
+        elif name == b"transfer-encoding":
+            chunked = True
+    if length is not None:
+        return length
+    return None if chunked else 0
 
-    def __init__(self, app, budget: ByteBudget):
+
+class BodyBudgetMiddleware:
+    """Pure ASGI middleware: admission of request bodies under one shared ``budget``.
+
+    A request holds, from its start until the application has answered, the size of its body:
+    the ``Content-Length`` it declares, or ``max_request_bytes`` when it does not declare one
+    (chunked). A request that does not fit is answered ``503`` with ``Retry-After: 1`` and
+    ``Connection: close`` before its body is read, so an admitted upload is never cut off
+    midway (concurrent uploads do not starve each other). A declared size over
+    ``max_request_bytes`` holds nothing: the application answers 413 without reading it. Should
+    a body send more than it held, the excess is taken as it comes, and a chunk that does not
+    fit makes ``receive`` raise :class:`~.upload.UploadError` 503 (the upload reader passes it
+    on as the answer)."""
+
+    def __init__(self, app, budget: ByteBudget, max_request_bytes: int):
         self.app = app
         self.budget = budget
+        self.max_request_bytes = int(max_request_bytes)
+
+    def _busy(self) -> str:
+        b = self.budget
+        return (f"the server is busy: request bodies in flight hold {b.in_use / 1e6:.1f} of {b.max_bytes / 1e6:.1f} MB "
+                f"(--max-inflight-mb); retry in a moment")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        held = 0
-        refused = False
+        declared = _declared_size(scope)
+        held = self.max_request_bytes if declared is None else max(0, declared)
+        if held > self.max_request_bytes:
+            held = 0  # answered 413 unread
+        if held and not self.budget.take(held):
+            await _answer_503(send, self._busy())
+            return
+        received = 0
 
         async def counted_receive():
-            nonlocal held, refused
-            if refused:
-                return {"type": "http.disconnect"}
+            nonlocal held, received
             message = await receive()
-            n = len(message.get("body", b"")) if message["type"] == "http.request" else 0
-            if n:
-                if not self.budget.take(n):
-                    refused = True
-                    b = self.budget
-                    raise UploadError(503, f"the server is busy: request bodies in flight hold {b.in_use / 1e6:.1f} "
-                                           f"of {b.max_bytes / 1e6:.1f} MB (--max-inflight-mb); retry in a moment",
-                                      {"Retry-After": "1", "Connection": "close"})
-                held += n
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > held:
+                    if not self.budget.take(received - held):
+                        raise UploadError(503, self._busy(), {"Retry-After": "1", "Connection": "close"})
+                    held = received
             return message
 
         try:
             await self.app(scope, counted_receive, send)
         finally:
             self.budget.give(held)
+
+
+async def _answer_503(send, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
