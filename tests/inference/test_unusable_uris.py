@@ -85,3 +85,45 @@ def test_a_store_that_answers_for_one_entry_is_usable(tmp_path, monkeypatch):
 def test_a_uri_named_on_the_command_line_is_still_an_error():
     with pytest.raises(S2SWError, match="unsupported URI scheme foo://"):
         uris.list_uri("foo://bucket/folder/")
+
+
+CHILD = r"""
+import json, logging, sys
+import numpy as np
+from s2swclip.inference.local import predict_files
+sys.path.insert(0, sys.argv[3])
+from test_unusable_uris import MeanScorer
+records = []
+handler = logging.Handler()
+handler.emit = lambda r: records.append(r.getMessage())
+logging.getLogger("s2swclip").addHandler(handler)
+s = predict_files(MeanScorer(), [sys.argv[1]], sys.argv[2], overlays=False, progress=False)
+print(json.dumps({"rows": s.rows, "warnings": records}))
+"""
+
+
+@pytest.mark.slow
+def test_an_unreachable_s3_store_is_tried_once(tmp_path):
+    """An S3 endpoint where nothing listens (each attempt takes seconds of retries): one warning,
+    two probes, every entry a row; in a child process (S3 settings come from its environment)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    keys = [f"s3://s2sw-unreachable/{i}.png" for i in range(6)]
+    (tmp_path / "list.txt").write_text("\n".join(["a.png", *keys]) + "\n")
+    env = dict(os.environ, AWS_ENDPOINT_URL="http://127.0.0.1:1", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
+               AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    here = str(Path(__file__).parent)
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "list.txt"), str(tmp_path / "out"), here],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {r["path"]: r for r in out["rows"]}
+    assert rows[str(tmp_path / "a.png")]["score"] is not None
+    assert [rows[k]["error_code"] for k in keys] == ["unreadable"] * 6
+    assert all(rows[k]["error"].startswith(f"{k}: cannot reach s3://s2sw-unreachable/") for k in keys)
+    assert len(out["warnings"]) == 1 and "its 6 input(s) are rows with error_code unreadable" in out["warnings"][0]
