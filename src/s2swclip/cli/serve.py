@@ -87,7 +87,8 @@ def cmd_serve(args) -> int:
         app = build_serve_app(args)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        print(f"s2swclip: serving {safe_text(app.state.model_info['backbone'])} on http://{shown}:{port}/ (OpenAPI "
+        backbone = safe_text(app.state.model_info["backbone"])  # a manifest's or a file's name
+        print(f"s2swclip: serving {backbone} on http://{shown}:{port}/ (OpenAPI "
               f"schema at /openapi.json{', bearer token required' if token else ''}); Ctrl+C stops", file=sys.stderr)
         run_server(app, sock, limits)
     finally:
