@@ -58,25 +58,29 @@ def test_upload_larger_than_the_body_budget_is_refused_before_the_model_loads(ca
 def test_batcher_and_app_refuse_a_wait_out_of_range(value):
     from s2swclip.serve.batcher import MicroBatcher
 
-    with pytest.raises(S2SWError, match=r"^max_wait_ms \(--batch-wait-ms\) must be a finite number >= 0 and <= 10000"):
+    with pytest.raises(S2SWError, match=r"^max_wait_ms must be a finite number >= 0 and <= 10000"):
         MicroBatcher(lambda xs: xs, max_wait_ms=value)
     pytest.importorskip("fastapi")
     from s2swclip.serve.app import create_app
 
     from serve.serve_helpers import FakeDetector
 
-    with pytest.raises(S2SWError, match=r"^batch_wait_ms \(--batch-wait-ms\) must be a finite number"):
+    with pytest.raises(S2SWError, match=r"^batch_wait_ms must be a finite number") as e:
         create_app(FakeDetector(), batch_wait_ms=value)
+    assert e.value.fields == ("batch_wait_ms",)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
-    (dict(max_batch=0), "max_batch (--max-batch) must be an integer >= 1, got 0"),
-    (dict(max_batch=2.5), "max_batch (--max-batch) must be an integer >= 1, got 2.5"),
-    (dict(queue_size=float("nan")), "queue_size (--queue-size) must be an integer >= 1, got nan"),
+    (dict(max_batch=0), "max_batch must be an integer >= 1, got 0"),
+    (dict(max_batch=2.5), "max_batch must be an integer >= 1, got 2.5"),
+    (dict(queue_size=float("nan")), "queue_size must be an integer >= 1, got nan"),
 ])
 def test_batcher_refuses_sizes_out_of_range(kwargs, needle):
+    from s2swclip.cli.serve import FLAGS
     from s2swclip.serve.batcher import MicroBatcher
 
     with pytest.raises(S2SWError) as e:
         MicroBatcher(lambda xs: xs, **kwargs)
     assert str(e.value) == needle
+    flag = "--max-batch" if "max_batch" in kwargs else "--queue-size"
+    assert e.value.with_flags(FLAGS) == f"{needle} ({flag})"  # what the serve command shows

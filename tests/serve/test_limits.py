@@ -168,14 +168,16 @@ def test_a_cap_the_descriptor_limit_cannot_hold_is_refused():
         pytest.skip("no file-descriptor limit to exceed")
     fits = (soft - RESERVED_FDS) // 2
     ConnectionLimits(max_connections=fits).check()
-    with pytest.raises(S2SWError, match=rf"--max-connections {fits + 1} needs about .* \({soft}, see 'ulimit -n'\)"):
+    with pytest.raises(S2SWError, match=rf"^max_connections {fits + 1} needs about .*; this process may open {soft} "
+                                        rf"\('ulimit -n'\)") as e:
         ConnectionLimits(max_connections=fits + 1).check()
+    assert e.value.fields == ("max_connections",)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
-    (dict(max_connections=0), "max_connections (--max-connections) must be an integer >= 1"),
-    (dict(header_timeout_s=float("nan")), "header_timeout_s (--header-timeout) must be a finite number > 0"),
-    (dict(header_timeout_s=0), "header_timeout_s (--header-timeout) must be a finite number > 0"),
+    (dict(max_connections=0), "max_connections must be an integer >= 1"),
+    (dict(header_timeout_s=float("nan")), "header_timeout_s must be a finite number > 0"),
+    (dict(header_timeout_s=0), "header_timeout_s must be a finite number > 0"),
 ])
 def test_connection_limits_are_checked(kwargs, needle):
     with pytest.raises(S2SWError) as e:
@@ -241,6 +243,7 @@ def test_request_bodies_share_one_byte_budget(fake_detector):
 
 
 def test_body_budget_smaller_than_one_upload_is_refused(fake_detector):
-    with pytest.raises(S2SWError, match=r"body budget \(10 MB, --max-inflight-mb\) must hold at least one largest "
-                                        r"upload \(20 MB, --max-upload-mb\)"):
+    with pytest.raises(S2SWError, match=r"^max_inflight_bytes \(10000000\) must be at least max_upload_bytes "
+                                        r"\(20000000\)") as e:
         create_app(fake_detector, max_upload_bytes=20_000_000, max_inflight_bytes=10_000_000)
+    assert e.value.fields == ("max_inflight_bytes", "max_upload_bytes")

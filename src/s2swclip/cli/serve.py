@@ -10,6 +10,15 @@ from .options import add_exported_arg, add_few_shot_args, add_heatmap_arg, add_m
 from .types import batch_count, finite, float_range, int_range, mega, port
 
 
+# the library's field names -> this command's flags (S2SWError.with_flags)
+FLAGS: dict[str, str | None] = {
+    "max_connections": "--max-connections", "header_timeout_s": "--header-timeout", "max_batch": "--max-batch",
+    "batch_wait_ms": "--batch-wait-ms", "max_wait_ms": "--batch-wait-ms", "queue_size": "--queue-size",
+    "max_upload_bytes": "--max-upload-mb", "max_inflight_bytes": "--max-inflight-mb", "max_pixels": "--max-mpx",
+    "max_inflight_pixels": "--max-inflight-mpx", "upload_idle_timeout_s": "--upload-timeout",
+}
+
+
 def add_parser(sub) -> None:
     """Register the ``serve`` command."""
     p = sub.add_parser("serve", help="web page and HTTP API for inspection")
@@ -68,6 +77,13 @@ def build_serve_app(args):
 
 
 def cmd_serve(args) -> int:
+    try:
+        return _serve(args)
+    except S2SWError as e:  # the library names fields; the command line shows their flags
+        raise S2SWError(e.with_flags(FLAGS)) from None
+
+
+def _serve(args) -> int:
     from ..serve.app import bind_socket, run_server
     from ..serve.limits import ConnectionLimits
     from ..serve.security import exposure_warning, resolve_token

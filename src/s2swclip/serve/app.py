@@ -172,12 +172,13 @@ def create_app(
                         ("max_pixels", max_pixels), ("max_inflight_pixels", max_inflight_pixels),
                         ("max_inflight_bytes", max_inflight_bytes), ("decode_threads", decode_threads)):
         check_number(name, value, 1, integer=True)
-    check_number("batch_wait_ms (--batch-wait-ms)", batch_wait_ms, 0, MAX_WAIT_MS)
-    check_number("upload_idle_timeout_s (--upload-timeout)", upload_idle_timeout_s, 0, 3600, lo_open=True)
+    check_number("batch_wait_ms", batch_wait_ms, 0, MAX_WAIT_MS)
+    check_number("upload_idle_timeout_s", upload_idle_timeout_s, 0, 3600, lo_open=True)
     check_number("upload_total_timeout_s", upload_total_timeout_s, 0, 86_400, lo_open=True)
     if int(max_inflight_bytes) < int(max_upload_bytes):
-        raise S2SWError(f"the body budget ({max_inflight_bytes / 1e6:g} MB, --max-inflight-mb) must hold at least "
-                        f"one largest upload ({max_upload_bytes / 1e6:g} MB, --max-upload-mb)")
+        raise S2SWError(f"max_inflight_bytes ({int(max_inflight_bytes)}) must be at least max_upload_bytes "
+                        f"({int(max_upload_bytes)}): the body budget must hold one largest upload",
+                        fields=["max_inflight_bytes", "max_upload_bytes"])
     if threshold is not None and not math.isfinite(float(threshold)):
         raise S2SWError(f"threshold must be a finite number, got {threshold}")
     if heatmap_scale not in HEATMAP_SCALES:

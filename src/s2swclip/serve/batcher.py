@@ -73,9 +73,9 @@ class MicroBatcher:
 
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = 8,
                  max_wait_ms: float = 10.0, queue_size: int = 64, name: str = "s2sw-batcher"):
-        check_number("max_batch (--max-batch)", max_batch, 1, integer=True)
-        check_number("queue_size (--queue-size)", queue_size, 1, integer=True)
-        check_number("max_wait_ms (--batch-wait-ms)", max_wait_ms, 0, MAX_WAIT_MS)
+        check_number("max_batch", max_batch, 1, integer=True)
+        check_number("queue_size", queue_size, 1, integer=True)
+        check_number("max_wait_ms", max_wait_ms, 0, MAX_WAIT_MS)
         self.fn = fn
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0

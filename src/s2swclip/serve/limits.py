@@ -69,8 +69,8 @@ class ConnectionLimits:
     keep_alive_s: int = DEFAULT_KEEP_ALIVE_S
 
     def __post_init__(self):
-        check_number("max_connections (--max-connections)", self.max_connections, 1, 100_000, integer=True)
-        check_number("header_timeout_s (--header-timeout)", self.header_timeout_s, 0, 600, lo_open=True)
+        check_number("max_connections", self.max_connections, 1, 100_000, integer=True)
+        check_number("header_timeout_s", self.header_timeout_s, 0, 600, lo_open=True)
         check_number("keep_alive_s", self.keep_alive_s, 1, 600, integer=True)
 
     def check(self) -> None:
@@ -83,9 +83,9 @@ class ConnectionLimits:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         need = 2 * int(self.max_connections) + RESERVED_FDS
         if soft != resource.RLIM_INFINITY and need > soft:
-            raise S2SWError(f"--max-connections {self.max_connections} needs about {need} file descriptors, more "
-                            f"than this process may open ({soft}, see 'ulimit -n'); lower --max-connections "
-                            f"or raise 'ulimit -n'")
+            raise S2SWError(f"max_connections {self.max_connections} needs about {need} file descriptors; this "
+                            f"process may open {soft} ('ulimit -n'): lower it or raise 'ulimit -n'",
+                            fields=["max_connections"])
 
 
 class _Warnings:
@@ -200,7 +200,7 @@ class ByteBudget:
     """Bytes held at once by all requests together; :meth:`take` never waits (thread-safe)."""
 
     def __init__(self, max_bytes: int):
-        self.max_bytes = int(check_number("max_inflight_bytes (--max-inflight-mb)", max_bytes, 1, integer=True))
+        self.max_bytes = int(check_number("max_inflight_bytes", max_bytes, 1, integer=True))
         self.in_use = 0
         self.peak = 0
         self.refused = 0
