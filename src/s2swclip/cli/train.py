@@ -7,7 +7,7 @@ from .options import add_model_args, weights_arg
 from .types import worker_count
 
 # --epochs, --batch-size, --lr, --seed, --alpha, --beta and --max-batches are parsed as plain numbers
-# and checked by the training configuration (TrainConfig), which names the flag in its one line.
+# and checked by the training configuration (TrainConfig): one line naming the field, FLAGS adds the flag.
 
 #: The flag of each field the training library names in its errors (``S2SWError.fields``).
 FLAGS: dict[str, str | None] = {
