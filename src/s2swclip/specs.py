@@ -18,17 +18,21 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .errors import S2SWError
+from .errors import S2SWError, check_number
 from .model.config import PRECISIONS, PRESETS, DetectorConfig, get_preset
 from .viz.heatmap import HEATMAP_SCALES
 
-__all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "DetectorSpec", "RunOptions", "ServeSettings",
+__all__ = ["DEFAULT_MAX_INFLIGHT_BYTES", "DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "MAX_BATCH_WAIT_MS", "DetectorSpec", "RunOptions", "ServeSettings",
            "SpecError", "check_heatmap_scale", "check_threshold"]
 
 #: Largest image accepted (width x height), checked from the header before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Decoded full-resolution pixels held at once by all decoding threads together.
 DEFAULT_MAX_INFLIGHT_PIXELS = 64_000_000
+#: Request-body bytes the service holds at once, all requests together (s2swclip.serve.limits).
+DEFAULT_MAX_INFLIGHT_BYTES = 200_000_000
+#: Longest micro-batching wait (s2swclip.serve.batcher.MAX_WAIT_MS).
+MAX_BATCH_WAIT_MS = 10_000.0
 
 
 class SpecError(S2SWError):
@@ -268,6 +272,8 @@ class ServeSettings:
         max_batch, batch_wait_ms, queue_size: micro-batching.
         max_upload_bytes: largest request body; max_pixels: largest image (width x height).
         max_inflight_pixels: decoded full-resolution pixels held at once by all requests.
+        max_inflight_bytes: request-body bytes held at once by all requests (more: 503, see
+            :mod:`s2swclip.serve.limits`); at least ``max_upload_bytes``.
         decode_threads: files decoded at the same time, across all requests.
         upload_idle_timeout_s, upload_total_timeout_s: stalled or too slow uploads get 408.
         warmup: run one dummy batch when the app starts (the first real request is not slow).
@@ -284,6 +290,7 @@ class ServeSettings:
     max_upload_bytes: int = 20_000_000
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     decode_threads: int = 2
     upload_idle_timeout_s: float = 30.0
     upload_total_timeout_s: float = 300.0
@@ -294,17 +301,22 @@ class ServeSettings:
         object.__setattr__(self, "save_dir", _path_or_none(self.save_dir))
         check_threshold(self.threshold)
         for name in ("max_batch", "queue_size", "max_upload_bytes", "max_pixels", "max_inflight_pixels",
-                     "decode_threads"):
-            _int_at_least(name, getattr(self, name))
+                     "max_inflight_bytes", "decode_threads"):
+            check_number(name, getattr(self, name), 1, integer=True)
         _int_at_least("save_max_bytes", self.save_max_bytes, optional=True)
-        for name in ("batch_wait_ms", "upload_idle_timeout_s", "upload_total_timeout_s"):
-            _number_at_least(name, getattr(self, name), 0)
+        check_number("batch_wait_ms", self.batch_wait_ms, 0, MAX_BATCH_WAIT_MS)
+        check_number("upload_idle_timeout_s", self.upload_idle_timeout_s, 0, 3600, lo_open=True)
+        check_number("upload_total_timeout_s", self.upload_total_timeout_s, 0, 86_400, lo_open=True)
+        if int(self.max_inflight_bytes) < int(self.max_upload_bytes):
+            raise S2SWError(f"max_inflight_bytes ({int(self.max_inflight_bytes)}) must be at least max_upload_bytes "
+                            f"({int(self.max_upload_bytes)}): the body budget must hold one largest upload",
+                            fields=["max_inflight_bytes", "max_upload_bytes"])
         check_heatmap_scale(self.heatmap_scale)
 
     def describe_limits(self) -> dict[str, Any]:
         """The serving limits, JSON-safe (``GET /v1/model``)."""
         out: dict[str, Any] = {name: int(getattr(self, name)) for name in (
-            "max_batch", "queue_size", "max_upload_bytes", "max_pixels", "max_inflight_pixels")}
+            "max_batch", "queue_size", "max_upload_bytes", "max_pixels", "max_inflight_pixels", "max_inflight_bytes")}
         out["batch_wait_ms"] = float(self.batch_wait_ms)
         out["save_max_bytes"] = None if self.save_max_bytes is None else int(self.save_max_bytes)
         return out

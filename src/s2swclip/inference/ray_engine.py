@@ -43,7 +43,8 @@ from ..specs import RunOptions, SpecError
 from ..viz.heatmap import standalone_scale
 from .calibration import Calibration, calibrate_folder
 from .inputs import InputEntry, collect_inputs, display_names
-from .local import RESULT_FIELDS, apply_listing_problem, overlay_names, result_row
+from .local import (RESULT_FIELDS, apply_listing_problem, in_refused_store, overlay_names, refused_stores,
+                    result_row)
 from .pipeline import Decoder, InferencePipeline, ScoredImage
 from .ray_cluster import check_reachable, check_resources, data_context, ray_session, worker_error
 from .shards import (OVERLAY_PNG, RESULTS, ResultsFolder, require_pyarrow, committed_paths, count_rows,
@@ -57,11 +58,14 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------ Ray stages
 def _decode_batch(batch: dict[str, np.ndarray], *, image_size: int, max_pixels: int | None,
-                  max_inflight_pixels: int, overlays: bool) -> dict[str, np.ndarray]:
+                  max_inflight_pixels: int, overlays: bool,
+                  refused_stores: dict | None = None) -> dict[str, np.ndarray]:
     """CPU task: decode a batch of inputs. In: ``index, path, name, problem, overlay``; out: the
     same plus ``ok``, ``error``, ``error_code``, ``pixels`` [n, 3, S, S] float32 (zeros where not
-    decoded) and, with overlays, ``preview`` (RGB bytes), ``preview_w``, ``preview_h``."""
+    decoded) and, with overlays, ``preview`` (RGB bytes), ``preview_w``, ``preview_h``. URIs of
+    ``refused_stores`` (the driver's :func:`~.local.refused_stores`) are not read."""
     dec = Decoder(image_size, max_pixels=max_pixels, max_inflight_pixels=max_inflight_pixels)
+    dec.refused_stores = dict(refused_stores or {})
     n = len(batch["path"])
     pixels = np.zeros((n, 3, image_size, image_size), np.float32)
     ok = np.zeros(n, bool)
@@ -182,6 +186,7 @@ class _Job:
     cpus_per_worker: float
     gpus_per_worker: float
     block_rows: int
+    refused_stores: tuple[tuple[str, str, str], ...] = ()  # (store, error_code, reason): not read
 
     @property
     def overlays(self) -> bool:
@@ -218,7 +223,8 @@ def _score_tables(ray, job: _Job, planned) -> Iterator:
                         num_cpus=1, memory=_decode_memory(job),
                         fn_kwargs={"image_size": job.spec.image_size(), "max_pixels": job.options.max_pixels,
                                    "max_inflight_pixels": job.options.max_inflight_pixels,
-                                   "overlays": job.overlays})
+                                   "overlays": job.overlays,
+                                   "refused_stores": {s: (c, r) for s, c, r in job.refused_stores}})
     ds = ds.map_batches(_ScoreWorker, batch_size=job.batch_size, batch_format="numpy",
                         compute=ActorPoolStrategy(size=job.workers), num_cpus=job.cpus_per_worker,
                         num_gpus=job.gpus_per_worker or None,
@@ -343,8 +349,9 @@ class RayEngine:
             thr = calibration.threshold if calibration is not None else o.threshold
             # rows reach the driver one input block at a time: blocks of a few batches, at most a shard
             block_rows = max(o.batch_size, min(4 * o.batch_size, int(rs.shard_rows)))
+            refused = refused_stores([entries[i].path for i in planned.column("index").to_pylist()])
             job = _Job(self.spec, o, thr, int(rs.workers), float(rs.cpus_per_worker), float(rs.gpus_per_worker),
-                       block_rows)
+                       block_rows, tuple((s, c, r) for s, (c, r) in refused.items()))
             n_new = 0
             if planned.num_rows or record is None:
                 if n_already:
@@ -411,8 +418,10 @@ def _run(ray, job: _Job, planned, output: ResultsFolder, shard_rows: int, flush_
                 log.warning("dropped %d repeated row(s)", keep.count(False))
                 table = table.filter(require_pyarrow()[0].array(keep))
             seen.update(table.column("path").to_pylist())
-            for name, err in zip(table.column("name").to_pylist(), table.column("error").to_pylist()):
-                if err is not None:
+            refused = {s: (c, r) for s, c, r in job.refused_stores}  # reported once, by the driver
+            for path, name, err in zip(table.column("path").to_pylist(), table.column("name").to_pylist(),
+                                       table.column("error").to_pylist()):
+                if err is not None and not in_refused_store(path, refused):
                     log.warning("skipped %s: %s", name, err)
             pending.append(table)
             n_pending += table.num_rows

@@ -13,16 +13,18 @@ Endpoints (OpenAPI schema at ``/openapi.json``):
   the others are still scored. Status 200 when at least one file was scored; when none was,
   413 if a file was over the pixel limit, else 422 -- the body still lists every file.
   Request-level answers: 413 (body over ``--max-upload-mb``, more files than the queue
-  holds), 408 (upload stalled), 503 (inference queue full, ``Retry-After: 1``), 400 (not
-  multipart, no files).
+  holds), 408 (upload stalled), 503 (inference queue or request-body budget full,
+  ``Retry-After: 1``), 400 (not multipart, no files).
 * ``GET /v1/health`` -- liveness plus queue and memory-budget statistics.
 * ``GET /v1/model`` -- what is loaded, the threshold and the serving limits.
 * ``GET /`` -- the inspection page (``static/``; no external assets).
 
 Memory is a budget the operator sets, not something clients choose: request bodies are capped
-(``--max-upload-mb``), each file is decoded under a shared pixel budget (``--max-inflight-mpx``)
-by at most ``decode_threads`` threads and reduced at once to the model input and a preview, and
-only those are kept while the request waits for the model. Every image of every request goes
+(``--max-upload-mb``) and share one budget (``--max-inflight-mb``); connections and the time to
+send request headers are bounded (:mod:`s2swclip.serve.limits`); each file is decoded under a
+shared pixel budget (``--max-inflight-mpx``) by at most ``decode_threads`` threads and reduced
+at once to the model input and a preview, and only those are kept while the request waits for
+the model. Every image of every request goes
 through one :class:`~s2swclip.serve.batcher.MicroBatcher`, so images that arrive together are
 scored in one call, from one worker thread. Exposure controls (token, Host check, cross-site
 requests, security headers) are :mod:`s2swclip.serve.security`'s; nothing is written to disk
@@ -47,6 +49,7 @@ except ImportError:  # pragma: no cover - depends on the installation
                     "pip install fastapi uvicorn python-multipart") from None
 
 from ..specs import ServeSettings, SpecError, check_threshold
+from .limits import BodyBudgetMiddleware, ConnectionLimits, server_config
 from .security import SecurityMiddleware, SecuritySettings, fastapi_docs_kwargs
 from .service import FILE_FIELDS, InspectionService, ServiceError
 from .upload import UploadError, read_multipart
@@ -127,6 +130,8 @@ def create_app(model, settings: ServeSettings | None = None, *, security: Securi
         lifespan=lifespan,
         **fastapi_docs_kwargs(),
     )
+    app.add_middleware(BodyBudgetMiddleware, budget=service.body_budget,
+                       max_request_bytes=int(settings.max_upload_bytes))
     app.add_middleware(SecurityMiddleware, settings=security)
     app.state.service = service
     app.state.batcher = service.batcher
@@ -217,9 +222,9 @@ def bind_socket(host: str, port: int):
     return sock
 
 
-def run_server(app, sock) -> None:
-    """Serve ``app`` with uvicorn on the bound socket until Ctrl+C."""
+def run_server(app, sock, limits: ConnectionLimits | None = None) -> None:
+    """Serve ``app`` with uvicorn on the bound socket until Ctrl+C, under ``limits`` (connections
+    and header deadline, see :mod:`s2swclip.serve.limits`)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app, limits)).run(sockets=[sock])

@@ -22,6 +22,7 @@ from ..inference.pipeline import InferencePipeline, ScoredImage
 from ..specs import ServeSettings
 from ..viz.heatmap import standalone_scale
 from .batcher import BatcherClosed, MicroBatcher, QueueFull
+from .limits import ByteBudget
 from .storage import SaveStore
 
 __all__ = ["InspectionService", "ServiceError"]
@@ -53,6 +54,7 @@ class InspectionService:
         self.settings = s = settings
         self.pipe = InferencePipeline(scorer, threshold=s.threshold, max_pixels=int(s.max_pixels),
                                       max_inflight_pixels=int(s.max_inflight_pixels))
+        self.body_budget = ByteBudget(s.max_inflight_bytes)  # request bodies, all requests together
         self.store = SaveStore(s.save_dir, s.save_max_bytes) if s.save_dir is not None else None
         self.batcher = MicroBatcher(self._score_arrays, max_batch=s.max_batch, max_wait_ms=s.batch_wait_ms,
                                     queue_size=s.queue_size, name="s2sw-inference")
@@ -92,6 +94,8 @@ class InspectionService:
             "rejected_queue_full": b.rejected,
             "decoding": {"pixels_in_flight": budget.in_use, "peak_pixels_in_flight": budget.peak,
                          "budget_pixels": budget.max_pixels},
+            "bodies": {"bytes_in_flight": self.body_budget.in_use, "peak_bytes_in_flight": self.body_budget.peak,
+                       "budget_bytes": self.body_budget.max_bytes, "rejected_budget_full": self.body_budget.refused},
             "last_error": b.last_error,
         }
         return body, 200 if b.alive else 503
