@@ -98,6 +98,14 @@ def check_heatmap_scale(value: Any) -> None:
     _choice("heatmap_scale", value, HEATMAP_SCALES)
 
 
+def _number(name: str, value: Any, *bounds: float, **options: Any) -> None:
+    """:func:`~s2swclip.errors.check_number`, as a :class:`SpecError`."""
+    try:
+        check_number(name, value, *bounds, **options)
+    except S2SWError as e:
+        raise SpecError(name, str(e)[len(name) + 1:]) from None
+
+
 def _path_or_none(value: Any) -> str | None:
     return None if value is None else os.fspath(value)
 
@@ -302,11 +310,11 @@ class ServeSettings:
         check_threshold(self.threshold)
         for name in ("max_batch", "queue_size", "max_upload_bytes", "max_pixels", "max_inflight_pixels",
                      "max_inflight_bytes", "decode_threads"):
-            check_number(name, getattr(self, name), 1, integer=True)
+            _number(name, getattr(self, name), 1, integer=True)
         _int_at_least("save_max_bytes", self.save_max_bytes, optional=True)
-        check_number("batch_wait_ms", self.batch_wait_ms, 0, MAX_BATCH_WAIT_MS)
-        check_number("upload_idle_timeout_s", self.upload_idle_timeout_s, 0, 3600, lo_open=True)
-        check_number("upload_total_timeout_s", self.upload_total_timeout_s, 0, 86_400, lo_open=True)
+        _number("batch_wait_ms", self.batch_wait_ms, 0, MAX_BATCH_WAIT_MS)
+        _number("upload_idle_timeout_s", self.upload_idle_timeout_s, 0, 3600, lo_open=True)
+        _number("upload_total_timeout_s", self.upload_total_timeout_s, 0, 86_400, lo_open=True)
         if int(self.max_inflight_bytes) < int(self.max_upload_bytes):
             raise S2SWError(f"max_inflight_bytes ({int(self.max_inflight_bytes)}) must be at least max_upload_bytes "
                             f"({int(self.max_upload_bytes)}): the body budget must hold one largest upload",

@@ -29,7 +29,7 @@ FLAGS: dict[str, str | None] = {
     # the service (ServeSettings)
     "save_dir": "--save", "save_max_bytes": "--save-max-mb", "max_batch": "--max-batch",
     "batch_wait_ms": "--batch-wait-ms", "queue_size": "--queue-size", "max_upload_bytes": "--max-upload-mb",
-    "upload_idle_timeout_s": "--upload-timeout",
+    "upload_idle_timeout_s": "--upload-timeout", "max_inflight_bytes": "--max-inflight-mb",
     # training (TrainConfig, train())
     "epochs": "--epochs", "lr": "--lr", "seed": "--seed", "alpha": "--alpha", "beta": "--beta", "split": "--split",
     "classes": "--classes", "items": "--data", "max_batches": "--max-batches", "num_workers": "--workers",
