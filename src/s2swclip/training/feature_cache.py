@@ -39,6 +39,10 @@ Untrusted entries. A cache folder may be shared with other runs and users, so an
 validated before use: bounded size, safetensors parsed without unpickling anything, format, key,
 layer map, tensor names, dtypes and shapes, the checksum and finiteness. An entry that fails is
 never used: a warning names it and the image's features are recomputed and the entry rewritten.
+Entries and shard folders are opened without following symbolic links and without blocking (a
+FIFO, socket, device or folder in an entry's place is refused from ``fstat``, never read), so a
+planted link cannot make reads or writes leave the cache and a planted FIFO cannot hang training;
+an entry whose place is taken by a folder or link is not stored (a warning names it), the others are.
 (The checksum catches accidental corruption; someone who may write to the folder can still plant
 wrong features with a valid checksum; give the folder the permissions you would give the
 training data.)
@@ -50,6 +54,7 @@ and hands new entries to the writer thread.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -64,7 +69,8 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import S2SWError
-from ..fileio import atomic_write_bytes, check_output_dir
+from ..fileio import (NotRegularFileError, atomic_write_at, check_output_dir, open_folder_beneath,
+                      read_regular_file)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +85,9 @@ _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 _HEADER_BYTES = 1 << 14  # an entry's safetensors header is a few hundred bytes
 _SPACE_RESERVE = 64 << 20  # left free on the disk (or in memory) besides the cache's estimate
 _MAX_PENDING_WRITES = 32
+# write errors that concern one entry (its name or shard folder is taken by a folder, a link, a
+# file), not the cache: that entry is not stored, the others still are
+_ENTRY_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST})
 
 Features = tuple[torch.Tensor, list[torch.Tensor]]
 """(global [B, C], one [B, N, C] per feature layer; aliased layers are the same object)."""
@@ -234,21 +243,46 @@ class EntryFiles:
                 "layers": json.dumps(list(self.layout.layers)), "crc32": str(_crc32(tensors))}
         return save(tensors, metadata=meta)
 
+    def folder(self, entry: str | None = None, create: bool = False) -> int:
+        """A descriptor of the run-key folder (or of ``entry``'s shard folder in it), reached
+        without following links below the cache folder (:func:`open_folder_beneath`)."""
+        if create:
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+        return open_folder_beneath(self.root.parent, [self.root.name] + ([entry[:2]] if entry else []),
+                                   create=create)
+
     def read(self, entry: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
         """The entry's ``(global [C], distinct patch tensors)`` in the layout's dtype; None when
-        there is none; :class:`BadEntry` when there is one that must not be used."""
-        path = self.path(entry)
+        there is none; :class:`BadEntry` when there is one that must not be used (a link, a FIFO,
+        a folder, ... is never opened for reading; nothing here blocks)."""
         limit = self.layout.tensor_bytes + _HEADER_BYTES
         try:
-            with open(path, "rb") as f:
-                data = f.read(limit + 1)
+            dir_fd = self.folder(entry)
         except FileNotFoundError:
             return None
         except OSError as e:
+            raise BadEntry(f"is in a shard folder that is a symbolic link or not a folder ({e.strerror or e})") from None
+        try:
+            data = read_regular_file(f"{entry}.safetensors", limit, follow_links=False, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except NotRegularFileError as e:
+            raise BadEntry(f"is {e.kind}, not a regular file") from None
+        except OSError as e:
             raise BadEntry(f"cannot be read ({e.strerror or e})") from None
+        finally:
+            os.close(dir_fd)
         if len(data) > limit:
             raise BadEntry(f"is larger than an entry of this cache ({limit} bytes)")
         return self.decode(entry, data)
+
+    def write(self, entry: str, data: bytes) -> None:
+        """Store an entry atomically, in a shard folder reached without following links."""
+        dir_fd = self.folder(entry, create=True)
+        try:
+            atomic_write_at(dir_fd, f"{entry}.safetensors", data)
+        finally:
+            os.close(dir_fd)
 
     def decode(self, entry: str, data: bytes) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Validate and parse entry bytes (see the module docstring); :class:`BadEntry` if unusable."""
@@ -324,8 +358,7 @@ class CachedImages(torch.utils.data.Dataset):
         ds = self.dataset
         path = ds.resolve(ds.items[index]["img_path"])
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_regular_file(path)  # never blocks on a FIFO planted as an image
         except OSError:
             return ds.sample(index)  # the dataset's own one-line error for a missing/unreadable file
         entry = self.files.entry_key(hashlib.sha256(data).hexdigest())
@@ -438,9 +471,16 @@ class FeatureCache:
 
     def _write(self, entry: str, glob: torch.Tensor, distinct: tuple[torch.Tensor, ...]) -> None:
         try:
-            atomic_write_bytes(self.files.path(entry), self.files.encode(entry, glob, distinct))
+            self.files.write(entry, self.files.encode(entry, glob, distinct))
         except OSError as e:
-            if not self._write_failed:
+            if e.errno in _ENTRY_ERRNOS:  # this entry's name or shard is taken by something else
+                if entry in self._reported:
+                    return
+                self._reported.add(entry)
+                logger.warning("feature cache entry %s cannot be stored (%s: a folder, link or other file is in "
+                               "the way); its features are recomputed when needed", self.files.path(entry),
+                               e.strerror or e)
+            elif not self._write_failed:
                 self._write_failed = True
                 logger.warning("cannot write feature cache entries to %s (%s); training goes on, "
                                "recomputing the features that were not stored", self.where, e.strerror or e)
@@ -500,9 +540,12 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
                         f"fp16 (half the size) or train without --cache-features")
     if files.root is not None:
         try:
-            manifest = files.root / "manifest.json"
-            if not manifest.is_file():
-                atomic_write_bytes(manifest, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
+            dir_fd = files.folder(create=True)
+            try:
+                atomic_write_at(dir_fd, "manifest.json", (json.dumps(description, indent=2, sort_keys=True)
+                                                          + "\n").encode())
+            finally:
+                os.close(dir_fd)
         except OSError as e:
             raise S2SWError(f"cannot write to --cache-features {where}: {e.strerror or e}; choose another folder") from None
     return FeatureCache(files, description, where), summary
