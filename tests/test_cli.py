@@ -232,3 +232,20 @@ def test_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, images,
     code, _, err = run_cli(capsys, *argv)
     assert_user_error(code, err, "taken.txt", "not a folder")
     assert target.read_text() == "keep me"
+
+
+def test_predict_reports_other_files_and_fifos_by_name_and_never_blocks(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    write_png(d / "a.png", 1)
+    (d / "notes.txt").write_text("not an image")
+    os.mkfifo(d / "pipe.png")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "s2swclip.cli", "predict", str(d), "--out", str(out), "--quiet",
+                        *TINY], capture_output=True, text=True, timeout=300)  # a FIFO read would block for ever
+    assert r.returncode == 0, r.stderr
+    by = {row["name"]: row for row in json.loads((out / "results.json").read_text())["results"]}
+    assert sorted(by) == ["a.png", "notes.txt", "pipe.png"]
+    assert by["a.png"]["score"] is not None
+    assert by["notes.txt"]["error_code"] == "not_an_image" and "notes.txt" in by["notes.txt"]["error"]
+    assert by["pipe.png"]["error_code"] == "not_a_regular_file" and "FIFO" in by["pipe.png"]["error"]

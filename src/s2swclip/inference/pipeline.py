@@ -68,7 +68,7 @@ class ScoredImage:
         score: image anomaly score in [0, 1]; None when the image could not be scored.
         anomalous: ``score > threshold`` when a threshold is known, else None.
         error, error_code: why the image was not scored (one line; a short code:
-            ``missing``, ``unreadable``, ``empty``, ``not_an_image``, ``too_many_pixels``,
+            ``missing``, ``unreadable``, ``not_a_regular_file``, ``empty``, ``not_an_image``, ``too_many_pixels``,
             ``corrupt``).
         width, height: the original image size.
         map_max, map_mean: statistics of the anomaly map (its own scale, ``[0, map_scale]``).

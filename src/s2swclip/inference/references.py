@@ -43,7 +43,7 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
         S2SWError: one line, when ``source`` holds no image, fewer than ``shots`` images, or an
             image that cannot be used (references are few and chosen: none is skipped silently).
     """
-    entries = collect_inputs([source])
+    entries = collect_inputs([source], images_only=True)
     if shots is not None:
         if shots < 1:
             raise S2SWError(f"--shots must be at least 1, got {shots}")

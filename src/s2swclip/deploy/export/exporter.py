@@ -138,7 +138,7 @@ def load_calibration(folder: str | os.PathLike, image_size: int, limit: int) -> 
     """Up to ``limit`` images of ``folder`` (sorted by name) as float32 [n, 3, S, S]."""
     from ...inference.inputs import collect_inputs
 
-    entries = [e for e in collect_inputs([folder]) if e.problem is None]
+    entries = [e for e in collect_inputs([folder], images_only=True) if e.problem is None]
     arrays = []
     for e in entries:
         if len(arrays) >= limit:
