@@ -8,3 +8,7 @@ to do. The CLI prints that line on stderr and exits non-zero, without a tracebac
 
 class S2SWError(Exception):
     """An error caused by user input; its message is shown to the user as it is."""
+
+
+class InferenceTimeout(S2SWError):
+    """A model call that did not finish within its time limit (``--inference-timeout``)."""

@@ -136,6 +136,9 @@ def add_exported_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR",
                    help="run a model exported by 's2swclip export' (ONNX Runtime or OpenVINO, no PyTorch) "
                         "instead of building the detector from --backbone/--weights/--prompts")
+    p.add_argument("--inference-timeout", type=float, default=300.0, metavar="S",
+                   help="with --model: seconds one batch may take in the runtime before its images fail "
+                        "(a model graph can loop for ever; default: 300)")
 
 
 FEW_SHOT_FLAGS = ("reference", "shots", "few_shot_weight", "coreset")
@@ -160,7 +163,7 @@ def exported_model(args):
     from ..deploy.runtime import load_exported
 
     check_exported_args(args)
-    return load_exported(args.model)
+    return load_exported(args.model, inference_timeout=args.inference_timeout)
 
 
 def threshold_of(args, model) -> float | None:

@@ -69,7 +69,7 @@ class ScoredImage:
         anomalous: ``score > threshold`` when a threshold is known, else None.
         error, error_code: why the image was not scored (one line; a short code:
             ``missing``, ``unreadable``, ``not_a_regular_file``, ``empty``, ``not_an_image``, ``too_many_pixels``,
-            ``corrupt``).
+            ``corrupt``; ``non_finite`` when the model returned NaN or infinity for it).
         width, height: the original image size.
         map_max, map_mean: statistics of the anomaly map (its own scale, ``[0, map_scale]``).
         map_frac_above: fraction of the map's pixels above the threshold on the score scale
@@ -107,6 +107,16 @@ class ScoredImage:
 
     def set_result(self, score: float, amap: np.ndarray, threshold: float | None = None,
                    map_scale: float | None = None) -> None:
+        """Record the scorer's output; a NaN or infinite score or map makes this record an error
+        (``non_finite``) instead: one bad image never costs the others their results."""
+        amap = np.asarray(amap)
+        if not (np.isfinite(score) and np.isfinite(amap).all()):
+            what = "score" if not np.isfinite(score) else "anomaly map"
+            self.error = f"{self.source}: the model returned a non-finite (NaN or infinite) {what}"
+            self.error_code = "non_finite"
+            self.pixels = self.anomaly_map = None
+            self.score = self.anomalous = None
+            return
         self.score = float(score)
         self.anomaly_map = amap
         self.map_max = float(amap.max())

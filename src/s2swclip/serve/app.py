@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
-from ..errors import S2SWError
+from ..errors import InferenceTimeout, S2SWError
 
 try:
     import anyio
@@ -322,11 +322,14 @@ def create_app(
                 return _error_json(503, str(exc), headers={"Retry-After": "1"})
             except BatcherClosed as exc:
                 return _error_json(503, f"{exc}; retry later", headers={"Retry-After": "1"})
+            except InferenceTimeout as exc:
+                return _error_json(504, str(exc))
             except Exception as exc:  # noqa: BLE001 - a model failure is the server's error
                 return _error_json(500, f"inference failed: {type(exc).__name__}: {exc}")
             for rec, ((score, amap), info) in zip(good, results):
-                rec.set_result(score, amap, thr)
+                rec.set_result(score, amap, thr)  # a non-finite result: that row's error
                 rec.timings_ms.update(queue=info.queue_ms, inference=info.run_ms, batch_size=info.batch_size)
+            good = [r for r in good if r.error is None]
             request_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:8]
             try:
                 extras = await run_in_threadpool(finish, good, files, overlay, request_id, thr)

@@ -35,7 +35,8 @@ from ...data.images import OPENAI_MEAN, OPENAI_STD, ImageError, decode_for_model
 from ...errors import S2SWError
 from ...fileio import atomic_write_text, check_output_dir
 from ...model.detector import S2SWDetector
-from ..runtime.manifest import FORMATS, MANIFEST_NAME, PRECISIONS, SCHEMA, SCHEMA_VERSION, check_manifest, file_record
+from ..runtime.manifest import (FORMATS, MANIFEST_NAME, PRECISIONS, SCHEMA, SCHEMA_VERSION, check_manifest,
+                                file_record, seal_manifest)
 from .graph import IMAGES, MAPS, SCORES, DetectorGraph
 
 __all__ = ["Drift", "ExportResult", "ReferenceSource", "check_export_request", "export_detector",
@@ -296,14 +297,14 @@ def export_detector(
                            "versions": _versions(format, precision)},
             "drift": None,
         }
-        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(check_manifest(manifest), indent=2))
+        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(seal_manifest(check_manifest(manifest)), indent=2))
         log.info("measuring the drift against PyTorch fp32 on %d image(s)", len(drift_images))
         drift = measure_drift(tmp, det, drift_images, "calibration" if calibration is not None else "random")
         seconds = time.perf_counter() - started
         manifest["drift"] = {"reference": "pytorch fp32", "images": drift.images, "n_images": drift.n_images,
                              "max_abs_score": drift.max_abs_score, "max_abs_map": drift.max_abs_map}
         manifest["export"] = {"seconds": round(seconds, 1), "peak_rss_mib": _peak_rss_mib()}
-        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(check_manifest(manifest), indent=2))
+        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(seal_manifest(check_manifest(manifest)), indent=2))
         if out.exists():
             out.rmdir()  # checked empty above
         os.replace(tmp, out)
