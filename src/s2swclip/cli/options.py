@@ -83,6 +83,9 @@ def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False) -> Non
                             "file saved with det.save_references: turns the few-shot mode on")
         g.add_argument("--shots", type=positive_int, metavar="K",
                        help="use the first K reference images (sorted by path; default: all)")
+        g.add_argument("--max-references", type=positive_int, default=1000, metavar="N",
+                       help="refuse a --reference folder with more images than this (the bank's memory grows "
+                            "with each; default: 1000), and one whose bank would not fit in the available memory")
     g.add_argument("--few-shot-weight", type=unit_interval, metavar="W",
                    help="weight of the few-shot map and score in [0, 1] (default 0.5); 1: references only, "
                         "no trained prompts needed")
@@ -125,7 +128,8 @@ def set_references(det, args) -> list[str]:
         return []
     from ..inference.references import apply_references
 
-    files = apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6))
+    files = apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6),
+                             max_references=getattr(args, "max_references", None))
     logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
                                            f"{source} (weight {det.config.few_shot_weight})")
     return files
