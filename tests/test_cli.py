@@ -249,3 +249,25 @@ def test_predict_reports_other_files_and_fifos_by_name_and_never_blocks(tmp_path
     assert by["a.png"]["score"] is not None
     assert by["notes.txt"]["error_code"] == "not_an_image" and "notes.txt" in by["notes.txt"]["error"]
     assert by["pipe.png"]["error_code"] == "not_a_regular_file" and "FIFO" in by["pipe.png"]["error"]
+
+
+@pytest.mark.parametrize("size,needles", [
+    ("100000", ["--image-size 100000", "7142x7142 patch grid", "at most --image-size 1344"]),
+    ("30000", ["--image-size 30000", "at most --image-size 1344"]),
+])
+def test_an_image_size_beyond_the_position_table_is_one_line(capsys, tmp_path, images, size, needles):
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--quiet",
+                           "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", size)
+    assert_user_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_image_size_beyond_the_memory_is_one_line(capsys, tmp_path, images, monkeypatch):
+    import s2swclip.arrays
+
+    # 1344 px: 96 x 96 patches, 9217 tokens; one head: 3 x 9217^2 float32 attention entries = 1.0 GB
+    monkeypatch.setattr(s2swclip.arrays, "available_memory", lambda: 2**29)
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--quiet",
+                           "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "1344")
+    assert_user_error(code, err, "--image-size 1344: one image needs about 1.0 GiB", "9217 tokens",
+                      "only 0.5 GiB")

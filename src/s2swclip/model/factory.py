@@ -128,6 +128,7 @@ def load_detector(
     if config.image_size < patch:
         raise S2SWError(f"image size {config.image_size} is smaller than the backbone's {patch}-pixel "
                         f"patches: no tokens to score; use e.g. --image-size 518")
+    check_image_size_fits(clip, config.image_size, info["backbone"])
     bb = S2SWBackbone(clip, feature_layers=layers, dpam_layers=config.dpam_layers,
                       layer_aliasing=config.layer_aliasing, global_ln_post=config.global_ln_post,
                       round_deep_prompts=config.round_deep_prompts)
@@ -170,3 +171,33 @@ def _check_few_shot_options(config: DetectorConfig, n_blocks: int) -> None:
     c = config.coreset
     if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1):
         raise S2SWError(f"coreset must be None or the fraction of reference tokens to keep, in (0, 1], got {c!r}")
+
+
+#: The patch grid may be at most this many times the backbone's native position table (per side):
+#: beyond, the interpolated position embeddings carry no information the model was trained on.
+MAX_GRID_FACTOR = 4
+
+
+def check_image_size_fits(clip, image_size: int, backbone: str) -> None:
+    """Refuse an image size beyond the position-embedding interpolation limit
+    (:data:`MAX_GRID_FACTOR` x the native grid) or whose attention over one image would not fit
+    in the available memory. One :class:`S2SWError` line naming ``--image-size``."""
+    from ..arrays import available_memory
+
+    visual = clip.visual
+    patch = int(visual.conv1.kernel_size[0])
+    native = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))
+    grid, limit = int(image_size) // patch, MAX_GRID_FACTOR * native
+    if grid > limit:
+        raise S2SWError(f"--image-size {image_size} gives a {grid}x{grid} patch grid, more than {MAX_GRID_FACTOR}x "
+                        f"the {native}x{native} position table of backbone {backbone}; use at most --image-size "
+                        f"{limit * patch}")
+    tokens = grid * grid + 1
+    width = int(visual.positional_embedding.shape[1])
+    heads = int(getattr(visual.transformer.resblocks[0].attn, "num_heads", 1))
+    need = 4 * (3 * heads * tokens * tokens + 16 * tokens * width)  # scores, softmax, a copy; activations
+    free = available_memory()
+    if free is not None and need > free:
+        raise S2SWError(f"--image-size {image_size}: one image needs about {need / 2**30:.1f} GiB in the backbone "
+                        f"({tokens} tokens), but only {free / 2**30:.1f} GiB of memory is available; use a smaller "
+                        f"--image-size")
