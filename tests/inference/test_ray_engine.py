@@ -308,7 +308,9 @@ def test_exported_spec_reads_the_manifest_and_notices_a_new_export(exported, tmp
     shutil.copytree(exported, copy)
     before = ScorerSpec.exported(copy)
     manifest = json.loads((copy / "s2swclip.json").read_text())
-    (copy / "s2swclip.json").write_text(json.dumps(dict(manifest, threshold=0.1)))  # a valid, other manifest
+    from s2swclip.deploy.runtime.manifest import seal_manifest
+
+    (copy / "s2swclip.json").write_text(json.dumps(seal_manifest(dict(manifest, threshold=0.1))))  # a valid, other one
     with pytest.raises(S2SWError, match="changed since this run was planned"):
         before.build()
     assert ScorerSpec.exported(copy).build().threshold == 0.1

@@ -21,6 +21,7 @@ from s2swclip.data.images import decode_for_model
 from s2swclip.errors import S2SWError
 from s2swclip.inference.pipeline import InferencePipeline
 from s2swclip.deploy.runtime import load_exported
+from s2swclip.deploy.runtime.manifest import seal_manifest
 from helpers import user_error  # noqa: E402
 from export_fixtures import ONNX_SIZE, ONNX_THRESHOLD, write_pngs
 
@@ -62,6 +63,7 @@ def test_runtime_never_imports_torch(onnx_export, export_images):
         import json, sys
         import numpy as np
         from s2swclip.deploy.runtime import load_exported
+from s2swclip.deploy.runtime.manifest import seal_manifest
         from s2swclip.inference.pipeline import InferencePipeline
         model = load_exported(sys.argv[1])
         out = model.predict_files(sorted(__import__("glob").glob(sys.argv[2] + "/*.png")))
@@ -87,6 +89,7 @@ def test_openvino_runtime_never_imports_torch(openvino_exports):
         import json, sys
         import numpy as np
         from s2swclip.deploy.runtime import load_exported
+from s2swclip.deploy.runtime.manifest import seal_manifest
         model = load_exported(sys.argv[1])
         x = np.random.default_rng(0).standard_normal((2, 3, model.image_size, model.image_size)).astype(np.float32)
         out = model.predict(x)
@@ -213,6 +216,6 @@ def test_bad_model_folders_are_one_line_errors(onnx_export, export_images, tmp_p
     (corrupt / "model.onnx").write_bytes(b"not an onnx model")
     manifest = json.loads((corrupt / "s2swclip.json").read_text())
     manifest["files"]["model.onnx"] = {"bytes": 17, "sha256": __import__("hashlib").sha256(b"not an onnx model").hexdigest()}
-    (corrupt / "s2swclip.json").write_text(json.dumps(manifest))
+    (corrupt / "s2swclip.json").write_text(json.dumps(seal_manifest(manifest)))  # consistent, resealed
     user_error(capsys, ["predict", "--model", str(corrupt), imgs, "--out", out], "ONNX Runtime cannot load model.onnx")
     assert not os.path.exists(out)
