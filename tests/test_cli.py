@@ -34,13 +34,15 @@ def test_predict_folder_skips_corrupt_and_writes_results(capsys, tmp_path, image
     assert code == 0
     assert "skipped" in err and "broken.png" in err
     summary = json.loads((out / "results.json").read_text())
-    assert summary["n_scored"] == 3 and summary["n_failed"] == 1
+    assert summary["n_scored"] == 3 and summary["n_failed"] == 2  # broken.png, and notes.txt: every entry a row
+    assert {r["name"]: r["error_code"] for r in summary["results"] if r["error"]} == {
+        "broken.png": "not_an_image", "notes.txt": "not_an_image"}
     scored = [r for r in summary["results"] if r["error"] is None]
     assert all(0 <= r["score"] <= 1 and r["anomalous"] == (r["score"] > 0.5) for r in scored)
     assert sorted(os.listdir(out / "overlays")) == ["a.png", "b.png", "sub__c.png"]
     assert (out / "results.csv").read_text().splitlines()[0] == "path,name,score,anomalous,map_max,map_mean,map_frac_above,overlay,error,error_code"
     assert "sub/c.bmp" in stdout
-    assert "3 scored, 1 skipped" in stdout
+    assert "3 scored, 2 skipped" in stdout
 
 
 def test_predict_calibrated_threshold_flags_at_most_fpr(capsys, tmp_path, images):
