@@ -63,7 +63,6 @@ def test_runtime_never_imports_torch(onnx_export, export_images):
         import json, sys
         import numpy as np
         from s2swclip.deploy.runtime import load_exported
-from s2swclip.deploy.runtime.manifest import seal_manifest
         from s2swclip.inference.pipeline import InferencePipeline
         model = load_exported(sys.argv[1])
         out = model.predict_files(sorted(__import__("glob").glob(sys.argv[2] + "/*.png")))
@@ -89,7 +88,6 @@ def test_openvino_runtime_never_imports_torch(openvino_exports):
         import json, sys
         import numpy as np
         from s2swclip.deploy.runtime import load_exported
-from s2swclip.deploy.runtime.manifest import seal_manifest
         model = load_exported(sys.argv[1])
         x = np.random.default_rng(0).standard_normal((2, 3, model.image_size, model.image_size)).astype(np.float32)
         out = model.predict(x)
