@@ -109,3 +109,13 @@ def test_a_graph_that_never_ends_is_bounded_by_the_inference_timeout(onnx_export
                         "--inference-timeout", "1"], "--inference-timeout 1 s")
     with pytest.raises(S2SWError, match="--inference-timeout must be a positive number"):
         load_exported(d, inference_timeout=float("nan"))
+
+
+def test_serve_answers_504_when_a_batch_runs_past_the_inference_timeout(onnx_export, export_images, tmp_path):
+    d = hostile_copy(onnx_export[0], tmp_path / "loop", endless_loop())
+    app = build_serve_app(build_parser().parse_args(["serve", "--model", str(d), "--inference-timeout", "1"]))
+    png = sorted(export_images.iterdir())[0]
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        r = client.post("/v1/predict", files=[("files", (png.name, png.read_bytes(), "image/png"))])
+        assert r.status_code == 504 and "--inference-timeout 1 s" in r.json()["detail"], r.text
+        assert client.get("/v1/health").status_code == 200  # the service itself goes on
