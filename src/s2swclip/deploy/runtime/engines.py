@@ -51,6 +51,7 @@ class OnnxStage:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         options = self._ort.RunOptions()
+        options.log_severity_level = 4  # a cancelled call is reported by the caller, once, not logged here too
         with self._lock:
             self._running.add(options)
         try:
