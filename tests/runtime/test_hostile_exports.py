@@ -112,8 +112,10 @@ def test_a_graph_that_never_ends_is_bounded_by_the_inference_timeout(onnx_export
 
 
 def test_serve_answers_504_when_a_batch_runs_past_the_inference_timeout(onnx_export, export_images, tmp_path):
+    from s2swclip.serve.app import create_app
+
     d = hostile_copy(onnx_export[0], tmp_path / "loop", endless_loop())
-    app = build_serve_app(build_parser().parse_args(["serve", "--model", str(d), "--inference-timeout", "1"]))
+    app = create_app(load_exported(d, inference_timeout=1.0))  # no warm-up batch: the request's batch times out
     png = sorted(export_images.iterdir())[0]
     with TestClient(app, base_url="http://127.0.0.1") as client:
         r = client.post("/v1/predict", files=[("files", (png.name, png.read_bytes(), "image/png"))])
