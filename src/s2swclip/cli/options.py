@@ -166,3 +166,32 @@ def exported_model(args):
 def threshold_of(args, model) -> float | None:
     """--threshold, else the threshold recorded in an exported model."""
     return args.threshold if args.threshold is not None else getattr(model, "threshold", None)
+
+
+# ------------------------------------------------------------------------------ CPU threads
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="PyTorch threads of the model on the CPU (default: the cores less the decoding workers' "
+                        "share, cores - cores//4, at least 1: a 2-core machine runs the model on 1 thread and "
+                        "decodes on the other core)")
+
+
+def default_torch_threads(cores: int | None = None) -> int:
+    """The model's threads when ``--threads`` is not given: the cores less a quarter (at least
+    one) left to the pipeline's decoding and overlay workers, so the two do not oversubscribe
+    the cores (PyTorch's threads slow down badly when they must wait for a busy core)."""
+    import os
+
+    cores = int(cores or os.cpu_count() or 1)
+    return max(1, cores - max(1, cores // 4))
+
+
+def set_torch_threads(args) -> int:
+    """Apply ``--threads`` (or :func:`default_torch_threads`) to PyTorch in this process (the
+    command owns it); an exported model sets its own runtime's threads. Returns the number."""
+    n = getattr(args, "threads", None) or default_torch_threads()
+    if getattr(args, "model", None) is None:
+        import torch
+
+        torch.set_num_threads(n)
+    return n

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import S2SWError
 from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, check_exported_args, detector,
-                      exported_model, few_shot_options, references_only, threshold_of, weights_arg)
+                      exported_model, few_shot_options, references_only, set_torch_threads, threshold_of,
+                      weights_arg, add_threads_arg)
 from .types import finite, fraction, non_negative, positive, positive_int
 
 
@@ -31,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-overlays", action="store_true")
     add_heatmap_arg(p)
     p.add_argument("--quiet", action="store_true")
+    add_threads_arg(p)
     add_few_shot_args(p)
     add_exported_arg(p)
     _add_ray_args(p)
@@ -58,6 +60,7 @@ def cmd_predict(args) -> int:
     else:
         from ..inference.scorers import as_scorer
 
+        set_torch_threads(args)
         scorer = as_scorer(detector(args))
     summary = predict_files(scorer, args.inputs, args.out, threshold=threshold_of(args, scorer),
                             calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,

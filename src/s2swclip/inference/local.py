@@ -193,7 +193,7 @@ def predict_files(
     summary = PredictSummary(pipe.threshold, cal)
     painter = OverlayPainter(heatmap_scale, pipe.threshold, getattr(scorer, "map_scale", None),
                              draw=lambda preview, amap, scale: overlay_png(preview, amap, scale=scale, colorbar=True),
-                             write=atomic_write_bytes, window=scale_window)
+                             write=atomic_write_bytes, window=scale_window, submit=pipe.submit)
     bar = make_progress(len(entries), "scoring", enabled=progress)
     names = display_names([e.path for e in entries])
     overlay_files = overlay_names(names)
@@ -210,8 +210,10 @@ def predict_files(
             summary.rows.append(result_row(rec, overlay))
             rec.release()
         painter.flush()
+        pipe.drain()  # the overlays drawn and written on the worker threads
     finally:
         bar.close()
+        pipe.close()
     summary.heatmap = painter.describe() if overlays else None
     _write_results(out, summary)
     return summary
