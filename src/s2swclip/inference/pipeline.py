@@ -247,8 +247,6 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
         raise ImageError("unreadable", f"cannot read {where}: {e.strerror or e}") from None
     if len(data) > max_bytes:
         raise ImageError("too_many_pixels", f"{where} is larger than {max_bytes:,} bytes; downscale it first")
-    if not data:
-        raise ImageError("empty", f"{where} is empty (0 bytes)")
     return data
 
 

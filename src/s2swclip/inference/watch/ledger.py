@@ -11,7 +11,9 @@ name relative to ``IN``, size, mtime). A scored batch is made durable in two ste
 :meth:`Ledger.recover` truncates a torn last line, then marks the ``pending`` rows those
 complete lines name ``done`` (their result is durable), so they are not scored again; a line
 cut short is removed and its file, still ``pending``, is scored again. Every file therefore
-ends with exactly one line. The ledger also records the model fingerprint and the threshold:
+ends with exactly one line. (In WAL mode with ``synchronous=NORMAL`` a killed process loses no
+committed transaction; a power cut may lose the last ones, and recovery rebuilds them from
+``results.jsonl`` the same way.) The ledger also records the model fingerprint and the threshold:
 a restart with another model or threshold is refused (the old results would mix with new).
 """
 
@@ -81,7 +83,7 @@ class Ledger:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crashed process loses nothing
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
@@ -188,8 +190,9 @@ class Ledger:
                 continue
             hit = self.db.execute("SELECT id FROM parts WHERE name = ? AND state = 'pending' ORDER BY id DESC LIMIT 1",
                                   (name,)).fetchone()
-            if hit is not None:
-                done.append((hit[0], sha, line, action))
+            if hit is None:  # its pending row was lost too (a power cut): identity unknown, content known
+                hit = self.add_pending([(name, -1, -1)])
+            done.append((hit[0], sha, line, action))
         self.commit(done, size)
         return len(done)
 
