@@ -178,7 +178,7 @@ class FileDetector:
 
     def poll(self, limit: int) -> list[Candidate]:
         """Take in the events and (when due) rescan; return up to ``limit`` ready files, the
-        longest-waiting first, and stop tracking them."""
+        longest-waiting first. A file is handed out once while its identity stays the same."""
         now = time.monotonic()
         with self._lock:
             dirty, self._dirty = self._dirty, {}
@@ -217,6 +217,7 @@ class FileDetector:
                 self.tracked[path] = Candidate(path, c.name, st.st_size, st.st_mtime_ns, since=now)
                 continue
             del self.tracked[path]
+            self.known[path] = (c.size, c.mtime_ns)  # handed out once (see retrack)
             ready.append(c)
         return ready
 
@@ -234,6 +235,7 @@ class FileDetector:
 
     def retrack(self, c: Candidate) -> None:
         """A file that changed while it was read: watch it settle again."""
+        self.known.pop(c.path, None)
         self._see(c.path, False, time.monotonic())
 
     @property
