@@ -115,7 +115,7 @@ def test_a_growing_file_is_not_ready_until_it_settles(tmp_path, monkeypatch):
 
 def test_old_files_and_renamed_files_are_ready_at_once(tmp_path):
     (tmp_path / "old.jpg").write_bytes(b"x")
-    past = time.time_ns() - 5 * 10**9
+    past = time.time_ns() - 60 * 10**9
     os.utime(tmp_path / "old.jpg", ns=(past, past))
     (tmp_path / "new.jpg").write_bytes(b"y")
     det = FileDetector(tmp_path, settle=30.0, rescan=0.0)
