@@ -151,7 +151,7 @@ class WatchStation:
     def _status(self, final: bool = False) -> None:
         line = self.stats.line(self.detector.waiting)
         if self.status_stream is not None:
-            self.status_stream.write("\r" + line + ("\n" if final else ""))
+            self.status_stream.write("\r" + line + "\x1b[K" + ("\n" if final else ""))
             self.status_stream.flush()
         else:
             log.info("watch: %s", line)
