@@ -22,8 +22,6 @@ from helpers import assert_user_error, run_cli
 
 TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "56"]
 SRC = str(Path(s2swclip.__file__).resolve().parents[1])
-HOOK = ("import sys, json, pathlib, hashlib; d = sys.stdin.read(); r = json.loads(d); "
-        "pathlib.Path(sys.argv[1], r['sha256'] + '.json').write_text(d)")
 
 
 def jpeg(seed: int, w: int = 64, h: int = 48) -> bytes:
@@ -72,9 +70,10 @@ def wait_for(out: Path, proc: subprocess.Popen, pred, timeout: float = 40.0) -> 
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60.0) -> str:
-    _, err = proc.communicate(timeout=timeout)
+    """Wait for a clean exit; returns its stdout (the summary line)."""
+    out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err.decode()[-3000:]
-    return err.decode()
+    return out.decode()
 
 
 def test_a_production_day_every_file_scored_exactly_once_through_kill_9(tmp_path):
@@ -89,7 +88,8 @@ def test_a_production_day_every_file_scored_exactly_once_through_kill_9(tmp_path
         (inp / name).write_bytes(data)
     for name in ("camera.tmp", "upload.jpg.part", "~lock.jpg", ".hidden.jpg"):  # never scored
         (inp / name).write_bytes(jpeg(3))
-    args = ("--settle-ms", 400, "--threshold", 0.0, "--on-anomaly", f"{sys.executable} -c \"{HOOK}\" {hooks}")
+    hook = f"sh -c 'cat > \"$(mktemp -p {hooks} XXXXXXXX.json)\"'"  # each run saves its stdin
+    args = ("--settle-ms", 1500, "--threshold", 0.0, "--on-anomaly", hook)
     proc = start(inp, out, *args)
     burst = {f"part{i:03d}.jpg": jpeg(1000 + i) for i in range(200)}
     for name, blob in burst.items():
@@ -100,23 +100,25 @@ def test_a_production_day_every_file_scored_exactly_once_through_kill_9(tmp_path
     at_kill = len(lines(out))
     assert at_kill < len(present) + len(burst)  # killed mid-run
 
-    proc = start(inp, out, *args, "--exit-when-idle", 2)
-    slow = jpeg(10, 320, 240)  # five chunks, 150 ms apart (each gap under the 400 ms settle time)
+    proc = start(inp, out, *args)
+    slow = jpeg(10, 320, 240)  # five chunks, 100 ms apart (well under the 1.5 s settle time)
     with open(inp / "slow.jpg", "wb") as f:
         for k in range(5):
             f.write(slow[k * len(slow) // 5:(k + 1) * len(slow) // 5])
             f.flush()
             os.fsync(f.fileno())
-            time.sleep(0.15)
+            time.sleep(0.1)
     renamed = {f"r{i}.jpg": jpeg(20 + i) for i in range(4)}
     for name, data in renamed.items():
         drop(inp, name, data)
     wait_for(out, proc, lambda rows: {"slow.jpg", *renamed, *burst} <= {r["name"] for r in rows}, timeout=90)
-    new_old = jpeg(99)  # replaced under the same name with new content: a new part
-    drop(inp, "old.jpg", new_old)
     os.utime(inp / "r0.jpg")  # same content, new mtime: not a new part
+    new_old = jpeg(99)  # rewritten in place with new content: a new part (settles after r0.jpg)
+    (inp / "old.jpg").write_bytes(new_old)
     wait_for(out, proc, lambda rows: sum(r["name"] == "old.jpg" for r in rows) == 2)
-    finish(proc)
+    proc.send_signal(signal.SIGTERM)  # finishes what is in flight, exits cleanly (status 0)
+    summary = finish(proc)
+    assert f"{at_kill + 1} already done" in summary  # the files scored before the kill, and r0.jpg
 
     rows = lines(out)
     assert sorted(r["name"] for r in rows) == sorted([*present, "old.jpg", "slow.jpg", *renamed, *burst])
@@ -131,10 +133,10 @@ def test_a_production_day_every_file_scored_exactly_once_through_kill_9(tmp_path
             assert (out / r["overlay"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --on-anomaly: once per anomalous result, that result on stdin; after the restart, for all
     # (results made durable just before the kill may have lost theirs: at most once)
-    ran = {p.stem: json.loads(p.read_text()) for p in hooks.glob("*.json")}
+    ran = [json.loads(p.read_text()) for p in hooks.glob("*.json")]
     anomalous = {r["sha256"]: r for r in rows if r["anomalous"]}
-    assert all(anomalous[k] == v for k, v in ran.items())
-    assert {r["sha256"] for r in rows[at_kill:] if r["anomalous"]} <= set(ran)
+    assert all(anomalous[r["sha256"]] == r for r in ran) and len({r["sha256"] for r in ran}) == len(ran)
+    assert {r["sha256"] for r in rows[at_kill:] if r["anomalous"]} <= {r["sha256"] for r in ran}
 
 
 def test_sort_moves_or_copies_each_file_by_its_verdict(tmp_path, capsys):
@@ -169,6 +171,8 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert_user_error(*_run(capsys, out / "cam", out), "inside")
     (tmp_path / "file").write_text("x")
     assert_user_error(*_run(capsys, inp, tmp_path / "file" / "out"), "file")
+    if Path("/proc/self").is_dir():  # /proc refuses new folders even to root
+        assert_user_error(*_run(capsys, inp, "/proc/s2swclip-no-such-folder/out"), "cannot create --out")
     assert_user_error(*_run(capsys, inp, out, "--sort"), "--sort needs")
     # a ledger written with another threshold
     code, err = _run(capsys, inp, out, "--threshold", 0.5, "--exit-when-idle", 0)

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pytest
 
 from s2swclip.errors import S2SWError
@@ -125,3 +126,51 @@ def test_old_files_and_renamed_files_are_ready_at_once(tmp_path):
     det._event(type("E", (), {"event_type": "moved", "is_directory": False, "src_path": str(tmp_path / "cam.part"),
                               "dest_path": str(tmp_path / "cam.jpg")})())
     assert [c.name for c in det.poll(10)] == ["cam.jpg"]  # new.jpg still settling
+
+
+class StoppingScorer:
+    """Score = mean pixel; asks the station to stop while scoring its ``stop_at``-th batch."""
+
+    image_size = 32
+    map_scale = 1.0
+
+    def __init__(self, stop_at=None):
+        self.calls, self.stop_at, self.station = 0, stop_at, None
+
+    def score(self, pixels):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            self.station.request_stop()
+        return pixels.mean(axis=(1, 2, 3)) * 0 + 0.3, np.zeros((len(pixels), 32, 32), np.float32)
+
+    def describe(self):
+        return {"engine": "stopping"}
+
+
+def test_a_stop_finishes_the_batch_in_flight_and_the_next_start_scores_the_rest(tmp_path):
+    from PIL import Image
+
+    from s2swclip.inference.pipeline import InferencePipeline
+    from s2swclip.inference.watch import WatchOptions, WatchStation
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for i in range(20):
+        Image.new("RGB", (40, 30), (i, 2 * i, 3 * i)).save(inp / f"{i:02d}.png")
+    opts = WatchOptions(settle_ms=0, exit_when_idle=0, overlays=False)
+    scorer = StoppingScorer(stop_at=2)
+    station = WatchStation(InferencePipeline(scorer, batch_size=4, threshold=0.5), inp, out, FP, opts)
+    scorer.station = station
+    stats = station.run()
+    first = (out / "results.jsonl").read_text().splitlines()
+    assert stats.scored == len(first) == 8  # the batch in flight when the stop came was finished
+    led = Ledger(out, FP)
+    assert led.jsonl_offset == (out / "results.jsonl").stat().st_size  # and committed
+    assert led.counts() == {"done": 8, "pending": 12}
+    led.close()
+
+    stats = WatchStation(InferencePipeline(StoppingScorer(), batch_size=4, threshold=0.5), inp, out, FP, opts).run()
+    names = [json.loads(line)["name"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert (stats.scored, stats.skipped) == (12, 8)
+    assert sorted(names) == [f"{i:02d}.png" for i in range(20)]
+    assert all(json.loads(line)["score"] == pytest.approx(0.3) for line in first)

@@ -107,7 +107,11 @@ class FileDetector:
 
     def _event(self, event) -> None:
         kind = event.event_type
-        if kind not in ("created", "modified", "moved", "closed"):
+        if kind == "events_lost":  # the kernel's queue overflowed: look at everything
+            self._rescan_due = 0.0
+            self._wake.set()
+            return
+        if kind not in ("created", "modified", "moved", "closed", "attrib"):
             return
         if event.is_directory:
             if kind in ("created", "moved"):
