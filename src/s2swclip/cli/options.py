@@ -174,6 +174,9 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
                    help="PyTorch threads of the model on the CPU (default: the cores less the decoding workers' "
                         "share, cores - cores//4, at least 1: a 2-core machine runs the model on 1 thread and "
                         "decodes on the other core)")
+    p.add_argument("--decode-workers", type=positive_int, default=None,
+                   help="threads that decode images and write overlays beside the model (default: the cores, "
+                        "2 to 4); a GPU needs about its images/s divided by one core's decoding rate")
 
 
 def default_torch_threads(cores: int | None = None) -> int:

@@ -65,7 +65,8 @@ def cmd_predict(args) -> int:
     summary = predict_files(scorer, args.inputs, args.out, threshold=threshold_of(args, scorer),
                             calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
                             overlays=not args.no_overlays, progress=not args.quiet,
-                            max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale)
+                            max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale,
+                            decode_workers=args.decode_workers)
     width = max((len(r["name"]) for r in summary.rows), default=10)
     for r in summary.rows:
         if r["error"]:

@@ -141,7 +141,7 @@ def _watch(args, scorer, reference_files, src: Path, out: Path) -> int:
     from ..inference.watch import WatchOptions, WatchStation
 
     pipe = InferencePipeline(scorer, batch_size=args.batch_size, threshold=threshold_of(args, scorer),
-                             max_pixels=int(args.max_mpx * 1e6))
+                             max_pixels=int(args.max_mpx * 1e6), decode_workers=args.decode_workers)
     if args.calibrate is not None:
         cal = calibrate(pipe, args.calibrate, args.fpr)
         pipe.threshold = cal.threshold

@@ -162,6 +162,7 @@ def predict_files(
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
     heatmap_scale: str = "fixed",
     scale_window: int = 32,
+    decode_workers: int | None = None,
 ) -> PredictSummary:
     """Score ``inputs`` and write ``results.csv``, ``results.json`` and ``overlays/*.png``.
 
@@ -177,6 +178,8 @@ def predict_files(
         heatmap_scale: ``fixed`` (one scale for the run: centred on the threshold when there is
             one, else the range of the first ``scale_window`` maps) or ``image`` (each map's own
             range); see :mod:`.heatmap`.
+        decode_workers: the pipeline's decoding and overlay threads (default: see
+            :func:`~s2swclip.inference.pipeline.default_workers`).
 
     Returns:
         :class:`PredictSummary`.
@@ -185,7 +188,7 @@ def predict_files(
     out = check_output_dir(out_dir)
     entries = collect_inputs(inputs)
     pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=threshold, max_pixels=max_pixels,
-                             max_inflight_pixels=max_inflight_pixels)
+                             max_inflight_pixels=max_inflight_pixels, decode_workers=decode_workers)
     cal = None
     if calibrate_dir is not None:
         cal = calibrate(pipe, calibrate_dir, fpr)
