@@ -174,3 +174,31 @@ def test_a_stop_finishes_the_batch_in_flight_and_the_next_start_scores_the_rest(
     assert (stats.scored, stats.skipped) == (12, 8)
     assert sorted(names) == [f"{i:02d}.png" for i in range(20)]
     assert all(json.loads(line)["score"] == pytest.approx(0.3) for line in first)
+
+
+def test_a_touched_file_whose_pending_row_a_crash_left_is_not_scored_again(tmp_path):
+    from PIL import Image
+
+    from s2swclip.inference.pipeline import InferencePipeline
+    from s2swclip.inference.watch import WatchOptions, WatchStation
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i, 0, 0)).save(inp / f"{i}.png")
+    opts = WatchOptions(settle_ms=0, exit_when_idle=0, overlays=False)
+
+    def run():
+        return WatchStation(InferencePipeline(StoppingScorer(), batch_size=4, threshold=0.5), inp, out, FP, opts).run()
+
+    assert run().scored == 3
+    later = time.time_ns() + 10**9
+    os.utime(inp / "1.png", ns=(later, later))  # touched, then a crash right after its pending row
+    led = Ledger(out, FP)
+    led.add_pending([("1.png", (inp / "1.png").stat().st_size, later)])
+    led.close()
+    stats = run()
+    assert (stats.scored, stats.skipped) == (0, 3)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    led = Ledger(out, FP)
+    assert led.counts() == {"done": 3} and led.latest("1.png").mtime_ns == later

@@ -121,6 +121,12 @@ class Ledger:
         row = self.db.execute("SELECT * FROM parts WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)).fetchone()
         return None if row is None else Part(*row[:8], bool(row[8]))
 
+    def latest_done(self, name: str) -> Part | None:
+        """The last scored part under ``name`` still in ``IN`` (not moved away by ``--sort``)."""
+        row = self.db.execute("SELECT * FROM parts WHERE name = ? AND state = 'done' ORDER BY id DESC LIMIT 1",
+                              (name,)).fetchone()
+        return None if row is None or not row[8] else Part(*row[:8], bool(row[8]))
+
     def add_pending(self, items: Sequence[tuple[str, int, int]]) -> list[int]:
         """``(name, size, mtime_ns)`` of files about to be scored -> their row ids (a file
         already ``pending`` keeps its row, with the identity updated). One transaction."""

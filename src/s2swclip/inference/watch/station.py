@@ -160,12 +160,12 @@ class WatchStation:
     def _process(self, ready: list[Candidate]) -> None:
         todo: list[tuple[Candidate, Any]] = []
         for c in ready:
-            prev = self.ledger.latest(c.name)
-            if prev is not None and prev.state == "done" and prev.present and (prev.size, prev.mtime_ns) == (c.size, c.mtime_ns):
+            prev = self.ledger.latest_done(c.name)  # a pending row left by a crash is reused below
+            if prev is not None and (prev.size, prev.mtime_ns) == (c.size, c.mtime_ns):
                 self.detector.mark_known(c)
                 self.stats.skipped += 1
                 continue
-            todo.append((c, prev if prev is not None and prev.state == "done" and prev.present else None))
+            todo.append((c, prev))
         if not todo:
             return
         self.stats.seen += len(todo)
@@ -175,11 +175,9 @@ class WatchStation:
         for rec in self.pipe.run([(c.path, c.name) for c, _ in todo], digest=True):
             c, prev = todo[rec.index]
             entry = self._admit(rec, c, prev, ids[rec.index])
-            rec_futures = []
             if entry is not None:
-                rec_futures = self._overlay(rec, entry)
+                futures.extend(self._overlay(rec, entry))
                 group.append(entry)
-                futures.extend(rec_futures)
             rec.release()
             if len(group) >= self.pipe.batch_size:
                 self._groups.append((group, futures))
