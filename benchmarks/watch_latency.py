@@ -9,8 +9,11 @@
    * ``predict``: :func:`~s2swclip.inference.local.predict_files` now, with 1 thread and with
      the command line's default threads (``--threads`` not given);
    * ``watch``: a :class:`~s2swclip.inference.watch.WatchStation` finding the same images in
-     its folder at start (a burst), default threads: steady rate from its results' times
-     (first batch excluded).
+     its folder at start (a burst), default threads (its run time less the idle wait before it
+     exits).
+
+   Two rates per run: ``overall`` (images / run time) and ``steady`` (from the overlays' write
+   times, the first batch excluded: the same measure for every run).
 
 2. Latency at a steady arrival rate (``--rate`` images/s, default half the watch throughput
    measured above): each image is written as ``IN/<name>.part`` and renamed to ``IN/<name>``
@@ -48,6 +51,10 @@ from s2swclip.inference.watch import WatchOptions, WatchStation
 from s2swclip.viz.heatmap import OverlayPainter
 
 
+#: every run has a threshold, so that each overlay is drawn as its map comes (no run-range window)
+THRESHOLD = 0.5
+
+
 def make_images(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
     """``n`` photo-like JPEGs ``side`` x ``3 side / 4`` (smooth noise: realistic file sizes)."""
     rng = np.random.default_rng(seed)
@@ -60,14 +67,14 @@ def make_images(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def baseline_predict(scorer, folder: Path, out: Path, batch_size: int) -> None:
+def baseline_predict(scorer, folder: Path, out: Path, batch_size: int = 8) -> None:
     """The local engine's loop before this change: overlays drawn and written between the
     model's calls (the pipeline still decodes ahead on threads, as it did)."""
     entries = collect_inputs([folder])
     names = display_names([e.path for e in entries])
     files = overlay_names(names)
-    pipe = InferencePipeline(scorer, batch_size=batch_size)
-    painter = OverlayPainter("fixed", None, scorer.map_scale,
+    pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=THRESHOLD)
+    painter = OverlayPainter("fixed", THRESHOLD, scorer.map_scale,
                              draw=lambda p, m, s: overlay_png(p, m, scale=s, colorbar=True), write=atomic_write_bytes)
     for rec in pipe.run([(e.path, n) for e, n in zip(entries, names)]):
         if rec.error is None:
@@ -88,28 +95,28 @@ def with_threads(n: int, fn, *args, **kwargs):
         torch.set_num_threads(saved)
 
 
-def _times(out: Path) -> list[float]:
-    import json
-    from datetime import datetime
+def steady_rate(out: Path, skip: int) -> float:
+    """Images/s once running, from the overlays' write times (the first ``skip`` excluded: the
+    pipeline filling up): the same measure for every run."""
+    times = sorted(p.stat().st_mtime_ns / 1e9 for p in (out / "overlays").glob("*.png"))
+    skip = min(skip, len(times) - 2)
+    return (len(times) - 1 - skip) / max(times[-1] - times[skip], 1e-9)
 
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    return sorted(datetime.fromisoformat(r["scored_at"]).timestamp() for r in rows)
 
-
-def watch_burst(scorer, images: list[Path], work: Path, batch_size: int) -> float:
-    """Steady images/s of a watcher scoring ``images`` found in its folder at start."""
-    inp, out = work / "watch_in", work / "watch_out"
+def watch_burst(scorer, images: list[Path], out: Path, batch_size: int) -> float:
+    """A watcher scoring ``images`` found in its folder at start; returns its run time less
+    the idle time it waits before exiting."""
+    inp = out.parent / "watch_in"
     shutil.rmtree(inp, ignore_errors=True)
-    shutil.rmtree(out, ignore_errors=True)
     inp.mkdir(parents=True)
     for p in images:
         os.link(p, inp / p.name)
-    pipe = InferencePipeline(scorer, batch_size=batch_size)
-    station = WatchStation(pipe, inp, out, {"bench": 1}, WatchOptions(exit_when_idle=0.5, settle_ms=0))
+    pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=THRESHOLD)
+    idle = 0.5
+    station = WatchStation(pipe, inp, out, {"bench": 1}, WatchOptions(exit_when_idle=idle, settle_ms=0))
+    t = time.perf_counter()
     station.run()
-    times = _times(out)
-    skip = min(batch_size, len(times) - 2)
-    return (len(times) - 1 - skip) / max(times[-1] - times[skip], 1e-9)
+    return time.perf_counter() - t - idle
 
 
 def watch_latency(scorer, images: list[Path], work: Path, batch_size: int, rate: float) -> list[float]:
@@ -180,36 +187,43 @@ def main() -> None:
     try:
         images = make_images(work / "images", args.n, args.side)
 
-        def fresh(name):
+        def fresh(name):  # a new output folder
             out = work / name
             shutil.rmtree(out, ignore_errors=True)
             return out
 
+        def timed(threads, fn, *a, **kw):
+            out = fresh(f"run_{len(os.listdir(work))}")
+            seconds = with_threads(threads, fn, *a, out, **kw)
+            return args.n / seconds, steady_rate(out, args.batch_size)
+
+        def watch_run(threads):
+            out = fresh(f"run_{len(os.listdir(work))}")
+            seconds = _watch_seconds(threads, scorer, images, out, args.batch_size)
+            return args.n / seconds, steady_rate(out, args.batch_size)
+
         runs = {
-            "baseline: old local engine, 1 thread": lambda: args.n / with_threads(
-                1, baseline_predict, scorer, work / "images", fresh("b"), args.batch_size),
-            "predict, 1 thread": lambda: args.n / with_threads(
-                1, predict_files, scorer, [work / "images"], fresh("p1"), batch_size=args.batch_size, progress=False),
-            f"predict, default threads ({default})": lambda: args.n / with_threads(
-                default, predict_files, scorer, [work / "images"], fresh("pd"), batch_size=args.batch_size,
-                progress=False),
-            f"watch (burst at start), default threads ({default})": lambda: _steady_watch(
-                default, scorer, images, work, args.batch_size),
+            "baseline: old local engine, 1 thread": lambda: timed(1, baseline_predict, scorer, work / "images",
+                                                                  batch_size=args.batch_size),
+            "predict, 1 thread": lambda: timed(1, _predict, scorer, work / "images", batch_size=args.batch_size),
+            f"predict, default threads ({default})": lambda: timed(default, _predict, scorer, work / "images",
+                                                                   batch_size=args.batch_size),
+            f"watch (burst at start), default threads ({default})": lambda: watch_run(default),
         }
-        rates: dict[str, list[float]] = {k: [] for k in runs}
+        rates: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
         for _ in range(args.rounds):
             for name, run in runs.items():
                 rates[name].append(run())
         print(f"{args.backbone} at {args.image_size} px, {args.n} JPEG {args.side}x{args.side * 3 // 4}, batch "
               f"{args.batch_size}, overlays on, {os.cpu_count()} cores, median of {args.rounds} rounds")
         print()
-        print("| run | images/s | ratio to baseline |")
-        print("|---|---:|---:|")
-        base = statistics.median(rates[next(iter(runs))])
+        print("| run | images/s overall | ratio | images/s steady | ratio |")
+        print("|---|---:|---:|---:|---:|")
+        base = [statistics.median(v) for v in zip(*rates[next(iter(runs))])]
         for name, values in rates.items():
-            v = statistics.median(values)
-            print(f"| {name} | {v:.1f} | {v / base:.2f} |")
-        watch_rate = statistics.median(rates[list(runs)[-1]])
+            overall, steady = (statistics.median(v) for v in zip(*values))
+            print(f"| {name} | {overall:.1f} | {overall / base[0]:.2f} | {steady:.1f} | {steady / base[1]:.2f} |")
+        watch_rate = statistics.median(v[1] for v in rates[list(runs)[-1]])
         rate = args.rate or watch_rate / 2
         saved = torch.get_num_threads()
         torch.set_num_threads(default)
@@ -225,13 +239,17 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _steady_watch(threads: int, scorer, images, work, batch_size) -> float:
+def _watch_seconds(threads: int, scorer, images, out, batch_size) -> float:
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return watch_burst(scorer, images, work, batch_size)
+        return watch_burst(scorer, images, out, batch_size)
     finally:
         torch.set_num_threads(saved)
+
+
+def _predict(scorer, folder, out, batch_size):
+    predict_files(scorer, [folder], out, batch_size=batch_size, progress=False, threshold=THRESHOLD)
 
 
 if __name__ == "__main__":
