@@ -183,3 +183,22 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
 def _run(capsys, inp, out, *extra):
     code, _, err = run_cli(capsys, "watch", inp, "--out", out, *TINY, "--quiet", *extra)
     return code, err
+
+
+def test_on_anomaly_failures_are_logged_and_scoring_goes_on(tmp_path, caplog):
+    from s2swclip.inference.watch.actions import HookRunner
+
+    runner = HookRunner("sh -c 'cat >/dev/null; echo broken conveyor >&2; exit 3'", timeout=5)
+    slow = HookRunner("sleep 30", timeout=1.5)
+    missing = HookRunner("/no/such/program", timeout=5)
+    t = time.monotonic()
+    for r in (runner, slow, missing):
+        r.offer('{"anomalous": true}')
+    assert time.monotonic() - t < 1.0  # offered, not waited for (the slow one runs 1.5 s)
+    for r in (runner, slow, missing):
+        r.close()
+    text = caplog.text
+    assert "exited with status 3: broken conveyor" in text
+    assert "ran longer than 1.5 s and was stopped" in text
+    assert "could not run" in text
+    assert [(r.ran, r.failed) for r in (runner, slow, missing)] == [(1, 1), (0, 1), (0, 1)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -113,6 +114,13 @@ def cmd_watch(args) -> int:
 
     if args.sort_copy and not args.sort:
         raise S2SWError("--sort-copy only applies with --sort")
+    if args.on_anomaly is not None:
+        try:
+            argv = shlex.split(args.on_anomaly)
+        except ValueError as e:
+            raise S2SWError(f"--on-anomaly {args.on_anomaly!r} cannot be split into a command line: {e}") from None
+        if not argv:
+            raise S2SWError("--on-anomaly is empty: give the command to run")
     if args.model is not None:
         check_exported_args(args)
     src, out = check_folders(args.input, args.out, args.recursive)

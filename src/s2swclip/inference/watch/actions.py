@@ -9,6 +9,7 @@ import queue
 import shlex
 import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -84,22 +85,24 @@ class HookRunner:
             self._run_one(item)
 
     def _run_one(self, payload: str) -> None:
-        try:
-            proc = subprocess.run(self.argv, input=payload.encode("utf-8"), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, timeout=self.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            self.failed += 1
-            log.warning("--on-anomaly %s ran longer than %.0f s and was stopped", self.argv[0], self.timeout)
-            return
-        except OSError as e:
-            self.failed += 1
-            log.warning("--on-anomaly %s could not run: %s", self.argv[0], e.strerror or e)
-            return
-        self.ran += 1
-        if proc.returncode != 0:
-            self.failed += 1
-            tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            log.warning("--on-anomaly %s exited with status %d %s", self.argv[0], proc.returncode, tail[0][:200])
+        with tempfile.TemporaryFile() as err:  # what the command says on stderr, on disk (any size)
+            try:
+                proc = subprocess.run(self.argv, input=payload.encode("utf-8"), stdout=subprocess.DEVNULL,
+                                      stderr=err, timeout=self.timeout, check=False)
+            except subprocess.TimeoutExpired:
+                self.failed += 1
+                log.warning("--on-anomaly %s ran longer than %g s and was stopped", self.argv[0], self.timeout)
+                return
+            except OSError as e:
+                self.failed += 1
+                log.warning("--on-anomaly %s could not run: %s", self.argv[0], e.strerror or e)
+                return
+            self.ran += 1
+            if proc.returncode != 0:
+                self.failed += 1
+                err.seek(max(0, err.seek(0, os.SEEK_END) - 400))
+                tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+                log.warning("--on-anomaly %s exited with status %d: %s", self.argv[0], proc.returncode, tail[0][:200])
 
     def close(self) -> None:
         """Let the waiting runs finish (each within its time limit) and stop the thread."""

@@ -88,6 +88,7 @@ class WatchStation:
         self.stats = WatchStats(started=time.monotonic())
         self.status_stream = status_stream
         self._stop = threading.Event()
+        self._last_status = 0.0
         self._groups: deque[tuple[list[tuple[Any, ...]], list]] = deque()
         self._unchanged: list[tuple[int, int, int, int]] = []
         self.hooks = HookRunner(self.opt.on_anomaly, self.opt.on_anomaly_timeout) if self.opt.on_anomaly else None
@@ -111,7 +112,7 @@ class WatchStation:
             log.info("recovered %d results written before an interruption", recovered)
         self._finish_actions()
         self.detector.start()
-        idle_since, last_status = time.monotonic(), 0.0
+        idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
                 ready = self.detector.poll(self.opt.max_queue)
@@ -121,9 +122,7 @@ class WatchStation:
                     idle_since = time.monotonic()
                 elif self.detector.waiting:
                     idle_since = now
-                if now - last_status >= (0.5 if self.status_stream else self.opt.status_every):
-                    self._status()
-                    last_status = now
+                self._tick()
                 if ready:
                     continue
                 if self.opt.exit_when_idle is not None and now - idle_since >= self.opt.exit_when_idle:
@@ -147,6 +146,13 @@ class WatchStation:
             self._status(final=True)
             self.results.close()
             self.ledger.close()
+
+    def _tick(self) -> None:
+        """The status line when due (every 0.5 s on a terminal, ``status_every`` s in a log)."""
+        now = time.monotonic()
+        if now - self._last_status >= (0.5 if self.status_stream else self.opt.status_every):
+            self._last_status = now
+            self._status()
 
     def _status(self, final: bool = False) -> None:
         line = self.stats.line(self.detector.waiting)
@@ -253,6 +259,7 @@ class WatchStation:
                     self.hooks.offer(line)
             if self.opt.sort:
                 self._sort([(pid, c.path, c.name, row) for pid, c, row in group])
+            self._tick()
 
     def _sort(self, items: list[tuple[int, str, str, dict[str, Any]]]) -> None:
         moved = []
