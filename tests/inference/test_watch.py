@@ -174,6 +174,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     if Path("/proc/self").is_dir():  # /proc refuses new folders even to root
         assert_user_error(*_run(capsys, inp, "/proc/s2swclip-no-such-folder/out"), "cannot create --out")
     assert_user_error(*_run(capsys, inp, out, "--sort"), "--sort needs")
+    assert_user_error(*_run(capsys, inp, out, "--on-anomaly", "notify 'unclosed"), "--on-anomaly", "cannot be split")
     # a ledger written with another threshold
     code, err = _run(capsys, inp, out, "--threshold", 0.5, "--exit-when-idle", 0)
     assert code == 0, err
