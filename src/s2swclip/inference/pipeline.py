@@ -288,6 +288,7 @@ class InferencePipeline:
         self._pool_lock = threading.Lock()
         self._jobs = threading.BoundedSemaphore(int(max_pending_jobs or 2 * self.batch_size))
         self._job_futures: set[Future] = set()
+        self._job_error: BaseException | None = None
 
     # ---------------------------------------------------------------------------- workers
     def _workers(self) -> ThreadPoolExecutor:
@@ -315,18 +316,21 @@ class InferencePipeline:
     def _job_done(self, fut: Future) -> None:
         with self._pool_lock:
             self._job_futures.discard(fut)
+            if not fut.cancelled() and fut.exception() is not None and self._job_error is None:
+                self._job_error = fut.exception()
         self._jobs.release()
 
     def drain(self) -> None:
-        """Wait for every job of :meth:`submit`; raise the first one's exception, if any."""
+        """Wait for every job of :meth:`submit`; raise the first failure since the last
+        :meth:`drain`, if any."""
         with self._pool_lock:
             futures = list(self._job_futures)
-        first = None
         for f in futures:
-            exc = f.exception()
-            first = first or exc
-        if first is not None:
-            raise first
+            f.exception()  # waits
+        with self._pool_lock:
+            error, self._job_error = self._job_error, None
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         """Wait for the jobs (their failures are :meth:`drain`'s to report) and stop the worker
