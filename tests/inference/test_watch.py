@@ -203,3 +203,16 @@ def test_on_anomaly_failures_are_logged_and_scoring_goes_on(tmp_path, caplog):
     assert "ran longer than 1.5 s and was stopped" in text
     assert "could not run" in text
     assert [(r.ran, r.failed) for r in (runner, slow, missing)] == [(1, 1), (0, 1), (0, 1)]
+
+
+def test_threads_are_set_for_the_command_and_restored(tmp_path, capsys, monkeypatch):
+    import torch
+
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    (tmp_path / "in").mkdir()
+    code, err = _run(capsys, tmp_path / "in", tmp_path / "out", "--threads", 1, "--exit-when-idle", 0)
+    assert code == 0, err
+    assert calls == [1, 3]

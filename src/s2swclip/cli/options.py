@@ -4,6 +4,7 @@ objects built from them (the detector, the exported model, the threshold)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 from ..errors import S2SWError
@@ -189,12 +190,20 @@ def default_torch_threads(cores: int | None = None) -> int:
     return max(1, cores - max(1, cores // 4))
 
 
-def set_torch_threads(args) -> int:
-    """Apply ``--threads`` (or :func:`default_torch_threads`) to PyTorch in this process (the
-    command owns it); an exported model sets its own runtime's threads. Returns the number."""
-    n = getattr(args, "threads", None) or default_torch_threads()
-    if getattr(args, "model", None) is None:
-        import torch
+@contextlib.contextmanager
+def torch_threads(args):
+    """Run the command with ``--threads`` (or :func:`default_torch_threads`) PyTorch threads;
+    the previous setting comes back afterwards (the command line runs inside tests too). An
+    exported model (``--model``) sets its own runtime's threads: PyTorch is left alone."""
+    if getattr(args, "model", None) is not None:
+        yield None
+        return
+    import torch
 
-        torch.set_num_threads(n)
-    return n
+    n = getattr(args, "threads", None) or default_torch_threads()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(saved)

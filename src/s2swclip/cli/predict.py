@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import S2SWError
 from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, check_exported_args, detector,
-                      exported_model, few_shot_options, references_only, set_torch_threads, threshold_of,
+                      exported_model, few_shot_options, references_only, threshold_of, torch_threads,
                       weights_arg, add_threads_arg)
 from .types import finite, fraction, non_negative, positive, positive_int
 
@@ -55,18 +55,18 @@ def cmd_predict(args) -> int:
         collect_inputs([args.calibrate])
     if args.reference is not None:
         collect_inputs([args.reference])
-    if args.model is not None:
-        scorer = exported_model(args)  # torch-free
-    else:
-        from ..inference.scorers import as_scorer
+    with torch_threads(args):
+        if args.model is not None:
+            scorer = exported_model(args)  # torch-free
+        else:
+            from ..inference.scorers import as_scorer
 
-        set_torch_threads(args)
-        scorer = as_scorer(detector(args))
-    summary = predict_files(scorer, args.inputs, args.out, threshold=threshold_of(args, scorer),
-                            calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
-                            overlays=not args.no_overlays, progress=not args.quiet,
-                            max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale,
-                            decode_workers=args.decode_workers)
+            scorer = as_scorer(detector(args))
+        summary = predict_files(scorer, args.inputs, args.out, threshold=threshold_of(args, scorer),
+                                calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
+                                overlays=not args.no_overlays, progress=not args.quiet,
+                                max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale,
+                                decode_workers=args.decode_workers)
     width = max((len(r["name"]) for r in summary.rows), default=10)
     for r in summary.rows:
         if r["error"]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import S2SWError
 from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, add_threads_arg,
-                      check_exported_args, exported_model, load_detector_of, set_references, set_torch_threads,
+                      check_exported_args, exported_model, load_detector_of, set_references, torch_threads,
                       threshold_of, weights_arg)
 from .types import finite, fraction, non_negative, positive, positive_int
 
@@ -128,8 +128,9 @@ def cmd_watch(args) -> int:
         collect_inputs([args.calibrate])
     if args.reference is not None:
         collect_inputs([args.reference])
-    scorer, reference_files = _scorer(args)
-    return _watch(args, scorer, reference_files, src, out)
+    with torch_threads(args):
+        scorer, reference_files = _scorer(args)
+        return _watch(args, scorer, reference_files, src, out)
 
 
 def _scorer(args):
@@ -137,7 +138,6 @@ def _scorer(args):
         return exported_model(args), []
     from ..inference.scorers import as_scorer
 
-    set_torch_threads(args)
     det = load_detector_of(args)
     files = set_references(det, args)
     return as_scorer(det), [str(f) for f in files]
