@@ -13,7 +13,10 @@
      exits).
 
    Two rates per run: ``overall`` (images / run time) and ``steady`` (from the overlays' write
-   times, the first batch excluded: the same measure for every run).
+   times, the first batch excluded: the same measure for every run). And the CPU time per
+   image of the main thread (the model's with 1 PyTorch thread, plus whatever else runs between
+   its calls: the critical path) and of the whole process: on cores other programs keep busy
+   the rates follow the process's CPU, on free cores the main thread's.
 
 2. Latency at a steady arrival rate (``--rate`` images/s, default half the watch throughput
    measured above): each image is written as ``IN/<name>.part`` and renamed to ``IN/<name>``
@@ -192,15 +195,20 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             return out
 
+        def cpu_ms(run):  # (main-thread CPU, process CPU) per image, ms: what load does not change
+            c, p = time.thread_time(), time.process_time()
+            result = run()
+            return result, (time.thread_time() - c) / args.n * 1000, (time.process_time() - p) / args.n * 1000
+
         def timed(threads, fn, *a, **kw):
             out = fresh(f"run_{len(os.listdir(work))}")
-            seconds = with_threads(threads, fn, *a, out, **kw)
-            return args.n / seconds, steady_rate(out, args.batch_size)
+            seconds, main, total = cpu_ms(lambda: with_threads(threads, fn, *a, out, **kw))
+            return args.n / seconds, steady_rate(out, args.batch_size), main, total
 
         def watch_run(threads):
             out = fresh(f"run_{len(os.listdir(work))}")
-            seconds = _watch_seconds(threads, scorer, images, out, args.batch_size)
-            return args.n / seconds, steady_rate(out, args.batch_size)
+            seconds, main, total = cpu_ms(lambda: _watch_seconds(threads, scorer, images, out, args.batch_size))
+            return args.n / seconds, steady_rate(out, args.batch_size), main, total
 
         runs = {
             "baseline: old local engine, 1 thread": lambda: timed(1, baseline_predict, scorer, work / "images",
@@ -210,19 +218,21 @@ def main() -> None:
                                                                    batch_size=args.batch_size),
             f"watch (burst at start), default threads ({default})": lambda: watch_run(default),
         }
-        rates: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+        rates: dict[str, list[tuple[float, ...]]] = {k: [] for k in runs}
         for _ in range(args.rounds):
             for name, run in runs.items():
                 rates[name].append(run())
         print(f"{args.backbone} at {args.image_size} px, {args.n} JPEG {args.side}x{args.side * 3 // 4}, batch "
               f"{args.batch_size}, overlays on, {os.cpu_count()} cores, median of {args.rounds} rounds")
         print()
-        print("| run | images/s overall | ratio | images/s steady | ratio |")
-        print("|---|---:|---:|---:|---:|")
+        print("| run | images/s overall | ratio | images/s steady | ratio | main-thread CPU ms/image "
+              "| process CPU ms/image |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         base = [statistics.median(v) for v in zip(*rates[next(iter(runs))])]
         for name, values in rates.items():
-            overall, steady = (statistics.median(v) for v in zip(*values))
-            print(f"| {name} | {overall:.1f} | {overall / base[0]:.2f} | {steady:.1f} | {steady / base[1]:.2f} |")
+            overall, steady, main, total = (statistics.median(v) for v in zip(*values))
+            print(f"| {name} | {overall:.1f} | {overall / base[0]:.2f} | {steady:.1f} | {steady / base[1]:.2f} "
+                  f"| {main:.1f} | {total:.1f} |")
         watch_rate = statistics.median(v[1] for v in rates[list(runs)[-1]])
         rate = args.rate or watch_rate / 2
         saved = torch.get_num_threads()
