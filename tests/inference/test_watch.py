@@ -76,6 +76,7 @@ def finish(proc: subprocess.Popen, timeout: float = 60.0) -> str:
     return out.decode()
 
 
+@pytest.mark.slow
 def test_a_production_day_every_file_scored_exactly_once_through_kill_9(tmp_path):
     """Files present at start (corrupt, empty, not an image, temporary names), a burst of 200
     renamed in, `kill -9` mid-burst; after the restart: a file written slowly in chunks, files
