@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import ImageError, PixelBudget, decode_for_model
-from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes
+from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes, store_of
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "Decoder", "InferencePipeline", "ScoredImage",
            "Scorer", "default_workers", "map_fraction_above", "overlay_png",
@@ -186,6 +186,10 @@ class Decoder:
         max_inflight_pixels: decoded full-resolution pixels held at once by all threads.
         preview_side: longest side of the overlay previews (default: the model size).
         max_remote_bytes: largest file read from a URI (see :mod:`.uris`).
+
+    ``refused_stores`` maps a store (``scheme://authority``, :func:`~.uris.store_of`) to the
+    ``(error_code, reason)`` of every URI in it: such URIs are not read (the engines fill it
+    with :func:`~.uris.unreachable_stores`, once per run).
     """
 
     def __init__(self, image_size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -196,6 +200,7 @@ class Decoder:
         self.budget = PixelBudget(max_inflight_pixels)
         self.preview_side = int(preview_side or self.image_size)
         self.max_remote_bytes = int(max_remote_bytes)
+        self.refused_stores: dict[str, tuple[str, str]] = {}
 
     def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
                label: str | None = None, digest: bool = False) -> ScoredImage:
@@ -208,6 +213,9 @@ class Decoder:
         t = time.perf_counter()
         try:
             if is_uri(source) or (digest and not isinstance(source, (bytes, bytearray))):
+                refused = self.refused_stores.get(store_of(source)) if is_uri(source) else None
+                if refused is not None:
+                    raise ImageError(refused[0], f"{source}: {refused[1]}")
                 try:
                     data = (read_uri_bytes(source, self.max_remote_bytes) if is_uri(source)
                             else read_file_bytes(source, self.max_remote_bytes))
