@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__
 from ..errors import S2SWError
-from . import demo, evaluate, export, predict, serve, train
+from . import demo, evaluate, export, predict, profile, serve, train
 
 EXIT_USER_ERROR = 2
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_demo_parser(sub)
     demo.add_build_meta_parser(sub)
     serve.add_parser(sub)
+    profile.add_parser(sub)
     return parser
 
 

@@ -84,6 +84,11 @@ class ProfileScorer:
         self.image_size = int(profile.image_size)
 
     @property
+    def threshold(self) -> float | None:
+        """The profile's threshold (what ``predict`` uses when none is given)."""
+        return self.profile.threshold
+
+    @property
     def map_scale(self) -> float:
         """``(1 - w) * L + w``, the fused map's bound (see ``S2SWDetector.map_scale``)."""
         w = self.profile.few_shot_weight

@@ -88,14 +88,16 @@ class ProfileStore:
     Args:
         root: the profiles root (created when missing).
         detector: the :class:`~s2swclip.model.detector.S2SWDetector` whose backbone builds and
-            scores every bank (its few-shot layers, stream, image size and weights are recorded).
+            scores every bank (its few-shot layers, stream, image size and weights are recorded);
+            None for the operations that read manifests only (``names``, ``show``, ``summaries``,
+            ``delete``).
         max_profiles: most profiles the root may hold.
         max_references: most good images per profile.
         max_pixels: largest image accepted (width x height, from the header).
         budget: decoded pixels in flight (shared with a service's decoding), optional.
     """
 
-    def __init__(self, root: str | os.PathLike, detector, *, max_profiles: int = DEFAULT_MAX_PROFILES,
+    def __init__(self, root: str | os.PathLike, detector=None, *, max_profiles: int = DEFAULT_MAX_PROFILES,
                  max_references: int = DEFAULT_MAX_REFERENCES, max_pixels: int | None = 40_000_000,
                  budget: PixelBudget | None = None, batch_size: int = 8):
         for flag, value in (("--max-profiles", max_profiles), ("--max-references", max_references)):
@@ -177,6 +179,8 @@ class ProfileStore:
     def load(self, name: str) -> Profile:
         """Profile ``name`` verified and ready to score: manifest valid, bank valid and made with
         this detector's backbone, weights and settings, image hashes as recorded."""
+        if self.detector is None:
+            raise ValueError("loading a profile needs the detector")
         m = self.show(name)
         folder = self._current(name)[1]
         for entry in m["images"]:
@@ -196,6 +200,22 @@ class ProfileStore:
                             f"{m['references']['count']}")
         return Profile(name, m["version"], m, tuple(f.banks), f.layers, f.stream, f.image_size,
                        float(m["few_shot_weight"]), m.get("threshold"))
+
+    def summaries(self) -> tuple[list[dict], dict[str, str]]:
+        """What ``profile list`` shows, from the manifests alone (no detector needed): one row
+        per valid profile, and ``{name: problem}`` for those whose pointer or manifest is not."""
+        rows, problems = [], {}
+        for name in self.names():
+            try:
+                m = self.show(name)
+            except S2SWError as e:
+                problems[name] = str(e)
+                continue
+            rows.append({"name": name, "version": m["version"], "references": m["references"]["count"],
+                         "few_shot_weight": m["few_shot_weight"], "threshold": m.get("threshold"),
+                         "calibration": m.get("calibration"), "backbone": m["model"]["backbone"],
+                         "created": m["created"], "updated": m["updated"]})
+        return rows, problems
 
     def load_all(self) -> tuple[dict[str, Profile], dict[str, str]]:
         """Every profile that loads, and ``{name: problem}`` for those that do not (each is
