@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import S2SWError
 
-__all__ = ["FORMAT_TAG", "FORMAT_VERSION", "MANIFEST_NAME", "MAX_MANIFEST_BYTES", "MAX_NAME_LENGTH",
+__all__ = ["InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound", "FORMAT_TAG", "FORMAT_VERSION", "MANIFEST_NAME", "MAX_MANIFEST_BYTES", "MAX_NAME_LENGTH",
            "check_name", "now_iso", "parse_manifest"]
 
 FORMAT_TAG = "s2swclip-profile"
@@ -29,15 +29,31 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _IMAGE_FILE = re.compile(r"images/[0-9]{3,6}\.[a-z0-9]{2,5}")
 
 
+class InvalidName(S2SWError):
+    """A profile name that is not allowed (the service answers 400)."""
+
+
+class ProfileNotFound(S2SWError):
+    """No such profile (the service answers 404)."""
+
+
+class ProfileExists(S2SWError):
+    """A profile of that name exists already (409)."""
+
+
+class OverLimit(S2SWError):
+    """More profiles or references than the limits allow (413)."""
+
+
 def check_name(name: Any, what: str = "profile name") -> str:
     """``name`` if it is a valid profile name, else S2SWError: 1 to 64 ASCII letters, digits,
     ``.``, ``_`` or ``-``, starting with a letter or digit (so no path separators, no ``..``, no
     hidden folders, no control characters)."""
     if not isinstance(name, str):
-        raise S2SWError(f"{what} must be a string, got {type(name).__name__}")
+        raise InvalidName(f"{what} must be a string, got {type(name).__name__}")
     shown = name[:MAX_NAME_LENGTH].encode("ascii", "backslashreplace").decode("ascii")
     if not name or len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
-        raise S2SWError(f"invalid {what} {shown!r}: use 1 to {MAX_NAME_LENGTH} ASCII letters, digits, '.', '_' "
+        raise InvalidName(f"invalid {what} {shown!r}: use 1 to {MAX_NAME_LENGTH} ASCII letters, digits, '.', '_' "
                         f"or '-', starting with a letter or digit")
     return name
 

@@ -33,7 +33,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..inference.calibration import Calibration, conformal_threshold
 from ..model.references import ReferenceBank, save_bank
-from .manifest import FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, check_name, now_iso, parse_manifest
+from .manifest import (FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, OverLimit, ProfileExists,
+                       ProfileNotFound, check_name, now_iso, parse_manifest)
 from .runtime import Profile, ProfileScorer
 
 __all__ = ["DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES", "GoodImage", "ProfileStore"]
@@ -55,6 +56,9 @@ DEFAULT_MAX_REFERENCES = 32
 POINTER = "current.json"
 _VERSION_FOLDER = re.compile(r"v([0-9]{6})")
 _MAX_POINTER_BYTES = 4096
+#: ``progress(stage, done, total)``: called while a bank is built (stage ``"bank"``) and the
+#: calibration images are scored (``"calibration"``).
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -146,7 +150,7 @@ class ProfileStore:
             with open(pointer, "rb") as f:
                 data = f.read(_MAX_POINTER_BYTES + 1)
         except FileNotFoundError:
-            raise S2SWError(f"no profile named {name!r} under {self.root}") from None
+            raise ProfileNotFound(f"no profile named {name!r} under {self.root}") from None
         try:
             p = json.loads(data.decode("utf-8"))
             version, folder = p["version"], p["folder"]
@@ -232,20 +236,23 @@ class ProfileStore:
     # --------------------------------------------------------------------------- changing
     def create(self, name: str, images: Sequence[GoodImage], *, few_shot_weight: float | None = None,
                threshold: float | None = None, calibration_images: Sequence[GoodImage] = (),
-               fpr: float = 0.01) -> Profile:
+               fpr: float = 0.01, progress: Progress | None = None) -> Profile:
         """A new profile from its good images (version 1); optionally calibrated from other
         good images at false-positive rate ``fpr`` (else ``threshold``, or none)."""
         check_name(name)
         weight = self._weight(few_shot_weight)
+        if (self.root / name / POINTER).exists():  # checked again under the lock
+            raise ProfileExists(f"profile {name!r} already exists under {self.root}: choose another name, or add "
+                                f"references to it")
         decoded = self._decode(images, "good image")
         cal = self._decode(calibration_images, "calibration image") if calibration_images else []
-        banks = self._encode(decoded)
+        banks = self._encode(decoded, progress)
         with self._locked():
             if (self.root / name / POINTER).exists():
-                raise S2SWError(f"profile {name!r} already exists under {self.root}: choose another name, or add "
+                raise ProfileExists(f"profile {name!r} already exists under {self.root}: choose another name, or add "
                                 f"references to it")
             if len(self.names()) >= self.max_profiles:
-                raise S2SWError(f"{self.root} holds {self.max_profiles} profiles already (--max-profiles); "
+                raise OverLimit(f"{self.root} holds {self.max_profiles} profiles already (--max-profiles); "
                                 f"delete one first")
             stamp = now_iso()
             m = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, "name": name, "version": 1,
@@ -254,10 +261,10 @@ class ProfileStore:
             files = self._image_files(decoded)
             m["images"] = [e for e, _ in files]
             if cal:
-                m = self._with_calibration(m, banks, len(decoded), cal, fpr)
+                m = self._with_calibration(m, banks, cal, fpr, progress)
             return self._commit(m, banks, files)
 
-    def add_references(self, name: str, images: Sequence[GoodImage]) -> Profile:
+    def add_references(self, name: str, images: Sequence[GoodImage], progress: Progress | None = None) -> Profile:
         """The next version of ``name`` with ``images`` added to its bank (a calibration made
         before stays, marked ``stale``: recalibrate)."""
         decoded = self._decode(images, "good image")
@@ -265,10 +272,10 @@ class ProfileStore:
             old = self.load(name)
             total = old.num_references + len(decoded)
             if total > self.max_references:
-                raise S2SWError(f"profile {name!r} has {old.num_references} references; {len(decoded)} more make "
+                raise OverLimit(f"profile {name!r} has {old.num_references} references; {len(decoded)} more make "
                                 f"{total}, over the limit of {self.max_references} (--max-references)")
             if self.detector.config.coreset is None:  # the bank of K + n images is the two banks' rows
-                banks = [torch.cat([a, b]) for a, b in zip(old.banks, self._encode(decoded))]
+                banks = [torch.cat([a, b]) for a, b in zip(old.banks, self._encode(decoded, progress))]
             else:  # a coreset is chosen from all tokens at once
                 banks = self._encode(self._stored_images(name, old.manifest) + decoded)
             m = dict(old.manifest, version=old.version + 1, updated=now_iso())
@@ -278,14 +285,15 @@ class ProfileStore:
             m["images"] = list(old.manifest["images"]) + [e for e, _ in files]
             return self._commit(m, banks, self._stored_files(name, old.manifest) + files)
 
-    def calibrate(self, name: str, images: Sequence[GoodImage], fpr: float = 0.01) -> tuple[Profile, Calibration]:
+    def calibrate(self, name: str, images: Sequence[GoodImage], fpr: float = 0.01,
+                  progress: Progress | None = None) -> tuple[Profile, Calibration]:
         """The next version of ``name`` with its threshold from the split-conformal quantile of
         ``images``' scores (good images not among its references) at false-positive rate ``fpr``."""
         cal = self._decode(images, "calibration image")
         with self._locked():
             old = self.load(name)
             m = dict(old.manifest, version=old.version + 1, updated=now_iso())
-            m = self._with_calibration(m, list(old.banks), old.num_references, cal, fpr)
+            m = self._with_calibration(m, list(old.banks), cal, fpr, progress)
             profile = self._commit(m, list(old.banks), self._stored_files(name, old.manifest))
         c = m["calibration"]
         return profile, Calibration(c["threshold"], c["n"], c["fpr"], c["rank"], c["bound"], c["flagged"])
@@ -317,7 +325,7 @@ class ProfileStore:
         if not images:
             raise S2SWError(f"no {what}s given: a profile needs at least one")
         if len(images) > self.max_references:
-            raise S2SWError(f"{len(images)} {what}s, more than the limit of {self.max_references} (--max-references)")
+            raise OverLimit(f"{len(images)} {what}s, more than the limit of {self.max_references} (--max-references)")
         out = []
         for img in images:
             label = _safe_label(img.name)
@@ -330,9 +338,18 @@ class ProfileStore:
             out.append(_Decoded(label, bytes(img.data), d.pixels, ext))
         return out
 
-    def _encode(self, decoded: Sequence[_Decoded]) -> list[torch.Tensor]:
+    def _encode(self, decoded: Sequence[_Decoded], progress: Progress | None = None) -> list[torch.Tensor]:
+        """The bank of ``decoded``; ``progress("bank", done, total)`` after each batch."""
         pixels = torch.from_numpy(np.stack([d.pixels for d in decoded]))
-        return self.detector.reference_banks(pixels, batch_size=self.batch_size)
+        if self.detector.config.coreset is not None:  # chosen from all tokens at once
+            return self.detector.reference_banks(pixels, batch_size=self.batch_size)
+        parts = []
+        for start in range(0, len(decoded), self.batch_size):
+            parts.append(self.detector.reference_banks(pixels[start:start + self.batch_size],
+                                                       batch_size=self.batch_size))
+            if progress is not None:
+                progress("bank", min(len(decoded), start + self.batch_size), len(decoded))
+        return [torch.cat(layer) for layer in zip(*parts)]
 
     def _image_files(self, decoded: Sequence[_Decoded], start: int = 0) -> list[tuple[dict, bytes]]:
         return [({"file": f"images/{start + i:03d}.{d.ext}", "name": d.name, "sha256": _sha256(d.data)}, d.data)
@@ -346,7 +363,8 @@ class ProfileStore:
         return self._decode([GoodImage(e["name"], data) for e, data in self._stored_files(name, manifest)],
                             "stored image")
 
-    def _with_calibration(self, m: dict, banks: list, count: int, cal: Sequence[_Decoded], fpr: float) -> dict:
+    def _with_calibration(self, m: dict, banks: list, cal: Sequence[_Decoded], fpr: float,
+                          progress: Progress | None = None) -> dict:
         c = self.detector.config
         profile = Profile(m["name"], m["version"], m, tuple(banks), tuple(c.few_shot_layers), c.few_shot_stream,
                           int(c.image_size), float(m["few_shot_weight"]), None)
@@ -354,6 +372,8 @@ class ProfileStore:
         scores = []
         for start in range(0, len(cal), self.batch_size):
             scores.extend(scorer.score(np.stack([d.pixels for d in cal[start:start + self.batch_size]]))[0].tolist())
+            if progress is not None:
+                progress("calibration", min(len(cal), start + self.batch_size), len(cal))
         result = conformal_threshold(scores, fpr)
         log.info("profile %s: %s", m["name"], result.describe())
         return dict(m, threshold=result.threshold,
