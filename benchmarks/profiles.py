@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="weights (default: random; timing is the same)")
     ap.add_argument("--image-size", type=int, default=518)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="profile creations timed per K")
+    ap.add_argument("--predict-rounds", type=int, default=20, help="interleaved predict rounds")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--profiles", type=int, default=20, help="profiles held in the second predict run")
     ap.add_argument("--threads", type=int, default=None)
@@ -99,20 +100,21 @@ def main() -> None:
 
     request(one, 0)  # warm-up (text features, allocator)
     lat = {"1 profile": [], f"{args.profiles} profiles": []}
-    for r in range(max(3, args.rounds)):
+    for r in range(args.predict_rounds):
         for name, live in (("1 profile", one), (f"{args.profiles} profiles", many)):
             t = time.perf_counter()
             request(live, r)
             lat[name].append((time.perf_counter() - t) / args.batch)
 
     print(f"backbone {args.backbone}, image {args.image_size}, device {det.device}, threads {torch.get_num_threads()}, "
-          f"rounds {args.rounds}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+          f"rounds {args.rounds} (predict {args.predict_rounds}), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for k in (4, 16):
         med = statistics.median(create_s[k])
         print(f"create profile K={k:<2}: {med:8.3f} s median ({med / k:.3f} s per image; min {min(create_s[k]):.3f} s)")
     per_ref = first.nbytes / 16
-    print(f"bank: {per_ref / 2**20:.3f} MiB per reference here ({len(first.banks)} layers x "
-          f"{first.banks[0].shape[0] // 16} tokens x {first.banks[0].shape[1]} x {first.banks[0].element_size()} bytes); "
+    rows, dim, size = first.banks[0].shape[0] // 16, first.banks[0].shape[1], first.banks[0].element_size()
+    print(f"bank: {per_ref / 2**20:.3f} MiB per reference here ({len(first.banks)} layers x {rows} tokens x {dim} x "
+          f"{size} bytes); "
           f"K=16 profile on disk {disk / 2**20:.2f} MiB (bank + 16 PNGs)")
     mib, how = vit_l_bank_mib()
     print(f"ViT-L-14-336 at 518 px, from shapes: {mib:.2f} MiB per reference ({how}); bf16 half of it")

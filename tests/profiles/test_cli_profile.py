@@ -64,3 +64,19 @@ def test_user_errors(capsys, folders):
                "profile manifest", "not a JSON object")
     code, out, _ = run_cli(capsys, "profile", "list", "--profiles", root)
     assert code == 0 and out.startswith("p ") and "UNUSABLE" in out
+
+
+def test_serve_with_profiles(capsys, folders):
+    from fastapi.testclient import TestClient
+
+    from s2swclip.cli import build_parser
+    from s2swclip.cli.serve import build_serve_app
+
+    root = folders / "profiles"
+    assert run_cli(capsys, "profile", "create", "bolt", folders / "good", "--profiles", root, *MODEL)[0] == 0
+    app = build_serve_app(build_parser().parse_args(["serve", *MODEL, "--profiles", str(root), "--max-profiles", "3"]))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        listed = client.get("/v1/profiles").json()
+        assert [p["name"] for p in listed["profiles"]] == ["bolt"] and listed["limits"]["max_profiles"] == 3
+        assert client.get("/v1/model").json()["profiles"] == {"max_profiles": 3, "max_references": 32}
+    user_error(capsys, ["serve", "--model", folders, "--profiles", root], "--profiles needs the PyTorch detector")

@@ -38,7 +38,8 @@ def test_create_predict_update_delete(tmp_path, profile_detector):
         assert len(shown["thumbnails"]) == 3
         thumb = Image.open(io.BytesIO(base64.b64decode(shown["thumbnails"][0])))
         assert max(thumb.size) == 96 and thumb.size == (96, 77)  # 80 x 64 scaled to a 96 px side
-        parts = [("files", ("ref.png", image_bytes(0), "image/png")), ("files", ("new.png", image_bytes(9), "image/png")),
+        parts = [("files", ("ref.png", image_bytes(0), "image/png")),
+                 ("files", ("new.png", image_bytes(9), "image/png")),
                  ("files", ("defect.png", image_bytes(10, defect=True), "image/png"))]
         body = client.post("/v1/predict?profile=bolt", files=parts).json()
         assert (body["profile"], body["profile_version"], body["threshold"]) == ("bolt", 1, None)
@@ -80,7 +81,8 @@ def test_errors_and_limits(tmp_path, profile_detector):
         assert create("p", [0]).status_code == 409
         assert create("q", [0]).status_code == 413  # --max-profiles 1
         assert client.post("/v1/profiles/p/references", files=files([5, 6])).status_code == 413  # 2 + 2 > 3
-        r = client.post("/v1/profiles", data={"name": "big"}, files=[("files", ("a.png", b"0" * 2_100_000, "image/png"))])
+        huge = [("files", ("a.png", b"0" * 2_100_000, "image/png"))]
+        r = client.post("/v1/profiles", data={"name": "big"}, files=huge)
         assert r.status_code == 413 and "--max-upload-mb" in r.json()["detail"]
         assert client.post("/v1/profiles/nope/references", files=files([1])).status_code == 404
         assert client.delete("/v1/profiles/nope").status_code == 404
@@ -126,3 +128,47 @@ def test_routes_are_in_the_openapi_schema(tmp_path, profile_detector, route):
         schema = client.get("/openapi.json").json()
         assert route in schema["paths"]
         assert "profile" in [p["name"] for p in schema["paths"]["/v1/predict"]["post"]["parameters"]]
+
+
+def test_build_progress_is_reported_while_the_bank_is_built(tmp_path, profile_detector):
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    service = ProfilesService(ProfileStore(tmp_path, profile_detector, batch_size=2))
+    app = create_app(profile_detector, profiles=service)
+    real = profile_detector.reference_banks
+    batches, release = [], threading.Event()
+
+    class Gated:  # the store's detector, holding the second batch of the bank until released
+        def __getattr__(self, name):
+            return getattr(profile_detector, name)
+
+        def reference_banks(self, pixels, **kw):
+            batches.append(len(pixels))
+            if len(batches) == 2:
+                assert release.wait(60)
+            return real(pixels, **kw)
+
+    service.store.detector = Gated()
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=URL) as client:
+            assert (await client.get("/v1/profiles/p/progress")).status_code == 404
+            create = asyncio.ensure_future(client.post("/v1/profiles", data={"name": "p"}, files=files(range(5))))
+            deadline = time.monotonic() + 60
+            while len(batches) < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.005)
+            during = (await client.get("/v1/profiles/p/progress")).json()
+            release.set()
+            done = await create
+            after = await client.get("/v1/profiles/p/progress")
+            return during, done, after
+
+    during, done, after = asyncio.run(scenario())
+    assert during == {"stage": "bank", "done": 2, "total": 5}
+    assert done.status_code == 200 and done.json()["references"] == 5 and batches == [2, 2, 1]
+    assert after.status_code == 404

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import S2SWError
 from .options import add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, detector, exported_model, threshold_of
 from .profile import add_profiles_limits
 from .types import finite, positive, positive_int
@@ -49,6 +50,9 @@ def build_serve_app(args):
 
     security = SecuritySettings(token=resolve_token(args.token), host=args.host,
                                 allow_hosts=tuple(args.allow_host or ()))
+    if args.profiles is not None and args.model is not None:
+        raise S2SWError(f"--profiles needs the PyTorch detector (profiles share its backbone); "
+                        f"drop --model {args.model}")
     model = exported_model(args) if args.model is not None else detector(args)
     profiles = _profiles_service(args, model)
     return create_app(model, profiles=profiles, threshold=threshold_of(args, model), save_dir=args.save,
@@ -64,12 +68,9 @@ def _profiles_service(args, model):
     """The profiles of ``--profiles DIR`` on the service's detector (None without the flag)."""
     if args.profiles is None:
         return None
-    from ..errors import S2SWError
     from ..profiles import ProfileStore
     from ..serve.profiles_routes import ProfilesService
 
-    if args.model is not None:
-        raise S2SWError(f"--profiles needs the PyTorch detector (profiles share its backbone); drop --model {args.model}")
     return ProfilesService(ProfileStore(args.profiles, model, max_profiles=args.max_profiles,
                                         max_references=args.max_references))
 

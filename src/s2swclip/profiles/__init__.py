@@ -5,5 +5,6 @@ from .manifest import InvalidName, OverLimit, ProfileExists, ProfileNotFound, ch
 from .runtime import LiveProfiles, Profile, ProfileScorer, bank_bytes_per_reference
 from .store import DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES, GoodImage, ProfileStore
 
-__all__ = ["InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound", "DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES", "GoodImage", "LiveProfiles", "Profile", "ProfileScorer",
+__all__ = ["InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound",
+           "DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES", "GoodImage", "LiveProfiles", "Profile", "ProfileScorer",
            "ProfileStore", "bank_bytes_per_reference", "check_name"]

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import S2SWError
 
-__all__ = ["InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound", "FORMAT_TAG", "FORMAT_VERSION", "MANIFEST_NAME", "MAX_MANIFEST_BYTES", "MAX_NAME_LENGTH",
+__all__ = ["InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound",
+           "FORMAT_TAG", "FORMAT_VERSION", "MANIFEST_NAME", "MAX_MANIFEST_BYTES", "MAX_NAME_LENGTH",
            "check_name", "now_iso", "parse_manifest"]
 
 FORMAT_TAG = "s2swclip-profile"

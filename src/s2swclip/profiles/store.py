@@ -309,7 +309,8 @@ class ProfileStore:
     # ---------------------------------------------------------------------------- helpers
     def _weight(self, w: float | None) -> float:
         if w is None:  # without trained prompts the zero-shot half would be noise: references only
-            return 1.0 if self.detector.provenance.get("prompts") is None else float(self.detector.config.few_shot_weight)
+            trained = self.detector.provenance.get("prompts") is not None
+            return float(self.detector.config.few_shot_weight) if trained else 1.0
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
             raise S2SWError(f"few-shot weight must be a number in [0, 1], got {w!r}")
         return float(w)

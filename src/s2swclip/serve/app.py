@@ -244,7 +244,8 @@ def create_app(
 
         profiles.store.budget, profiles.store.max_pixels = pipe.budget, int(max_pixels)  # the service's budgets
         app.include_router(profiles_router(profiles, max_upload_bytes=max_upload_bytes,
-                                           idle_timeout_s=upload_idle_timeout_s, total_timeout_s=upload_total_timeout_s))
+                                           idle_timeout_s=upload_idle_timeout_s,
+                                           total_timeout_s=upload_total_timeout_s))
 
     static_dir = resources.files("s2swclip.serve") / "static"
 

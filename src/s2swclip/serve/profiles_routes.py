@@ -166,24 +166,32 @@ def profiles_router(service: ProfilesService, *, max_upload_bytes: int, idle_tim
                 form.files.setdefault(p.name, []).append(GoodImage(p.filename or p.name, bytes(p.data)))
         return form
 
-    async def change(name: str, work) -> JSONResponse:
-        """Run ``work(progress)`` (a store change) off the event loop, one build at a time; serve
-        the new version it returns."""
-        def progress(stage: str, done: int, total: int) -> None:
-            service.progress[name] = {"stage": stage, "done": done, "total": total}
+    _add_read_routes(router, service)
+    _add_change_routes(router, service, read_form)
+    return router
 
-        try:
-            service.progress[name] = {"stage": "queued", "done": 0, "total": 0}
-            profile = await anyio.to_thread.run_sync(lambda: work(progress), limiter=service.build_limiter)
-        except S2SWError as e:
-            return _error(_status_of(e), str(e))
-        finally:
-            service.progress.pop(name, None)
-        if isinstance(profile, tuple):
-            profile = profile[0]
-        service.serve(profile)
-        return JSONResponse(_detail(service, profile), status_code=200)
 
+async def _change(service: ProfilesService, name: str, work) -> JSONResponse:
+    """Run ``work(progress)`` (a store change) off the event loop, one build at a time; serve the
+    new version it returns."""
+    def progress(stage: str, done: int, total: int) -> None:
+        service.progress[name] = {"stage": stage, "done": done, "total": total}
+
+    try:
+        service.progress[name] = {"stage": "queued", "done": 0, "total": 0}
+        profile = await anyio.to_thread.run_sync(lambda: work(progress), limiter=service.build_limiter)
+    except S2SWError as e:
+        return _error(_status_of(e), str(e))
+    finally:
+        service.progress.pop(name, None)
+    if isinstance(profile, tuple):
+        profile = profile[0]
+    service.serve(profile)
+    return JSONResponse(_detail(service, profile), status_code=200)
+
+
+def _add_read_routes(router: APIRouter, service: ProfilesService) -> None:
+    """GET /v1/profiles, /v1/profiles/{name}, /v1/profiles/{name}/progress."""
     @router.get("", summary="The profiles this service holds")
     async def list_profiles():
         return {"profiles": [p.summary() for p in service.live.all()], "unusable": dict(service.problems),
@@ -201,6 +209,10 @@ def profiles_router(service: ProfilesService, *, max_upload_bytes: int, idle_tim
         state = service.progress.get(name)
         return state if state is not None else _error(404, f"no bank is being built for {name[:64]!r}")
 
+
+
+def _add_change_routes(router: APIRouter, service: ProfilesService, read_form) -> None:
+    """POST /v1/profiles, /v1/profiles/{name}/references, /v1/profiles/{name}/calibration; DELETE."""
     @router.post("", summary="Create a profile from good images", openapi_extra=_CREATE_BODY)
     async def create_profile(request: Request):
         try:
@@ -216,7 +228,7 @@ def profiles_router(service: ProfilesService, *, max_upload_bytes: int, idle_tim
             return _error(400, str(e))
         if not form.files.get("files"):
             return _error(400, "no good images: send them in the multipart field 'files'")
-        return await change(name, lambda progress: service.store.create(
+        return await _change(service, name, lambda progress: service.store.create(
             name, form.files["files"], few_shot_weight=weight, threshold=threshold,
             calibration_images=form.files.get("calibration", []), fpr=fpr, progress=progress))
 
@@ -230,7 +242,8 @@ def profiles_router(service: ProfilesService, *, max_upload_bytes: int, idle_tim
             return JSONResponse({"detail": e.message}, status_code=e.status, headers=e.headers)
         if not form.files.get("files"):
             return _error(400, "no good images: send them in the multipart field 'files'")
-        return await change(name, lambda progress: service.store.add_references(name, form.files["files"], progress))
+        good = form.files["files"]
+        return await _change(service, name, lambda progress: service.store.add_references(name, good, progress))
 
     @router.post("/{name}/calibration", summary="Threshold from good images at a false-positive rate",
                  openapi_extra=_CALIBRATE_BODY)
@@ -246,7 +259,8 @@ def profiles_router(service: ProfilesService, *, max_upload_bytes: int, idle_tim
             return _error(400, str(e))
         if not form.files.get("files"):
             return _error(400, "no calibration images: send them in the multipart field 'files'")
-        return await change(name, lambda progress: service.store.calibrate(name, form.files["files"], fpr, progress))
+        good = form.files["files"]
+        return await _change(service, name, lambda progress: service.store.calibrate(name, good, fpr, progress))
 
     @router.delete("/{name}", summary="Delete a profile")
     async def delete_profile(name: str):
@@ -259,8 +273,6 @@ def profiles_router(service: ProfilesService, *, max_upload_bytes: int, idle_tim
         service.live.remove(name)
         service.problems.pop(name, None)
         return {"deleted": name}
-
-    return router
 
 
 def _detail(service: ProfilesService, profile: Profile, thumbnails: bool = False) -> dict:
