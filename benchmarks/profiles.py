@@ -100,11 +100,13 @@ def main() -> None:
 
     request(one, 0)  # warm-up (text features, allocator)
     lat = {"1 profile": [], f"{args.profiles} profiles": []}
+    cpu = {name: [] for name in lat}
     for r in range(args.predict_rounds):
         for name, live in (("1 profile", one), (f"{args.profiles} profiles", many)):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             request(live, r)
             lat[name].append((time.perf_counter() - t) / args.batch)
+            cpu[name].append((time.process_time() - c) / args.batch)
 
     print(f"backbone {args.backbone}, image {args.image_size}, device {det.device}, threads {torch.get_num_threads()}, "
           f"rounds {args.rounds} (predict {args.predict_rounds}), load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -118,11 +120,12 @@ def main() -> None:
           f"K=16 profile on disk {disk / 2**20:.2f} MiB (bank + 16 PNGs)")
     mib, how = vit_l_bank_mib()
     print(f"ViT-L-14-336 at 518 px, from shapes: {mib:.2f} MiB per reference ({how}); bf16 half of it")
-    ref = statistics.median(lat["1 profile"])
+    ref, ref_cpu = statistics.median(lat["1 profile"]), statistics.median(cpu["1 profile"])
     for name, values in lat.items():
-        med = statistics.median(values)
-        print(f"predict with {name:<12} loaded: {med * 1000:8.2f} ms/image median (min {min(values) * 1000:.2f}), "
-              f"ratio {med / ref:.3f}")
+        med, med_cpu = statistics.median(values), statistics.median(cpu[name])
+        print(f"predict with {name:<12} loaded: wall {med * 1000:8.2f} ms/image median (min {min(values) * 1000:.2f}), "
+              f"ratio {med / ref:.3f}; CPU {med_cpu * 1000:8.2f} ms median (min {min(cpu[name]) * 1000:.2f}), "
+              f"ratio {med_cpu / ref_cpu:.3f}")
     print(f"memory held by the banks: 1 profile {one.get('p0').nbytes / 2**20:.1f} MiB, {args.profiles} profiles "
           f"{sum(p.nbytes for p in many.all()) / 2**20:.1f} MiB; one backbone for all")
 
