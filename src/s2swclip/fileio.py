@@ -63,7 +63,20 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise S2SWError(f"cannot create {flag} {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise S2SWError(f"cannot write to {flag} {out}: {existing} is not writable; choose another folder")
+    _probe_folder(existing, out, flag)
     return out
+
+
+def _probe_folder(existing: Path, out: Path, flag: str) -> None:
+    """Create and remove an empty folder in ``existing``: permissions alone do not tell (root may
+    write anywhere, yet not under /proc or on a read-only mount). Leaves nothing behind."""
+    probe = existing / f".s2swclip-probe-{secrets.token_hex(4)}"
+    try:
+        probe.mkdir()
+    except OSError as err:
+        raise S2SWError(f"cannot create {flag} {out}: {err.strerror or err} in {existing}; "
+                        f"choose another folder") from None
+    probe.rmdir()
 
 
 def remove_temporaries(folder: str | os.PathLike, target: re.Pattern[str]) -> list[Path]:
