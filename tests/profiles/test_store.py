@@ -151,3 +151,19 @@ def test_delete(tmp_path, profile_detector):
     assert store.names() == [] and os.listdir(tmp_path) == [".lock"]
     with pytest.raises(S2SWError, match="no profile named 'p'"):
         store.delete("p")
+
+
+def test_a_profile_using_the_prompts_needs_the_same_prompts(tmp_path, profile_detector):
+    import s2swclip
+    from s2swclip.model.checkpoint import save_prompts
+
+    save_prompts(tmp_path / "p.safetensors", profile_detector.prompts, {"backbone": "S2SW-Tiny-24L"})
+    trained = s2swclip.load_detector("S2SW-Tiny-24L", None, tmp_path / "p.safetensors", image_size=SIZE)
+    store = ProfileStore(tmp_path / "root", trained)
+    fused = store.create("fused", goods(1))  # trained prompts: the weight defaults to the detector's 0.5
+    only = store.create("refs-only", goods(1), few_shot_weight=1.0)
+    assert fused.few_shot_weight == 0.5 and fused.manifest["model"]["prompts_sha256"] is not None
+    loaded, problems = ProfileStore(tmp_path / "root", profile_detector).load_all()  # untrained prompts
+    assert list(loaded) == ["refs-only"]  # with weight 1 the prompts play no part
+    assert "was made with" in problems["fused"] and "this detector uses untrained prompts" in problems["fused"]
+    assert ProfileStore(tmp_path / "root", trained).load("fused").version == 1

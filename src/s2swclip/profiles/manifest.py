@@ -143,6 +143,9 @@ def parse_manifest(data: bytes, where: str, max_references: int) -> dict:
     for key in ("backbone", "weights_fingerprint", "few_shot_stream"):
         _field(where, model, key, (str,))
     _field(where, model, "prompts", (str,), optional=True)
+    digest = _field(where, model, "prompts_sha256", (str,), optional=True)
+    if digest is not None and not _SHA256.fullmatch(digest):
+        raise _bad(where, "model 'prompts_sha256' is not a SHA-256 hex digest")
     if _field(where, model, "image_size", (int,)) < 1:
         raise _bad(where, "model 'image_size' must be >= 1")
     layers = _field(where, model, "few_shot_layers", (list,))

@@ -187,6 +187,7 @@ class ProfileStore:
             raise ValueError("loading a profile needs the detector")
         m = self.show(name)
         folder = self._current(name)[1]
+        self._check_prompts(name, m)
         for entry in m["images"]:
             path = folder / entry["file"]
             try:
@@ -315,10 +316,34 @@ class ProfileStore:
             raise S2SWError(f"few-shot weight must be a number in [0, 1], got {w!r}")
         return float(w)
 
+    def _prompts_sha256(self) -> str | None:
+        """SHA-256 of the detector's prompt checkpoint file (None: untrained prompts), cached."""
+        path = self.detector.provenance.get("prompts")
+        if path is None:
+            return None
+        if getattr(self, "_prompts_digest", (None, None))[0] != path:
+            try:
+                with open(path, "rb") as f:
+                    self._prompts_digest = (path, hashlib.file_digest(f, "sha256").hexdigest())
+            except OSError as e:
+                raise S2SWError(f"cannot read the prompt checkpoint {path}: {e.strerror or e}") from None
+        return self._prompts_digest[1]
+
+    def _check_prompts(self, name: str, m: dict) -> None:
+        """A profile that uses the zero-shot branch (weight < 1) must be scored with the prompts it
+        was made with (with weight 1 the prompts play no part)."""
+        if m["few_shot_weight"] >= 1 or m["model"].get("prompts_sha256") == self._prompts_sha256():
+            return
+        theirs = m["model"].get("prompts") or "untrained prompts"
+        ours = self.detector.provenance.get("prompts") or "untrained prompts"
+        raise S2SWError(f"profile {name!r} was made with {theirs}, this detector uses {ours}: load the detector with "
+                        f"the profile's prompts (--prompts), or rebuild the profile")
+
     def _model_record(self) -> dict:
         det, c = self.detector, self.detector.config
         return {"backbone": str(det.provenance.get("backbone")), "weights": det.provenance.get("weights"),
                 "weights_fingerprint": det.weights_fingerprint(), "prompts": det.provenance.get("prompts"),
+                "prompts_sha256": self._prompts_sha256(),
                 "image_size": int(c.image_size), "few_shot_layers": list(c.few_shot_layers),
                 "few_shot_stream": c.few_shot_stream, "coreset": c.coreset, "precision": c.precision}
 
