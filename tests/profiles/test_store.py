@@ -153,17 +153,30 @@ def test_delete(tmp_path, profile_detector):
         store.delete("p")
 
 
-def test_a_profile_using_the_prompts_needs_the_same_prompts(tmp_path, profile_detector):
+def test_a_profile_with_its_own_prompts_shares_the_backbone(tmp_path, profile_detector):
     import s2swclip
     from s2swclip.model.checkpoint import save_prompts
 
     save_prompts(tmp_path / "p.safetensors", profile_detector.prompts, {"backbone": "S2SW-Tiny-24L"})
     trained = s2swclip.load_detector("S2SW-Tiny-24L", None, tmp_path / "p.safetensors", image_size=SIZE)
-    store = ProfileStore(tmp_path / "root", trained)
-    fused = store.create("fused", goods(1))  # trained prompts: the weight defaults to the detector's 0.5
-    only = store.create("refs-only", goods(1), few_shot_weight=1.0)
+    with torch.no_grad():  # prompts unlike the service's (untrained) ones
+        for p in trained.prompts.parameters():
+            p.mul_(-3.0)
+    save_prompts(tmp_path / "p.safetensors", trained.prompts, {"backbone": "S2SW-Tiny-24L"})
+    made = ProfileStore(tmp_path / "root", trained)
+    fused = made.create("fused", goods(2))  # trained prompts: the weight defaults to the detector's 0.5
     assert fused.few_shot_weight == 0.5 and fused.manifest["model"]["prompts_sha256"] is not None
-    loaded, problems = ProfileStore(tmp_path / "root", profile_detector).load_all()  # untrained prompts
-    assert list(loaded) == ["refs-only"]  # with weight 1 the prompts play no part
-    assert "was made with" in problems["fused"] and "this detector uses untrained prompts" in problems["fused"]
-    assert ProfileStore(tmp_path / "root", trained).load("fused").version == 1
+    served = ProfileStore(tmp_path / "root", profile_detector)  # the service: other (untrained) prompts
+    loaded = served.load("fused")
+    sibling = served.detector_for("fused", loaded.manifest)
+    assert sibling is not profile_detector and sibling.backbone is profile_detector.backbone  # one backbone
+    queries = pixels([image_bytes(7), image_bytes(8, defect=True)]).numpy()
+    want = ProfileScorer(trained, fused).score(queries)
+    got = served.scorer(loaded).score(queries)
+    plain = ProfileScorer(profile_detector, loaded).score(queries)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+    assert np.abs(plain[0] - want[0]).max() > 1e-3  # the service's own prompts would score differently
+    (tmp_path / "p.safetensors").write_bytes((tmp_path / "p.safetensors").read_bytes() + b" ")
+    _, problems = ProfileStore(tmp_path / "root", profile_detector).load_all()
+    assert "changed since it was made" in problems["fused"]

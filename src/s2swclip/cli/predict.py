@@ -86,7 +86,6 @@ def cmd_predict(args) -> int:
 def _profile_scorer(args):
     """``--profile NAME --profiles DIR``: the profile's scorer (its ``threshold`` is used unless
     --threshold or --calibrate is given)."""
-    from ..profiles import ProfileScorer
     from .profile import detector_for_profile, open_store
 
     if args.profile is None or args.profiles is None:
@@ -99,7 +98,7 @@ def _profile_scorer(args):
                         f"{', '.join(clash)}")
     manifest = open_store(args).show(args.profile)
     store = open_store(args, detector_for_profile(args, manifest))
-    return ProfileScorer(store.detector, store.load(args.profile))
+    return store.scorer(store.load(args.profile))
 
 
 # ---- predict --engine ray (scale-out batch scoring; s2swclip.inference.ray_engine) ----

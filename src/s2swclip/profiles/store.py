@@ -115,6 +115,8 @@ class ProfileStore:
         self.max_profiles, self.max_references = int(max_profiles), int(max_references)
         self.max_pixels, self.budget, self.batch_size = max_pixels, budget, int(batch_size)
         self._lock = threading.RLock()
+        self._prompts_digest: tuple[str | None, str | None] = (None, None)
+        self._siblings: dict = {}  # prompts SHA-256 -> detector sharing the backbone
 
     # ---------------------------------------------------------------------------- locking
     @contextlib.contextmanager
@@ -187,7 +189,7 @@ class ProfileStore:
             raise ValueError("loading a profile needs the detector")
         m = self.show(name)
         folder = self._current(name)[1]
-        self._check_prompts(name, m)
+        self.detector_for(name, m)
         for entry in m["images"]:
             path = folder / entry["file"]
             try:
@@ -321,7 +323,7 @@ class ProfileStore:
         path = self.detector.provenance.get("prompts")
         if path is None:
             return None
-        if getattr(self, "_prompts_digest", (None, None))[0] != path:
+        if self._prompts_digest[0] != path:
             try:
                 with open(path, "rb") as f:
                     self._prompts_digest = (path, hashlib.file_digest(f, "sha256").hexdigest())
@@ -329,15 +331,37 @@ class ProfileStore:
                 raise S2SWError(f"cannot read the prompt checkpoint {path}: {e.strerror or e}") from None
         return self._prompts_digest[1]
 
-    def _check_prompts(self, name: str, m: dict) -> None:
-        """A profile that uses the zero-shot branch (weight < 1) must be scored with the prompts it
-        was made with (with weight 1 the prompts play no part)."""
-        if m["few_shot_weight"] >= 1 or m["model"].get("prompts_sha256") == self._prompts_sha256():
-            return
-        theirs = m["model"].get("prompts") or "untrained prompts"
-        ours = self.detector.provenance.get("prompts") or "untrained prompts"
-        raise S2SWError(f"profile {name!r} was made with {theirs}, this detector uses {ours}: load the detector with "
-                        f"the profile's prompts (--prompts), or rebuild the profile")
+    def detector_for(self, name: str, m: dict):
+        """The detector that scores profile ``name`` (manifest ``m``): the store's, or, for a
+        profile that uses the zero-shot branch (weight < 1) with other prompts, a detector with
+        its prompts sharing the store's backbone (built once per prompt file; the file must still
+        have the SHA-256 recorded)."""
+        model = m["model"]
+        digest = model.get("prompts_sha256")
+        if m["few_shot_weight"] >= 1 or digest == self._prompts_sha256():
+            return self.detector
+        path = model.get("prompts")
+        if path is None or digest is None:
+            ours = self.detector.provenance.get("prompts")
+            raise S2SWError(f"profile {name!r} was made with untrained prompts, this detector uses {ours}: "
+                            f"rebuild the profile")
+        siblings = self._siblings
+        if digest not in siblings:
+            from ..model.factory import with_prompts
+
+            try:
+                with open(path, "rb") as f:
+                    actual = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError as e:
+                raise S2SWError(f"profile {name!r}: its prompts {path} cannot be read: {e.strerror or e}") from None
+            if actual != digest:
+                raise S2SWError(f"profile {name!r}: its prompts {path} changed since it was made (SHA-256 differs)")
+            siblings[digest] = with_prompts(self.detector, path)
+        return siblings[digest]
+
+    def scorer(self, profile: Profile) -> ProfileScorer:
+        """The scorer of ``profile`` on the shared backbone (see :meth:`detector_for`)."""
+        return ProfileScorer(self.detector_for(profile.name, profile.manifest), profile)
 
     def _model_record(self) -> dict:
         det, c = self.detector, self.detector.config
@@ -394,7 +418,7 @@ class ProfileStore:
         c = self.detector.config
         profile = Profile(m["name"], m["version"], m, tuple(banks), tuple(c.few_shot_layers), c.few_shot_stream,
                           int(c.image_size), float(m["few_shot_weight"]), None)
-        scorer = ProfileScorer(self.detector, profile)
+        scorer = self.scorer(profile)
         scores = []
         for start in range(0, len(cal), self.batch_size):
             scores.extend(scorer.score(np.stack([d.pixels for d in cal[start:start + self.batch_size]]))[0].tolist())

@@ -12,7 +12,8 @@ the profile a ``POST /v1/predict?profile=NAME`` scores with.
 * ``POST /v1/profiles/{name}/calibration`` -- good images (``files``) and ``fpr``: the threshold.
 * ``DELETE /v1/profiles/{name}``.
 
-Every profile scores on the service's one detector (:class:`~s2swclip.profiles.ProfileScorer`);
+Every profile scores on the service's one backbone (:class:`~s2swclip.profiles.ProfileScorer`;
+a profile made with other prompts gets a detector sharing that backbone);
 a change swaps the served :class:`~s2swclip.profiles.Profile` object only once the new version is
 on disk, so a predict request scores with the old or the new bank, whole, and reports its
 version. Uploads keep the service's byte and pixel budgets; banks are built one at a time.
@@ -92,7 +93,7 @@ class ProfilesService:
         with self._lock:
             if key not in self._scorers:
                 self._scorers = {k: v for k, v in self._scorers.items() if k[0] != name}
-                self._scorers[key] = ProfileScorer(self.store.detector, profile)
+                self._scorers[key] = self.store.scorer(profile)
             return self._scorers[key]
 
     def serve(self, profile: Profile) -> None:
