@@ -76,7 +76,8 @@ def test_errors_and_limits(tmp_path, profile_detector):
         assert create("p", [0, 1, 2, 3]).status_code == 413  # 4 > --max-references 3
         r = client.post("/v1/profiles", data={"name": "p"}, files=[("files", ("x.png", b"not an image", "image/png"))])
         assert r.status_code == 422 and "good image 'x.png' unusable" in r.json()["detail"]
-        assert create("p", [0], few_shot_weight="2").status_code == 400
+        r = create("p", [0], few_shot_weight="2")
+        assert r.status_code == 400 and "field 'few_shot_weight' must be in [0.0, 1.0]" in r.json()["detail"]
         assert create("p", [0, 1]).status_code == 200
         assert create("p", [0]).status_code == 409
         assert create("q", [0]).status_code == 413  # --max-profiles 1
@@ -120,6 +121,14 @@ def store_image(seed):
     from s2swclip.profiles import GoodImage
 
     return GoodImage(f"{seed}.png", image_bytes(seed))
+
+
+def test_predict_with_a_profile_on_a_service_without_profiles_is_404(profile_detector):
+    with TestClient(create_app(profile_detector), base_url=URL) as client:
+        r = client.post("/v1/predict?profile=bolt", files=files([0]))
+        assert r.status_code == 404 and "start it with --profiles DIR" in r.json()["detail"]
+        assert client.get("/v1/profiles").status_code == 404
+        assert client.get("/v1/model").json()["profiles"] is None
 
 
 @pytest.mark.parametrize("route", ["/v1/profiles", "/v1/profiles/{name}", "/v1/profiles/{name}/references"])

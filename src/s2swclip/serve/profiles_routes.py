@@ -45,7 +45,13 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 96
 _MAX_FIELD_CHARS = 200
-_STATUS = ((InvalidName, 400), (ProfileNotFound, 404), (ProfileExists, 409), (OverLimit, 413))
+
+
+class BadField(S2SWError):
+    """A form field that is not a number in range (400)."""
+
+
+_STATUS = ((InvalidName, 400), (BadField, 400), (ProfileNotFound, 404), (ProfileExists, 409), (OverLimit, 413))
 
 
 def _files_body(required: list[str], extra: dict) -> dict:
@@ -143,9 +149,9 @@ def _number(form: _Form, key: str, lo: float, hi: float, default=None):
     try:
         value = float(text)
     except ValueError:
-        raise InvalidName(f"field '{key}' must be a number, got {text[:40]!r}") from None
+        raise BadField(f"field '{key}' must be a number, got {text[:40]!r}") from None
     if not math.isfinite(value) or not lo <= value <= hi:
-        raise InvalidName(f"field '{key}' must be in [{lo}, {hi}], got {text[:40]!r}")
+        raise BadField(f"field '{key}' must be in [{lo}, {hi}], got {text[:40]!r}")
     return value
 
 
