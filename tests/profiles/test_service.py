@@ -123,6 +123,20 @@ def store_image(seed):
     return GoodImage(f"{seed}.png", image_bytes(seed))
 
 
+def test_saved_results_name_the_profile_version(tmp_path, profile_detector):
+    import json
+
+    service = ProfilesService(ProfileStore(tmp_path / "profiles", profile_detector))
+    app = create_app(profile_detector, profiles=service, save_dir=tmp_path / "saved")
+    with TestClient(app, base_url=URL) as client:
+        assert client.post("/v1/profiles", data={"name": "p"}, files=files([0])).status_code == 200
+        assert client.post("/v1/profiles/p/references", files=files([1])).status_code == 200
+        assert client.post("/v1/predict?profile=p", files=files([5])).status_code == 200
+        assert client.post("/v1/predict", files=files([5])).status_code == 200
+    lines = [json.loads(x) for x in (tmp_path / "saved" / "results.jsonl").read_text().splitlines()]
+    assert [(x.get("profile"), x.get("profile_version")) for x in lines] == [("p", 2), (None, None)]
+
+
 def test_predict_with_a_profile_on_a_service_without_profiles_is_404(profile_detector):
     with TestClient(create_app(profile_detector), base_url=URL) as client:
         r = client.post("/v1/predict?profile=bolt", files=files([0]))

@@ -282,7 +282,7 @@ def create_app(
         return standalone_scale(heatmap_scale, rec.anomaly_map, thr, bound)
 
     def finish(records: list[ScoredImage], parts: list, want_overlay: bool, request_id: str,
-               thr: float | None, bound: float | None = map_scale) -> dict:
+               thr: float | None, bound: float | None = map_scale, traced: dict | None = None) -> dict:
         """Overlays and saving, off the event loop; returns {index: (png, saved, heatmap)}."""
         out = {}
         for rec in records:
@@ -292,7 +292,7 @@ def create_app(
             if store is not None:
                 part = parts[rec.index]
                 record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                          "filename": part.filename, "score": rec.score}
+                          "filename": part.filename, "score": rec.score, **(traced or {})}
                 saved = store.save(request_id, rec.index, part.filename, rec.format or "", bytes(part.data),
                                    png, record)
             out[rec.index] = (png if want_overlay else None, saved, scale.to_dict() if want_overlay else None)
@@ -364,7 +364,7 @@ def create_app(
             request_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:8]
             try:
                 extras = await run_in_threadpool(finish, good, files, overlay, request_id, thr,
-                                                 getattr(scorer, "map_scale", None))
+                                                 getattr(scorer, "map_scale", None), traced)
             except OSError as exc:
                 return _error_json(500, f"cannot save results under {store.root if store else '?'}: {exc}")
         total_ms = (time.perf_counter() - t0) * 1000
