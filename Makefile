@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -q -e ".[test,ray,export]"
+	# wheels of the torch-free runtime (and what builds this package), for the offline fresh-
+	# virtualenv check of scripts/check_runtime_install.sh (mostly from pip's cache by now)
+	$(PY) -m pip download -q -d $(VENV)/wheelhouse -r requirements-runtime.txt setuptools wheel
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,14 +25,22 @@ browser-deps: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/s2swclip demo --out demo_out
 
-# The tests that load the native inference runtimes (OpenVINO, ONNX Runtime) and Ray run in a
-# pytest process of their own: one process that had loaded them all crashed (SIGSEGV) later in
-# PyTorch training code. Both runs together are the whole suite.
+# The numerical tests once more under another kernel set: ATen's portable (non-vectorised) CPU
+# kernels, oneDNN and MKL limited to AVX2. The results round differently from the default
+# (AVX-512) kernels: a test that passes only through one ISA's rounding fails here.
+NUMERIC_TESTS := tests/model tests/export/test_forms.py tests/export/test_graph.py
+OTHER_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+
+# The tests that load OpenVINO, ONNX Runtime and Ray still run in a pytest process of their own:
+# one process with everything once crashed (SIGSEGV) in training code. A focused reproduction
+# (scripts/repro_native_runtimes.py) did not crash; CONTRIBUTING.md says what remains to check
+# before the two runs become one.
 ISOLATED_TESTS := tests/export tests/runtime tests/inference/test_ray_engine.py tests/test_cli_ray.py
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest $(addprefix --ignore=,$(ISOLATED_TESTS))
 	$(PY) -m pytest $(ISOLATED_TESTS)
+	$(OTHER_KERNELS) $(PY) -m pytest -q -p no:randomly $(NUMERIC_TESTS)
 	scripts/check_runtime_install.sh $(PY)
 
 clean:

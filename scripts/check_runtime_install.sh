@@ -4,6 +4,9 @@
 #   2. a new virtualenv gets requirements-runtime.txt and 'pip install --no-deps' of this package;
 #   3. torch must not be importable there, and 's2swclip predict --model' must run and give the
 #      scores of the full environment's PyTorch 'predict' (within 1e-5).
+# Offline when the full environment holds a wheelhouse (VENV/wheelhouse: 'make install' fills it
+# with the runtime requirements' wheels, and setuptools + wheel to build this package): the new
+# virtualenv is then installed from it with --no-index. Without one, pip uses the index.
 # Fails (non-zero exit) when any step fails. Usage: scripts/check_runtime_install.sh [PYTHON]
 set -euo pipefail
 
@@ -11,7 +14,12 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${1:-$ROOT/.venv/bin/python}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/s2sw-runtime-check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-MODEL=(--backbone S2SW-Tiny-24L --weights none --image-size 112)
+MODEL=(--backbone S2SW-Tiny-4L --weights none --image-size 112)  # the shallow test backbone
+WHEELS="$(cd "$(dirname "$PY")/.." && pwd)/wheelhouse"
+PIP_SOURCE=()
+if [ -d "$WHEELS" ]; then
+    PIP_SOURCE=(--no-index --find-links "$WHEELS")
+fi
 
 echo "runtime install check: exporting a tiny model with $PY"
 "$PY" - "$WORK/images" <<'PYEOF'
@@ -30,8 +38,8 @@ PYEOF
 echo "runtime install check: fresh virtualenv with requirements-runtime.txt + pip install --no-deps"
 unset PYTHONPATH  # the virtualenv must see only what was installed into it
 "$PY" -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q -r "$ROOT/requirements-runtime.txt"
-"$WORK/venv/bin/python" -m pip install -q --no-deps "$ROOT"
+"$WORK/venv/bin/python" -m pip install -q "${PIP_SOURCE[@]}" -r "$ROOT/requirements-runtime.txt"
+"$WORK/venv/bin/python" -m pip install -q "${PIP_SOURCE[@]}" --no-deps "$ROOT"
 if "$WORK/venv/bin/python" -c "import torch" 2>/dev/null; then
     echo "runtime install check FAILED: torch is importable in the runtime virtualenv" >&2
     exit 1

@@ -1,9 +1,22 @@
 import pytest
 import torch
 
-TINY = "S2SW-Tiny-24L"
+TINY = "S2SW-Tiny-24L"  # the paper's topology (24 vision layers, features at 6/12/18/24), tiny width
+#: 4 vision layers, features at 1/2/3/4, DPAM in the last 3 (the 24-layer logic scaled; its model
+#: config sets these defaults): for the tests of exports, runtimes, Ray, training crashes and the
+#: feature cache, where the depth adds tracing and conversion time and no coverage.
+SHALLOW = "S2SW-Tiny-4L"
 
-pytest_plugins = ["export_fixtures"]  # exported tiny detectors (tests/export, tests/runtime)
+pytest_plugins = ["export_fixtures"]  # exported shallow detectors (tests/export, tests/runtime)
+
+
+def trained_like(det):
+    """Larger prompts than the N(0, .02) init (a trained-like state), seeded; returns ``det``."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        for p in det.prompts.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return det
 
 
 @pytest.fixture(scope="session")
@@ -11,12 +24,16 @@ def tiny_detector():
     """Tiny paper-topology backbone (24 layers, width 64, embed 768) with random weights."""
     import s2swclip
 
-    det = s2swclip.load_detector("S2SW-Tiny-24L", None, None, image_size=224, untrained_ok=True)
-    with torch.no_grad():  # larger prompts than the N(0, .02) init: a trained-like state
-        g = torch.Generator().manual_seed(5)
-        for p in det.prompts.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return det
+    return trained_like(s2swclip.load_detector(TINY, None, None, image_size=224, untrained_ok=True))
+
+
+@pytest.fixture(scope="session")
+def shallow_detector():
+    """The 4-layer backbone (same widths, feature-layer logic scaled), random weights, 224 px,
+    trained-like prompts: what the export tests export."""
+    import s2swclip
+
+    return trained_like(s2swclip.load_detector(SHALLOW, None, None, image_size=224, untrained_ok=True))
 
 
 @pytest.fixture
@@ -26,3 +43,16 @@ def own_detector(tiny_detector):
     import copy
 
     return copy.deepcopy(tiny_detector)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance (2 CPUs, no dashboard) for the whole session, started by the first
+    test that needs it; yields its GCS address."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("pyarrow")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

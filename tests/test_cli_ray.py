@@ -21,17 +21,14 @@ import s2swclip  # noqa: E402
 from s2swclip.inference.shards import read_results  # noqa: E402
 from helpers import assert_user_error, run_cli  # noqa: E402
 
-TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "56"]
+TINY = ["--backbone", "S2SW-Tiny-4L", "--weights", "none", "--image-size", "56"]
 SRC = str(Path(s2swclip.__file__).resolve().parents[1])
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's Ray instance (tests/conftest.py): its GCS address."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")

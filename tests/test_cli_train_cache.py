@@ -7,7 +7,7 @@ import pytest
 from s2swclip.cli import main
 from s2swclip.data.synthetic import generate_dataset
 
-TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "56", "--batch-size", "2"]
+TINY = ["--backbone", "S2SW-Tiny-4L", "--weights", "none", "--image-size", "56", "--batch-size", "2"]
 
 
 def _train(capsys, *args):

@@ -23,7 +23,7 @@ from s2swclip.training.loop import train
 
 from helpers import make_images
 
-SMALL = dict(backbone="S2SW-Tiny-24L", weights=None, batch_size=2, image_size=56, seed=2, progress=False)
+SMALL = dict(backbone="S2SW-Tiny-4L", weights=None, batch_size=2, image_size=56, seed=2, progress=False)
 EPOCHS = 3
 TOKENS, DIM = (56 // 14) ** 2 + 1, 768
 

@@ -25,7 +25,7 @@ from s2swclip.model.checkpoint import load_prompts
 from s2swclip.training.loop import train
 
 EPOCHS = 2
-KW = dict(backbone="S2SW-Tiny-24L", weights=None, epochs=EPOCHS, batch_size=2, image_size=56, seed=9,
+KW = dict(backbone="S2SW-Tiny-4L", weights=None, epochs=EPOCHS, batch_size=2, image_size=56, seed=9,
           progress=False)
 COMMITS = [name.format(e) for e in range(1, EPOCHS + 1)
            for name in ("train_state.safetensors", "prompts_epoch{:03d}.safetensors",

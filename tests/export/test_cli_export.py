@@ -5,7 +5,7 @@ import pytest
 from helpers import user_error  # noqa: E402
 from export_fixtures import write_pngs
 
-TINY = ["--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "112"]
+TINY = ["--backbone", "S2SW-Tiny-4L", "--weights", "none", "--image-size", "112"]
 
 
 def test_request_mistakes(capsys, tmp_path, monkeypatch):

@@ -35,13 +35,10 @@ FLOATS = ("score", "map_max", "map_mean", "map_frac_above")
 SRC = str(Path(s2swclip.__file__).resolve().parents[1])  # the package under test, for subprocesses
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's Ray instance (tests/conftest.py): its GCS address."""
+    return ray_cluster
 
 
 def _image(path, rng):
@@ -65,13 +62,13 @@ def data(tmp_path_factory):
     (imgs / "crack" / "text.png").write_text("not an image")
     (imgs / "crack" / "short.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     os.symlink(imgs / "gone.png", imgs / "good" / "dangling.png")
-    det = s2swclip.load_detector("S2SW-Tiny-24L", None, None, image_size=SIZE, untrained_ok=True)
+    det = s2swclip.load_detector("S2SW-Tiny-4L", None, None, image_size=SIZE, untrained_ok=True)
     with torch.no_grad():  # prompts scaled up (a trained-like state): varied scores and maps
         g = torch.Generator().manual_seed(5)
         for p in det.prompts.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    save_prompts(root / "prompts.safetensors", det.prompts, {"backbone": "S2SW-Tiny-24L"})
-    spec = ScorerSpec.detector("S2SW-Tiny-24L", None, root / "prompts.safetensors", image_size=SIZE)
+    save_prompts(root / "prompts.safetensors", det.prompts, {"backbone": "S2SW-Tiny-4L"})
+    spec = ScorerSpec.detector("S2SW-Tiny-4L", None, root / "prompts.safetensors", image_size=SIZE)
     return root, imgs, spec
 
 
@@ -140,7 +137,7 @@ def test_resume_after_the_driver_is_killed(cluster, data, local_rows, tmp_path):
     root, imgs, spec = data
     out = tmp_path / "ray"
     cmd = [sys.executable, "-m", "s2swclip.cli", "predict", str(imgs), "--out", str(out), "--engine", "ray",
-           "--ray-address", cluster, "--backbone", "S2SW-Tiny-24L", "--weights", "none",
+           "--ray-address", cluster, "--backbone", "S2SW-Tiny-4L", "--weights", "none",
            "--prompts", str(root / "prompts.safetensors"), "--image-size", str(SIZE),
            "--threshold", str(THRESHOLD), "--batch-size", "4", "--shard-rows", "16", "--quiet"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
@@ -216,7 +213,7 @@ def test_another_runs_settings_are_refused(cluster, data, tmp_path):
 
 def test_a_worker_that_cannot_load_the_model_is_one_error(cluster, data, tmp_path):
     root, imgs, _ = data
-    spec = ScorerSpec.detector("S2SW-Tiny-24L", "no-such-tag", None, image_size=SIZE)  # passes check()
+    spec = ScorerSpec.detector("S2SW-Tiny-4L", "no-such-tag", None, image_size=SIZE)  # passes check()
     with pytest.raises(S2SWError) as err:
         predict_ray(spec, [imgs / "crack"], tmp_path / "out", overlays=False, progress=False)
     msg = str(err.value)
@@ -229,14 +226,14 @@ def test_few_shot_ray_rows_equal_local_rows(cluster, data, tmp_path):
     from s2swclip.inference.references import apply_references
 
     root, imgs, _ = data
-    spec = ScorerSpec.detector("S2SW-Tiny-24L", None, root / "prompts.safetensors", image_size=SIZE,
+    spec = ScorerSpec.detector("S2SW-Tiny-4L", None, root / "prompts.safetensors", image_size=SIZE,
                                reference=imgs / "good", shots=3, few_shot_weight=0.7)
     subset = sorted((imgs / "crack").glob("0*.png"))[:12]
     scorer = spec.build()
     assert scorer.detector.num_references == 3 and scorer.detector.config.few_shot_weight == 0.7
     local = predict_files(scorer, subset, tmp_path / "local", threshold=THRESHOLD, progress=False).rows
-    plain = s2swclip.load_detector("S2SW-Tiny-24L", None, root / "prompts.safetensors", image_size=SIZE)
-    plain_rows = predict_files(ScorerSpec.detector("S2SW-Tiny-24L", None, root / "prompts.safetensors",
+    plain = s2swclip.load_detector("S2SW-Tiny-4L", None, root / "prompts.safetensors", image_size=SIZE)
+    plain_rows = predict_files(ScorerSpec.detector("S2SW-Tiny-4L", None, root / "prompts.safetensors",
                                                    image_size=SIZE).build(), subset, tmp_path / "plain",
                                threshold=THRESHOLD, progress=False).rows
     assert max(abs(a["score"] - b["score"]) for a, b in zip(local, plain_rows)) > 1e-3  # references matter

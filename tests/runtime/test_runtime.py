@@ -174,7 +174,7 @@ def test_serve_model_reports_the_export(onnx_export):
         m = client.get("/v1/model").json()
     assert (m["engine"], m["format"], m["precision"], m["image_size"], m["threshold"]) == (
         "onnxruntime", "onnx", "fp32", ONNX_SIZE, 0.2)
-    assert m["backbone"] == "S2SW-Tiny-24L" and m["untrained_prompts"] is True
+    assert m["backbone"] == "S2SW-Tiny-4L" and m["untrained_prompts"] is True
     assert m["drift"]["images"] == "calibration"
 
 

@@ -15,7 +15,7 @@ from .checkpoint import PromptCheckpoint, load_prompts
 from .config import PRECISIONS, DetectorConfig, get_preset
 from .detector import S2SWDetector
 from .prompts import PromptLearner
-from .weights import create_clip
+from .weights import backbone_detector_defaults, create_clip
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def load_detector(
     """
     dev = resolve_device(device)
     check_precision(precision, dev)
-    config = DetectorConfig()
+    config = DetectorConfig().replace(**backbone_detector_defaults(backbone))  # usually none
     if preset is not None:
         config = config.replace(**get_preset(preset).test)
     if image_size is not None:

@@ -31,6 +31,9 @@ from .torchfiles import (UnreadableFile, is_torchscript_archive, read_torchscrip
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 # OpenAI metadata entries, and the text attention mask that TorchScript archives store as a tensor
 _DROP_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+#: Key of a model config (this package's ``model_configs``, or a config JSON) holding detector
+#: defaults for that backbone (e.g. the feature layers of a shallow test backbone); not open_clip's.
+DETECTOR_DEFAULTS_KEY = "s2swclip_detector_defaults"
 _DPAM_KEY_MAP = {
     ".attn.qkv.weight": ".attn.in_proj_weight",
     ".attn.qkv.bias": ".attn.in_proj_bias",
@@ -68,6 +71,17 @@ def resolve_model_config(backbone: str) -> tuple[str, dict[str, Any]]:
     cfg = copy.deepcopy(cfg)
     _check_config(cfg, name)
     return name, cfg
+
+
+def backbone_detector_defaults(backbone: str) -> dict[str, Any]:
+    """Detector options a backbone's config sets as its defaults (``DETECTOR_DEFAULTS_KEY``):
+    e.g. ``feature_layers`` of a backbone shallower than the paper's 24 layers. Usually empty."""
+    _, cfg = resolve_model_config(backbone)
+    defaults = cfg.get(DETECTOR_DEFAULTS_KEY, {})
+    if not isinstance(defaults, dict):
+        raise S2SWError(f"backbone config {backbone}: '{DETECTOR_DEFAULTS_KEY}' must be a mapping of "
+                        f"detector options")
+    return dict(defaults)
 
 
 def _check_config(cfg: Any, where: str) -> None:
@@ -200,6 +214,7 @@ def create_clip(
         text_cfg["heads"] = max(1, int(text_cfg.get("width", 512)) // 64)
     cfg["text_cfg"] = text_cfg
     cfg.pop("custom_text", None)
+    cfg.pop(DETECTOR_DEFAULTS_KEY, None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.CLIP(**cfg)
