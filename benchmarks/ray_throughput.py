@@ -15,7 +15,7 @@ as each Ray worker has (Ray sets a worker's threads to its CPUs, 1 here). On a m
 cores other programs also use, PyTorch's threads wait for each other and one thread can be much
 faster than several: the two local rows show how much.
 
-Example (the table in the README, 2 CPU cores):
+Example (the table in docs/scale-out.md, 2 CPU cores):
     python benchmarks/ray_throughput.py --n 300 --image-size 112 --rounds 2
 """
 

@@ -17,7 +17,7 @@ def _train(capsys, *args):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--cache-dtype", "fp16"], "error: --cache-dtype fp16 applies to a feature cache: add --cache-features"),
+    (["--cache-dtype", "fp16"], "error: cache_dtype fp16 applies to a feature cache (--cache-dtype); set cache_features"),
     (["--cache-features", "memory", "--cache-dtype", "bf16"], "error: argument --cache-dtype: invalid choice"),
 ])
 def test_cache_option_mistakes_are_one_line(capsys, tmp_path, args, needle):

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 import s2swclip.training.feature_cache as fc
+from s2swclip.cli.train import FLAGS as CLI_FLAGS
 from s2swclip.data.dataset import AnomalyDataset
 from s2swclip.data.synthetic import generate_dataset
 from s2swclip.errors import S2SWError
@@ -325,8 +327,9 @@ def test_an_fp16_cache_halves_the_entries_and_is_reproducible(data, reference, t
     sizes = [p.stat().st_size for p in _entries(cache)]
     fp32 = fc.Layout(DIM, TOKENS, (0, 0, 0, 0), "fp32").tensor_bytes
     assert len(sizes) == 6 and all(fp32 / 2 <= s < fp32 / 2 + 1024 for s in sizes), (sizes, fp32)
-    with pytest.raises(S2SWError, match=r"feature_cache was 'fp16', now None \(--cache-dtype\)"):
+    with pytest.raises(S2SWError, match=r"feature_cache was 'fp16', now None\)") as e:
         train(data, cold, epochs=EPOCHS + 1, resume=True, cache_features=cache, **SMALL)
+    assert "feature_cache was 'fp16', now None (--cache-dtype)" in e.value.with_flags(CLI_FLAGS)
 
 
 # ------------------------------------------------------------------------------------ refusals
@@ -366,12 +369,16 @@ def test_a_data_pipeline_not_declared_deterministic_is_refused(data, tmp_path, m
 
 
 @pytest.mark.parametrize("kw,needle", [
-    (dict(cache_dtype="fp16"), "--cache-dtype fp16 applies to a feature cache: add --cache-features"),
-    (dict(cache_features="memory", cache_dtype="bf16"), "invalid --cache-dtype 'bf16'"),
+    (dict(cache_dtype="fp16"), "cache_dtype fp16 applies to a feature cache (--cache-dtype); set "
+                               "cache_features to a folder or 'memory' (--cache-features)"),
+    (dict(cache_features="memory", cache_dtype="bf16"), "invalid cache_dtype 'bf16' (--cache-dtype): choose"),
 ])
 def test_cache_options_are_checked_before_any_work(tmp_path, kw, needle):
-    with pytest.raises(S2SWError, match=needle):
+    with pytest.raises(S2SWError) as e:
         train(tmp_path / "no-data", tmp_path / "out", **dict(SMALL, **kw))
+    # the library names the fields; the command line adds their flags
+    assert str(e.value).startswith(re.sub(r" \(--[a-z-]+\)", "", needle)), str(e.value)
+    assert e.value.with_flags(CLI_FLAGS).startswith(needle), e.value.with_flags(CLI_FLAGS)
     assert os.listdir(tmp_path) == []
 
 

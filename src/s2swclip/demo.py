@@ -81,14 +81,14 @@ FEW_SHOT_KEYS = ("pixel_auroc", "pixel_aupro", "image_auroc")
 def _few_shot_step(det, untrained, target, zero_shot: dict, *, seed: int, shots: int = 2) -> dict:
     """Zero-shot vs few-shot on the held-out images: ``shots`` normal train images per category as
     references, fused with the trained prompts (``det``, w = 0.5) and alone (``untrained``, w = 1)."""
-    from .eval.protocol import evaluate_dataset
+    from .eval.protocol import evaluate_few_shot
 
     t0 = time.time()
-    fused = evaluate_dataset(det, target, dataset_name="held-out, few-shot", batch_size=8, progress=False,
-                             shots=shots, shot_seed=seed)
+    fused = evaluate_few_shot(det, target, dataset_name="held-out, few-shot", batch_size=8, progress=False,
+                              shots=shots, seeds=[seed])
     untrained.config = untrained.config.replace(few_shot_weight=1.0)
-    only = evaluate_dataset(untrained, target, dataset_name="held-out, references only", batch_size=8,
-                            progress=False, shots=shots, shot_seed=seed)
+    only = evaluate_few_shot(untrained, target, dataset_name="held-out, references only", batch_size=8,
+                             progress=False, shots=shots, seeds=[seed])
     rows = {"zero-shot (trained prompts)": zero_shot["mean"],
             f"few-shot, {shots} refs/class, w=0.5": fused["mean"],
             f"references only, {shots} refs/class, w=1": only["mean"]}

@@ -1,10 +1,60 @@
-"""User-facing errors.
+"""User-facing errors, and an exception's text as one line.
 
 Anything a user can cause (a missing file, a bad argument, weights that cannot be had offline)
 raises :class:`S2SWError` with a one-line message that names the file or argument and says what
 to do. The CLI prints that line on stderr and exits non-zero, without a traceback.
+
+The library names its own arguments and fields (``batch_size``), never command-line flags: an
+error about fields lists them in :attr:`S2SWError.fields`, and the command line shows each
+field's flag next to it with :meth:`S2SWError.with_flags` and its own field-to-flag table.
 """
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# where a field's clause ends in a message: the next ';', ':' or ')' (or the end)
+_CLAUSE_END = re.compile(r"[;:)]")
 
 
 class S2SWError(Exception):
-    """An error caused by user input; its message is shown to the user as it is."""
+    """An error caused by user input; its message is shown to the user as it is.
+
+    ``fields``: the arguments or configuration fields the message names (each as a word), in
+    the order they appear; the command line maps them to its flags (:meth:`with_flags`).
+    """
+
+    def __init__(self, message: str = "", *, fields: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+    def with_flags(self, flags: Mapping[str, str | None]) -> str:
+        """The message with `` (FLAG)`` after the clause that names each field that has a flag in
+        ``flags`` (a clause ends at the next ``;``, ``:`` or ``)``): ``batch_size must be a
+        positive integer, got 0`` becomes ``... got 0 (--batch-size)``."""
+        text, start = str(self), 0
+        for name in self.fields:
+            flag = flags.get(name)
+            # the field as a word of the message: after a space or '(' (not inside a path)
+            m = re.compile(rf"(?<![^\s(]){re.escape(name)}(?![^\s,:;)=])").search(text, start)
+            if not flag or m is None:
+                continue
+            end = _CLAUSE_END.search(text, m.end())
+            at = end.start() if end else len(text)
+            text = f"{text[:at]} ({flag}){text[at:]}"
+            start = at + len(flag) + 3
+        return text
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """``exc`` as one short plain line, for a message that quotes why something failed: an
+    ``OSError``'s reason (``strerror``) without its errno and path, else the first non-empty line
+    of its text without ANSI colour codes (the type's name when there is none), at most ``limit``
+    characters (longer ones end with ``...``)."""
+    reason = getattr(exc, "strerror", None) if isinstance(exc, OSError) else None
+    text = reason or _ANSI.sub("", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] if lines else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -16,7 +16,7 @@ import re
 import secrets
 from pathlib import Path
 
-from .errors import S2SWError
+from .errors import S2SWError, first_line
 
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
@@ -74,7 +74,7 @@ def _probe_folder(existing: Path, out: Path, flag: str) -> None:
     try:
         probe.mkdir()
     except OSError as err:
-        raise S2SWError(f"cannot create {flag} {out}: {err.strerror or err} in {existing}; "
+        raise S2SWError(f"cannot create {flag} {out}: {first_line(err)} in {existing}; "
                         f"choose another folder") from None
     probe.rmdir()
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from ..errors import S2SWError
 from .options import add_model_args, weights_arg
+
+#: The flag of each field the training library names in its errors (``S2SWError.fields``).
+FLAGS: dict[str, str | None] = {
+    "epochs": "--epochs", "batch_size": "--batch-size", "image_size": "--image-size", "lr": "--lr",
+    "seed": "--seed", "alpha": "--alpha", "beta": "--beta", "backbone": "--backbone",
+    "weights": "--weights", "precision": "--precision", "split": "--split", "classes": "--classes",
+    "items": "--data", "max_batches": "--max-batches", "num_workers": "--workers",
+    "cache_features": "--cache-features", "cache_dtype": "--cache-dtype", "feature_cache": "--cache-dtype",
+    "detector_options": None,
+}
 
 
 def add_parser(sub) -> None:
@@ -39,11 +50,14 @@ def cmd_train(args) -> int:
 
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed", "alpha", "beta")}
     overrides["image_size"] = args.image_size
-    result = train(args.data, args.out, backbone=args.backbone, weights=weights_arg(args.weights),
-                   preset=args.preset or "visa-to-all", device=args.device, split=args.split,
-                   init_prompts=args.prompts, precision=args.precision,
-                   classes=args.classes, resume=args.resume, progress=not args.quiet,
-                   max_batches=args.max_batches, num_workers=args.workers,
-                   cache_features=args.cache_features, cache_dtype=args.cache_dtype, **overrides)
+    try:
+        result = train(args.data, args.out, backbone=args.backbone, weights=weights_arg(args.weights),
+                       preset=args.preset or "visa-to-all", device=args.device, split=args.split,
+                       init_prompts=args.prompts, precision=args.precision,
+                       classes=args.classes, resume=args.resume, progress=not args.quiet,
+                       max_batches=args.max_batches, num_workers=args.workers,
+                       cache_features=args.cache_features, cache_dtype=args.cache_dtype, **overrides)
+    except S2SWError as e:  # the library names fields; the command line shows their flags
+        raise S2SWError(e.with_flags(FLAGS)) from None
     print(f"prompts written to {result.checkpoint}")
     return 0

@@ -31,7 +31,7 @@ from .metrics import METRIC_KEYS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReferencePlan", "draw_references", "combine_seed_reports", "describe_few_shot",
+__all__ = ["FewShotHook", "ReferencePlan", "draw_references", "combine_seed_reports", "describe_few_shot",
            "format_few_shot"]
 
 
@@ -110,6 +110,34 @@ def draw_references(test_ds, shots: int, seed: int) -> ReferencePlan:
         if ds is test_ds:
             excluded[cls] = set(picked)
     return ReferencePlan(shots, seed, sources, excluded)
+
+
+class FewShotHook:
+    """The few-normal-shot protocol as a hook of :func:`s2swclip.eval.protocol.evaluate_dataset`:
+    draws ``shots`` references per class with ``seed`` (:func:`draw_references`), sets each
+    class's on the detector before it is scored, clears them at the end and describes them in the
+    report's ``few_shot`` entry."""
+
+    name = "few_shot"
+
+    def __init__(self, shots: int, seed: int) -> None:
+        self.shots, self.seed = int(shots), int(seed)
+        self.plan: ReferencePlan | None = None
+
+    def start(self, det, dataset) -> int:
+        self.plan = draw_references(dataset, self.shots, self.seed)
+        return sum(map(len, self.plan.excluded.values()))
+
+    def before_class(self, det, cls: str, indices: list[int]) -> list[int]:
+        return self.plan.use(det, cls, indices)
+
+    def finish(self, det) -> None:
+        if self.plan is not None:
+            det.clear_references()
+
+    def describe(self, det) -> dict[str, Any]:
+        return dict(shots=self.shots, seeds=[self.seed], **describe_few_shot(det),
+                    references={str(self.seed): self.plan.describe()})
 
 
 def describe_few_shot(det) -> dict[str, Any]:

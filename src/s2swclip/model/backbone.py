@@ -86,6 +86,43 @@ class S2SWBackbone(nn.Module):
         patch = patch.reshape(width, grid * grid).transpose(0, 1)
         return torch.cat([pos[:1], patch], dim=0)
 
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> the tokens entering the first block [B, 1 + G*G, W]: patch embedding,
+        class token, positional embedding (resized to the grid), ``ln_pre``."""
+        visual = self.clip.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, W, G, G]
+        grid = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2)  # [B, G*G, W]
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + self.positional_embedding(grid).to(x.dtype)
+        return visual.ln_pre(x)
+
+    def _run_blocks(self, x: torch.Tensor, extra: set[int], extra_stream: str):
+        """The transformer blocks (DPAM from ``dpam_start`` on, docs/method.md §2). Returns the
+        last block's output, the final DPAM stream (None without DPAM layers) and the plain and
+        DPAM outputs kept by 1-based layer (the feature layers and the ``extra`` ones)."""
+        wanted = set(self.feature_layers)
+        plain_out: dict[int, torch.Tensor] = {}
+        dpam_out: dict[int, torch.Tensor] = {}
+        x_d = None
+        for i, block in enumerate(self.clip.visual.transformer.resblocks):
+            layer = i + 1
+            if i < self.dpam_start:
+                x = _run_block(block, x)
+                if layer in wanted or layer in extra:
+                    plain_out[layer] = x
+            else:
+                if x_d is None:
+                    x_d = x
+                x, vv = _dpam_block(block, x)
+                x_d = x_d + vv
+                if layer in wanted or (layer in extra and extra_stream == "dpam"):
+                    dpam_out[layer] = x_d
+                if layer in extra and extra_stream == "plain":
+                    plain_out[layer] = x
+        return x, x_d, plain_out, dpam_out
+
     def encode_image(self, images: torch.Tensor, extra_layers: tuple[int, ...] = (),
                      extra_stream: str = "plain"):
         """Run the vision tower.
@@ -111,36 +148,7 @@ class S2SWBackbone(nn.Module):
         if any(not 1 <= layer <= n_blocks for layer in extra_layers):
             raise ValueError(f"extra_layers {tuple(extra_layers)} must lie in 1..{n_blocks}")
         visual = self.clip.visual
-        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, W, G, G]
-        grid = x.shape[-1]
-        x = x.flatten(2).transpose(1, 2)  # [B, G*G, W]
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = x + self.positional_embedding(grid).to(x.dtype)
-        x = visual.ln_pre(x)
-
-        blocks = visual.transformer.resblocks
-        wanted = set(self.feature_layers)
-        extra = set(extra_layers)
-        plain_out: dict[int, torch.Tensor] = {}
-        dpam_out: dict[int, torch.Tensor] = {}
-        x_d = None
-        for i, block in enumerate(blocks):
-            layer = i + 1
-            if i < self.dpam_start:
-                x = _run_block(block, x)
-                if layer in wanted or layer in extra:
-                    plain_out[layer] = x
-            else:
-                if x_d is None:
-                    x_d = x
-                x, vv = _dpam_block(block, x)
-                x_d = x_d + vv
-                if layer in wanted or (layer in extra and extra_stream == "dpam"):
-                    dpam_out[layer] = x_d
-                if layer in extra and extra_stream == "plain":
-                    plain_out[layer] = x
-
+        x, x_d, plain_out, dpam_out = self._run_blocks(self._embed(images), set(extra_layers), extra_stream)
         final_dpam = x_d
         tokens: list[torch.Tensor] = []
         for layer in self.feature_layers:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import atomic_write_bytes
 from .prompts import AUTHORS_SUFFIX, FAMILIES, PromptLearner
 from .torchfiles import UnreadableFile, is_torchscript_archive, torch_load_tensors
@@ -203,9 +203,8 @@ def _load_ours(path: Path) -> PromptCheckpoint:
             names = list(f.keys())
             tensors = {k: f.get_tensor(k) for k in names if k in _OUR_TENSORS}
     except Exception as e:  # safetensors reports a bad file in several types
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise S2SWError(f"cannot read prompt checkpoint {path}: not a valid safetensors file "
-                        f"({first})") from None
+                        f"({first_line(e)})") from None
     if metadata.get("format") != FORMAT_TAG:
         raise S2SWError(f"{path} is not a prompt checkpoint: a safetensors file without the "
                         f"'{FORMAT_TAG}' format tag (pass a file written by 's2swclip train')")

@@ -1,4 +1,5 @@
-"""Detector hyper-parameters, with the paper's values as defaults, and per-protocol presets.
+"""Detector hyper-parameters, with the paper's values as defaults, and per-protocol presets
+(the training hyper-parameters: :class:`s2swclip.training.config.TrainConfig`).
 
 The values and where they come from: ``docs/method.md`` §1.3 and §9; the faithful-mode options:
 §10.
@@ -6,8 +7,6 @@ The values and where they come from: ``docs/method.md`` §1.3 and §9; the faith
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -74,78 +73,6 @@ class DetectorConfig:
         d["feature_layers"] = list(self.feature_layers)
         d["few_shot_layers"] = list(self.few_shot_layers)
         return d
-
-
-# the command-line flag of each training option, named in error messages
-TRAIN_FLAGS: dict[str, str] = {"epochs": "--epochs", "batch_size": "--batch-size",
-                               "image_size": "--image-size", "lr": "--lr", "seed": "--seed",
-                               "alpha": "--alpha", "beta": "--beta"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters (``docs/method.md`` §1.3, §8); defaults: protocol A (trained on VisA).
-
-    Values are checked on construction: a user's mistake (``batch_size=0``, a NaN ``lr``) is an
-    :class:`S2SWError` naming the option and its command-line flag. Numbers are stored as plain
-    Python ``int``/``float`` (``betas`` as a tuple), so the config is JSON-serialisable.
-    """
-
-    epochs: int = 10
-    batch_size: int = 8
-    image_size: int = 400
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)
-    seed: int = 111
-    alpha: float = 1.0  # weight of the generic family's pixel loss
-    beta: float = 0.03  # weight of the pairwise image term
-    random_pair_prob: float = 0.2
-    pairwise_hinge: bool = False  # True: the paper's max(0, 1-d)^2/2 instead of the code's (1-d)^2/2
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "image_size"):
-            self._set(name, _checked_int(self, name, minimum=1))
-        self._set("seed", _checked_int(self, "seed", minimum=0, maximum=2**63 - 2))
-        self._set("lr", _checked_float(self, "lr", "a finite number > 0", lambda x: x > 0))
-        for name in ("alpha", "beta"):
-            self._set(name, _checked_float(self, name, "a finite number >= 0", lambda x: x >= 0))
-        self._set("random_pair_prob", _checked_float(self, "random_pair_prob", "a number in [0, 1]",
-                                                     lambda x: 0 <= x <= 1))
-        betas = self.betas
-        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
-                or not all(_is_real(b) and 0 <= b < 1 for b in betas)):
-            raise S2SWError(f"betas must be two numbers in [0, 1) (Adam's moment decay rates), got {betas!r}")
-        self._set("betas", (float(betas[0]), float(betas[1])))
-        if not isinstance(self.pairwise_hinge, bool):
-            raise S2SWError(f"pairwise_hinge must be True or False, got {self.pairwise_hinge!r}")
-
-    def _set(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-
-
-def _flag(name: str) -> str:
-    return f" ({TRAIN_FLAGS[name]})" if name in TRAIN_FLAGS else ""
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _checked_int(cfg: TrainConfig, name: str, minimum: int, maximum: int | None = None) -> int:
-    value = getattr(cfg, name)
-    if (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum
-            or (maximum is not None and value > maximum)):
-        what = "a positive integer" if minimum == 1 and maximum is None else (
-            f"an integer in [{minimum}, {maximum}]")
-        raise S2SWError(f"{name} must be {what}, got {value!r}{_flag(name)}")
-    return int(value)
-
-
-def _checked_float(cfg: TrainConfig, name: str, what: str, ok) -> float:
-    value = getattr(cfg, name)
-    if not _is_real(value) or not ok(value):
-        raise S2SWError(f"{name} must be {what}, got {value!r}{_flag(name)}")
-    return float(value)
 
 
 @dataclass(frozen=True)

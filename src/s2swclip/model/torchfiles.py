@@ -48,6 +48,8 @@ from typing import Any
 
 import torch
 
+from ..errors import first_line
+
 # a traced 24+12-layer CLIP (tests' S2SW-Tiny-24L) has a 63 kB data.pkl and 0.27 MB of source
 _MAX_PICKLE_BYTES = 64 << 20
 _MAX_CODE_BYTES = 64 << 20  # all source files read, together
@@ -130,7 +132,7 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
         raise UnreadableFile(f"corrupt zip archive ({_short(e)})") from None
     except OSError as e:
-        raise UnreadableFile(f"the file cannot be read ({e.strerror or type(e).__name__})") from None
+        raise UnreadableFile(f"the file cannot be read ({first_line(e)})") from None
     except RecursionError:
         raise UnreadableFile("data.pkl is nested too deeply") from None
     except Exception as e:  # a malformed pickle fails in many types; none of them ran anything

@@ -12,6 +12,10 @@ results). ``resume`` continues from the state and re-derives
 whatever a crash left missing or stale, so a run killed at any moment and resumed ends
 bit-identical to an uninterrupted one. Messages go to ``logging.getLogger("s2swclip.training.loop")`` and
 are appended to ``train.log``.
+
+The steps: :func:`start_run` (check the options, build the detector and optimizer, resume from
+the state, open the feature cache) -> :func:`train_one_epoch` -> :func:`commit_epoch`, repeated;
+:func:`train` runs them.
 """
 
 from __future__ import annotations
@@ -20,43 +24,33 @@ import dataclasses
 import json
 import logging
 import math
-import numbers
-import os
-import re
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from .. import __version__
-from ..errors import S2SWError
-from .feature_cache import CACHE_DTYPES, MEMORY, collate_cached, encode_per_image, open_feature_cache
-from ..fileio import atomic_write_bytes, atomic_write_text, check_output_dir, remove_temporaries
-from ..model.checkpoint import PromptCheckpoint, load_prompts, save_prompts
-from ..model.config import TRAIN_FLAGS, TrainConfig, get_preset
+from ..errors import S2SWError, first_line
+from ..fileio import atomic_write_bytes, check_output_dir
+from ..model.checkpoint import PromptCheckpoint
 from ..model.objective import s2sw_objective
-from ..model.prompts import PromptLearner
 from ..progress import progress as make_progress
-from .state import (STATE_NAME, TrainState, encode_state, indexed_optimizer_state,
-                          named_optimizer_state, one_line, read_state)
+from .config import TrainConfig, check_count, resolve_train_config
+from .feature_cache import CACHE_DTYPES, MEMORY, collate_cached, encode_per_image, open_feature_cache
+from .resume import (JSONL_NAME, LAST_NAME, LEGACY_STATE_NAME, prepare_out_dir, resumable_state,
+                     run_fingerprint, write_exports)
+from .state import STATE_NAME, TrainState, encode_state, indexed_optimizer_state, named_optimizer_state
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["JSONL_NAME", "LAST_NAME", "LEGACY_STATE_NAME", "LOG_NAME", "LOSS_KEYS", "RunSetup", "TrainResult",
+           "TrainRun", "commit_epoch", "resolve_train_config", "start_run", "train", "train_one_epoch"]
+
 LOSS_KEYS = ("total", "pixel_generic", "pixel_contrastive", "image_ce", "pairwise")
-LAST_NAME = "prompts_last.safetensors"
 LOG_NAME = "train.log"
-JSONL_NAME = "train_log.jsonl"
-LEGACY_STATE_NAME = "train_state.pt"  # pickle, written before train_state.safetensors; never read
-# the files an epoch commits; temporaries of these left by a crashed write are removed at start
-_COMMITTED = re.compile(r"train_state\.safetensors|prompts_last\.safetensors|"
-                        r"prompts_epoch\d+\.safetensors|train_log\.jsonl")
-# what else a run's fingerprint records besides the TrainConfig fields, with the flag that sets it
-_RUN_FLAGS = {"backbone": "--backbone", "weights": "--weights", "precision": "--precision",
-              "split": "--split", "classes": "--classes", "items": "--data",
-              "max_batches": "--max-batches", "detector_options": None, "feature_cache": "--cache-dtype"}
+_SHOWN = ("total", "pixel_generic", "pixel_contrastive", "image_ce")  # on the progress bar
 
 
 @dataclass
@@ -66,15 +60,80 @@ class TrainResult:
     config: TrainConfig
 
 
-def resolve_train_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
-    """A preset's values (``visa-to-all`` by default), then explicit non-None overrides; every
-    value is checked (an :class:`S2SWError` names the option and its flag)."""
-    values = dict(get_preset(preset or "visa-to-all").train)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise S2SWError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-    return TrainConfig(**values)
+@dataclass(frozen=True)
+class RunSetup:
+    """What a run trains on and with, besides its :class:`TrainConfig` (see :func:`train`)."""
+
+    data_root: str | Path
+    backbone: str = "ViT-L-14-336"
+    weights: str | None = "openai"
+    preset: str | None = "visa-to-all"
+    device: str = "cpu"
+    precision: str = "fp32"
+    split: str = "test"
+    classes: Sequence[str] | None = None
+    progress: bool = True
+    max_batches: int | None = None
+    num_workers: int = 0
+    detector_options: dict[str, Any] | None = None
+    init_prompts: str | Path | None = None
+    cache_features: str | Path | None = None
+    cache_dtype: str = "fp32"
+
+    def check(self) -> None:
+        """Refuse a mistaken option before any work (an :class:`S2SWError` names the field)."""
+        check_count(self.max_batches, "max_batches", optional=True)
+        check_count(self.num_workers, "num_workers")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise S2SWError(f"invalid cache_dtype {self.cache_dtype!r}: choose one of {', '.join(CACHE_DTYPES)}",
+                            fields=["cache_dtype"])
+        if self.cache_features is None and self.cache_dtype != "fp32":
+            raise S2SWError(f"cache_dtype {self.cache_dtype} applies to a feature cache; set cache_features "
+                            f"to a folder or 'memory'", fields=["cache_dtype", "cache_features"])
+        if self.cache_features is not None and str(self.cache_features) != MEMORY:
+            check_output_dir(self.cache_features, "--cache-features")
+
+
+class RunLog:
+    """A run's messages: to this module's logger and appended, time-stamped, to ``train.log``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, msg: str) -> None:
+        logger.info(msg)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+
+
+@dataclass
+class TrainRun:
+    """A started run: what :func:`train_one_epoch` and :func:`commit_epoch` work on."""
+
+    setup: RunSetup
+    cfg: TrainConfig
+    out_dir: Path
+    log: RunLog
+    det: Any  # the S2SWCLIP detector, prompts trainable
+    optimizer: torch.optim.Optimizer
+    names: list[str]  # the prompt parameters' names, in the optimizer's order
+    shuffle_gen: torch.Generator
+    pair_gen: torch.Generator
+    fingerprint: dict[str, Any]
+    loader: Any = None
+    cache: Any = None  # the feature cache's training view, or None
+    history: list[dict[str, float]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+
+
+@dataclass
+class EpochStats:
+    """One epoch's mean loss terms and where its image features came from."""
+
+    means: dict[str, float]
+    seconds: float
+    features_cached: bool
 
 
 def train(
@@ -129,248 +188,182 @@ def train(
     run's own generators (seeded ``seed`` and ``seed + 1``), the prompts' initialisation from the
     builder's.
     """
-    from ..model.factory import load_detector
+    setup = RunSetup(data_root, backbone, weights, preset, device, precision, split, classes, progress,
+                     max_batches, num_workers, detector_options, init_prompts, cache_features, cache_dtype)
+    cfg = resolve_train_config(preset, **overrides)
+    setup.check()
+    run = start_run(setup, cfg, check_output_dir(out_dir), resume)
+    try:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            stats = train_one_epoch(run, epoch)
+            commit_epoch(run, epoch, stats)
+    finally:
+        if run.cache is not None:
+            run.cache.close()
+    run.det.eval()
+    return TrainResult(run.out_dir / LAST_NAME, run.history, cfg)
+
+
+def start_run(setup: RunSetup, cfg: TrainConfig, out_dir: Path, resume: bool) -> TrainRun:
+    """Load the data and the detector, build the optimizer and the run's generators, continue
+    from ``out_dir``'s state with ``resume`` (refused when it belongs to another configuration),
+    and open the feature cache. Nothing is written before the options and the state are checked."""
     from ..data.dataset import AnomalyDataset
 
-    cfg = resolve_train_config(preset, **overrides)
-    _check_count(max_batches, "max_batches", "--max-batches", optional=True)
-    _check_count(num_workers, "num_workers", "--workers")
-    if cache_dtype not in CACHE_DTYPES:
-        raise S2SWError(f"invalid --cache-dtype {cache_dtype!r}: choose one of {', '.join(CACHE_DTYPES)}")
-    if cache_features is None and cache_dtype != "fp32":
-        raise S2SWError(f"--cache-dtype {cache_dtype} applies to a feature cache: add --cache-features DIR|memory")
-    if cache_features is not None and str(cache_features) != MEMORY:
-        check_output_dir(cache_features, "--cache-features")
-    out_dir = check_output_dir(out_dir)
-    dataset = AnomalyDataset(data_root, split=split, image_size=cfg.image_size, classes=classes)
+    dataset = AnomalyDataset(setup.data_root, split=setup.split, image_size=cfg.image_size,
+                             classes=setup.classes)
     if len(dataset) == 0:
-        raise S2SWError(f"no '{split}' items in {Path(data_root) / 'meta.json'}: nothing to train on")
-    fingerprint = json.loads(json.dumps({
-        "backbone": str(backbone), "weights": _weights_id(weights), "precision": precision,
-        "split": split, "classes": list(dataset.classes), "items": len(dataset),
-        "max_batches": max_batches, "detector_options": dict(sorted((detector_options or {}).items())),
-        "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "epochs"}}, default=str))
-    if cache_features is not None and cache_dtype != "fp32":
-        fingerprint["feature_cache"] = cache_dtype  # rounded features change the results; fp32 does not
-    state_path = out_dir / STATE_NAME
-    state = _resumable_state(out_dir, fingerprint) if resume else None
-    _prepare_out_dir(out_dir)
-    log_path = out_dir / LOG_NAME
-
-    def note(msg: str) -> None:
-        logger.info(msg)
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-
-    prompts: str | Path | PromptCheckpoint | None = init_prompts
-    if state is not None:
-        prompts = PromptCheckpoint("s2swclip", state.prompts, state.learner_config,
-                                   {"detector_config": state.export_meta["detector_config"]},
-                                   state.fixed_embeddings, path=str(state_path))
-        if init_prompts is not None:
-            note(f"resuming: the prompts come from {state_path}, not from {init_prompts}")
-    elif resume:
-        note(f"no {STATE_NAME} in {out_dir}: starting from scratch")
-    try:
-        det = load_detector(backbone, weights, prompts, image_size=cfg.image_size, device=device,
-                            precision=precision, seed=cfg.seed, untrained_ok=True,
-                            **(detector_options or {}))
-    except (ValueError, TypeError) as e:
-        if state is None:
-            raise
-        raise S2SWError(f"cannot resume from {state_path}: {one_line(e)}; delete it to start "
-                        f"afresh or choose another --out") from None
+        raise S2SWError(f"no '{setup.split}' items in {Path(setup.data_root) / 'meta.json'}: nothing to train on")
+    fingerprint = run_fingerprint(
+        cfg, backbone=setup.backbone, weights=setup.weights, precision=setup.precision, split=setup.split,
+        classes=dataset.classes, items=len(dataset), max_batches=setup.max_batches,
+        detector_options=setup.detector_options,
+        cache_dtype=None if setup.cache_features is None else setup.cache_dtype)
+    state = resumable_state(out_dir, fingerprint) if resume else None
+    prepare_out_dir(out_dir)
+    log = RunLog(out_dir / LOG_NAME)
+    if state is None and resume:
+        log(f"no {STATE_NAME} in {out_dir}: starting from scratch")
+    det = _build_detector(setup, cfg, out_dir, state, log)
     det.train()
     names = [name for name, _ in det.prompts.named_parameters()]
     optimizer = torch.optim.Adam([p for _, p in det.prompts.named_parameters()], lr=cfg.lr,
                                  betas=cfg.betas)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    pair_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    history: list[dict[str, float]] = []
-    records: list[dict[str, Any]] = []
-    start_epoch = 0
+    run = TrainRun(setup, cfg, out_dir, log, det, optimizer, names,
+                   torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1),
+                   fingerprint)
     if state is not None:
-        recorded, built = state.export_meta["detector_config"], det.config.to_dict()
-        if built != recorded:
-            diffs = [f"{k} was {v!r}, now {built[k]!r}" for k, v in recorded.items() if built[k] != v]
-            raise S2SWError(f"cannot resume from {state_path}: it belongs to another run "
-                            f"configuration (detector {'; '.join(diffs)}); resume with the same "
-                            f"options or choose another --out")
-        try:
-            optimizer.load_state_dict(indexed_optimizer_state(state.optimizer, names))
-            shuffle_gen.set_state(state.rng["shuffle"])
-            pair_gen.set_state(state.rng["pair"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise S2SWError(f"cannot resume from {state_path}: {one_line(e)}; delete it to start "
-                            f"afresh or choose another --out") from None
-        history, records, start_epoch = list(state.history), list(state.records), state.epoch
-        for written in _write_exports(out_dir, det.prompts, state, only_if_stale=True):
-            note(f"re-exported {written.name} from {STATE_NAME} (epoch {state.epoch})")
-        note(f"resumed from epoch {start_epoch}")
-
-    # ---- image features: per image, from the feature cache when there is one (feature_cache.py)
-    cache = None
-    if cache_features is not None:
-        cache, summary = open_feature_cache(cache_features, cache_dtype, det, dataset)
-        note(summary)
-    loader = torch.utils.data.DataLoader(dataset if cache is None else cache.dataset(dataset),
-                                         batch_size=cfg.batch_size, shuffle=True, generator=shuffle_gen,
-                                         num_workers=num_workers,
-                                         collate_fn=None if cache is None else collate_cached)
-    note(f"training on {len(dataset)} images of {len(dataset.classes)} classes from {data_root}; "
-         f"{json.dumps(dataclasses.asdict(cfg))}")
-    last = out_dir / LAST_NAME
-    if start_epoch >= cfg.epochs:
-        note(f"already trained for {start_epoch} epochs")
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            started = time.perf_counter()
-            det.train()
-            sums = {k: 0.0 for k in LOSS_KEYS}
-            n = images_seen = images_cached = 0
-            total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-            bar = make_progress(total_batches, f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress, unit="batch")
-            if cache is not None:
-                cache.begin_epoch()
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                if cache is None:
-                    features, hits = encode_per_image(det, batch["image"]), 0
-                else:
-                    features, hits = cache.features(det, batch)
-                images_seen += len(batch["label"])
-                images_cached += hits
-                losses = s2sw_objective(det, None, batch["mask"], batch["label"], features=features,
-                                        alpha=cfg.alpha, beta=cfg.beta, generator=pair_gen,
-                                        random_pair_prob=cfg.random_pair_prob,
-                                        pairwise_hinge=cfg.pairwise_hinge)
-                optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                optimizer.step()
-                for k in LOSS_KEYS:
-                    sums[k] += float(losses[k].detach())
-                n += 1
-                bar.set_postfix({k: f"{sums[k] / n:.4f}" for k in ("total", "pixel_generic", "pixel_contrastive", "image_ce")})
-                bar.update(1)
-            bar.close()
-            if cache is not None:
-                cache.flush()  # the next epoch's workers see every entry of this one
-            means = {k: sums[k] / max(n, 1) for k in LOSS_KEYS}
-            history.append({"epoch": epoch + 1, **means})
-            records.append({"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3),
-                            **{k: v if math.isfinite(v) else None for k, v in means.items()},
-                            "lr": optimizer.param_groups[0]["lr"],
-                            "features_cached": images_seen > 0 and images_cached == images_seen})
-            meta = {"backbone": det.provenance.get("backbone"), "weights": det.provenance.get("weights"),
-                    "epoch": epoch + 1, "preset": preset, "train_config": dataclasses.asdict(cfg),
-                    "data_root": str(data_root), "s2swclip_version": __version__,
-                    "detector_config": det.config.to_dict()}
-            state = TrainState(
-                epoch + 1, {k: v.detach().float() for k, v in det.prompts.parameter_tensors().items()},
-                dict(det.prompts.named_buffers()), det.prompts.config(),
-                named_optimizer_state(optimizer, names),
-                {"shuffle": shuffle_gen.get_state(), "pair": pair_gen.get_state()},
-                history, records, fingerprint, meta)
-            atomic_write_bytes(state_path, encode_state(state))  # the epoch's one commit
-            _write_exports(out_dir, det.prompts, state)
-            note(f"epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.5f}" for k, v in means.items()))
-    finally:
-        if cache is not None:
-            cache.close()
-    det.eval()
-    return TrainResult(last, history, cfg)
+        _continue_from(run, state)
+    if setup.cache_features is not None:
+        run.cache, summary = open_feature_cache(setup.cache_features, setup.cache_dtype, det, dataset)
+        log(summary)
+    run.loader = torch.utils.data.DataLoader(
+        dataset if run.cache is None else run.cache.dataset(dataset), batch_size=cfg.batch_size,
+        shuffle=True, generator=run.shuffle_gen, num_workers=setup.num_workers,
+        collate_fn=None if run.cache is None else collate_cached)
+    log(f"training on {len(dataset)} images of {len(dataset.classes)} classes from {setup.data_root}; "
+        f"{json.dumps(dataclasses.asdict(cfg))}")
+    if run.start_epoch >= cfg.epochs:
+        log(f"already trained for {run.start_epoch} epochs")
+    return run
 
 
-def _check_count(value: Any, name: str, flag: str, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-        raise S2SWError(f"{name} must be an integer >= 0, got {value!r} ({flag})")
+def train_one_epoch(run: TrainRun, epoch: int) -> EpochStats:
+    """One pass over the data (at most ``max_batches`` batches): the objective of each batch,
+    one Adam step; returns the mean loss terms. Changes the prompts, the optimizer and the run's
+    generators; writes nothing but the feature cache's new entries."""
+    started = time.perf_counter()
+    det, cache, setup = run.det, run.cache, run.setup
+    det.train()
+    sums = {k: 0.0 for k in LOSS_KEYS}
+    n = images_seen = images_cached = 0
+    limit = setup.max_batches
+    total_batches = len(run.loader) if limit is None else min(len(run.loader), limit)
+    bar = make_progress(total_batches, f"epoch {epoch + 1}/{run.cfg.epochs}", enabled=setup.progress,
+                        unit="batch")
+    if cache is not None:
+        cache.begin_epoch()
+    for i, batch in enumerate(run.loader):
+        if limit is not None and i >= limit:
+            break
+        if cache is None:
+            features, hits = encode_per_image(det, batch["image"]), 0
+        else:
+            features, hits = cache.features(det, batch)
+        images_seen += len(batch["label"])
+        images_cached += hits
+        losses = _step(run, batch, features)
+        for k in LOSS_KEYS:
+            sums[k] += float(losses[k].detach())
+        n += 1
+        bar.set_postfix({k: f"{sums[k] / n:.4f}" for k in _SHOWN})
+        bar.update(1)
+    bar.close()
+    if cache is not None:
+        cache.flush()  # the next epoch's workers see every entry of this one
+    return EpochStats({k: sums[k] / max(n, 1) for k in LOSS_KEYS}, time.perf_counter() - started,
+                      images_seen > 0 and images_cached == images_seen)
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir``, prove it writable, and remove temporaries of a crashed run's commits."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-        for leftover in remove_temporaries(out_dir, _COMMITTED):
-            logger.info("removed %s, left by an interrupted write", leftover)
-    except OSError as e:
-        raise S2SWError(f"cannot write to --out {out_dir}: {one_line(e)}; choose another folder") from None
-
-
-def _weights_id(weights: str | None) -> str | None:
-    """``weights`` as the fingerprint records it: a file by its absolute path, else the tag."""
-    if weights is None:
-        return None
-    path = Path(os.path.expanduser(str(weights)))
-    return str(path.resolve()) if path.is_file() else str(weights)
-
-
-def _resumable_state(out_dir: Path, fingerprint: dict[str, Any]) -> TrainState | None:
-    """The state to resume from (None: none there), checked to belong to this configuration."""
-    path = out_dir / STATE_NAME
-    if not path.exists():
-        legacy = out_dir / LEGACY_STATE_NAME
-        if legacy.exists():
-            raise S2SWError(f"cannot resume from {legacy}: it is in the pickle format of older s2swclip "
-                            f"versions, which is not read (a pickle can run code); delete it to start "
-                            f"afresh or choose another --out")
-        return None
-    state = read_state(path)
-    diffs = _differences(state.fingerprint, fingerprint)
-    if diffs:
-        raise S2SWError(f"cannot resume from {path}: it belongs to another run configuration "
-                        f"({'; '.join(diffs)}); resume with the same options or choose another --out")
+def commit_epoch(run: TrainRun, epoch: int, stats: EpochStats) -> TrainState:
+    """The epoch's one commit: the whole state, written atomically to ``train_state.safetensors``;
+    then the files derived from it (prompts files, ``train_log.jsonl``)."""
+    det, cfg = run.det, run.cfg
+    run.history.append({"epoch": epoch + 1, **stats.means})
+    run.records.append({"epoch": epoch + 1, "seconds": round(stats.seconds, 3),
+                        **{k: v if math.isfinite(v) else None for k, v in stats.means.items()},
+                        "lr": run.optimizer.param_groups[0]["lr"], "features_cached": stats.features_cached})
+    meta = {"backbone": det.provenance.get("backbone"), "weights": det.provenance.get("weights"),
+            "epoch": epoch + 1, "preset": run.setup.preset, "train_config": dataclasses.asdict(cfg),
+            "data_root": str(run.setup.data_root), "s2swclip_version": __version__,
+            "detector_config": det.config.to_dict()}
+    state = TrainState(
+        epoch + 1, {k: v.detach().float() for k, v in det.prompts.parameter_tensors().items()},
+        dict(det.prompts.named_buffers()), det.prompts.config(),
+        named_optimizer_state(run.optimizer, run.names),
+        {"shuffle": run.shuffle_gen.get_state(), "pair": run.pair_gen.get_state()},
+        run.history, run.records, run.fingerprint, meta)
+    atomic_write_bytes(run.out_dir / STATE_NAME, encode_state(state))  # the epoch's one commit
+    write_exports(run.out_dir, det.prompts, state)
+    run.log(f"epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.5f}" for k, v in stats.means.items()))
     return state
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable ``name was X, now Y (--flag)`` for each fingerprint entry that differs."""
-    flags = dict(_RUN_FLAGS, **TRAIN_FLAGS)
-    old_items = {**{k: v for k, v in old.items() if k != "train"}, **_mapping_or_empty(old.get("train"))}
-    new_items = {**{k: v for k, v in new.items() if k != "train"}, **new["train"]}
-    out = []
-    for key in sorted(set(old_items) | set(new_items)):
-        if old_items.get(key) != new_items.get(key):
-            flag = f" ({flags[key]})" if flags.get(key) else ""
-            out.append(f"{key} was {old_items.get(key)!r}, now {new_items.get(key)!r}{flag}")
-    return out
+def _step(run: TrainRun, batch: dict[str, Any], features: Any) -> dict[str, torch.Tensor]:
+    """The objective on one batch and one optimizer step; returns the loss terms."""
+    cfg = run.cfg
+    losses = s2sw_objective(run.det, None, batch["mask"], batch["label"], features=features,
+                            alpha=cfg.alpha, beta=cfg.beta, generator=run.pair_gen,
+                            random_pair_prob=cfg.random_pair_prob, pairwise_hinge=cfg.pairwise_hinge)
+    run.optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    run.optimizer.step()
+    return losses
 
 
-def _mapping_or_empty(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+def _build_detector(setup: RunSetup, cfg: TrainConfig, out_dir: Path, state: TrainState | None,
+                    log: RunLog) -> Any:
+    """The detector to train: its prompts from the state when resuming, else from
+    ``init_prompts`` (or freshly initialised)."""
+    from ..model.factory import load_detector
 
-
-def _write_exports(out_dir: Path, learner: PromptLearner, state: TrainState,
-                   only_if_stale: bool = False) -> list[Path]:
-    """Write the files derived from ``state`` (its epoch's prompts file, ``prompts_last`` and
-    ``train_log.jsonl``); with ``only_if_stale`` only those missing or different. ``learner``
-    holds ``state``'s prompts. Returns the paths written."""
-    written = []
-    for path in (out_dir / f"prompts_epoch{state.epoch:03d}.safetensors", out_dir / LAST_NAME):
-        if not (only_if_stale and _holds(path, learner, state.export_meta)):
-            save_prompts(path, learner, state.export_meta)
-            written.append(path)
-    path = out_dir / JSONL_NAME
-    text = "".join(json.dumps(r) + "\n" for r in state.records)
-    if not (only_if_stale and path.is_file() and path.read_bytes() == text.encode("utf-8")):
-        atomic_write_text(path, text)
-        written.append(path)
-    return written
-
-
-def _holds(path: Path, learner: PromptLearner, meta: dict[str, Any]) -> bool:
-    """Whether ``path`` is a prompt file with exactly ``learner``'s prompts and ``meta``."""
-    if not path.is_file():
-        return False
+    state_path = out_dir / STATE_NAME
+    prompts: str | Path | PromptCheckpoint | None = setup.init_prompts
+    if state is not None:
+        prompts = PromptCheckpoint("s2swclip", state.prompts, state.learner_config,
+                                   {"detector_config": state.export_meta["detector_config"]},
+                                   state.fixed_embeddings, path=str(state_path))
+        if setup.init_prompts is not None:
+            log(f"resuming: the prompts come from {state_path}, not from {setup.init_prompts}")
     try:
-        ckpt = load_prompts(path)
-    except S2SWError:
-        return False
-    current = learner.parameter_tensors()
-    return (ckpt.kind == "s2swclip" and ckpt.meta == meta and ckpt.config == learner.config()
-            and set(ckpt.tensors) == set(current)
-            and all(torch.equal(ckpt.tensors[k], v.detach().float().cpu()) for k, v in current.items()))
+        return load_detector(setup.backbone, setup.weights, prompts, image_size=cfg.image_size,
+                             device=setup.device, precision=setup.precision, seed=cfg.seed,
+                             untrained_ok=True, **(setup.detector_options or {}))
+    except (ValueError, TypeError) as e:
+        if state is None:
+            raise
+        raise S2SWError(f"cannot resume from {state_path}: {first_line(e)}; delete it to start "
+                        f"afresh or choose another --out") from None
+
+
+def _continue_from(run: TrainRun, state: TrainState) -> None:
+    """Load ``state``'s optimizer, generators, history and records into ``run`` (its prompts are
+    in the detector already) and re-derive the files a crash left missing or stale."""
+    state_path = run.out_dir / STATE_NAME
+    recorded, built = state.export_meta["detector_config"], run.det.config.to_dict()
+    if built != recorded:
+        diffs = [f"{k} was {v!r}, now {built[k]!r}" for k, v in recorded.items() if built[k] != v]
+        raise S2SWError(f"cannot resume from {state_path}: it belongs to another run "
+                        f"configuration (detector {'; '.join(diffs)}); resume with the same "
+                        f"options or choose another --out")
+    try:
+        run.optimizer.load_state_dict(indexed_optimizer_state(state.optimizer, run.names))
+        run.shuffle_gen.set_state(state.rng["shuffle"])
+        run.pair_gen.set_state(state.rng["pair"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise S2SWError(f"cannot resume from {state_path}: {first_line(e)}; delete it to start "
+                        f"afresh or choose another --out") from None
+    run.history, run.records, run.start_epoch = list(state.history), list(state.records), state.epoch
+    for written in write_exports(run.out_dir, run.det.prompts, state, only_if_stale=True):
+        run.log(f"re-exported {written.name} from {STATE_NAME} (epoch {state.epoch})")
+    run.log(f"resumed from epoch {run.start_epoch}")

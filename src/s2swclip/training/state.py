@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..model.config import DetectorConfig
 from ..model.prompts import FAMILIES
 
@@ -108,15 +107,8 @@ def read_state(path: str | os.PathLike) -> TrainState:
     except S2SWError:
         raise
     except Exception as e:  # safetensors, JSON and our own checks: all mean "not a usable state"
-        raise S2SWError(f"cannot resume from {path}: {one_line(e)}; delete it to start afresh "
+        raise S2SWError(f"cannot resume from {path}: {first_line(e)}; delete it to start afresh "
                         f"or choose another --out") from None
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one short plain line: no ANSI colour codes, no following lines."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e)).strip()
-    text = text.splitlines()[0].strip() if text else type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _read(path: Path) -> TrainState:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..arrays import to_numpy
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import atomic_write_bytes
 
 __all__ = ["jet_colormap", "heatmap_overlay", "new_figure", "save_figure", "save_overlay"]
@@ -106,7 +106,7 @@ def save_figure(fig, path: str) -> str:
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as err:
-        raise S2SWError(f"cannot write figure {path}: {err.strerror or err}") from None
+        raise S2SWError(f"cannot write figure {path}: {first_line(err)}") from None
     return path
 
 

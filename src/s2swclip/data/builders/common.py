@@ -22,7 +22,7 @@ import os
 import re
 from typing import Callable, Iterable, Sequence
 
-from ...errors import S2SWError
+from ...errors import S2SWError, first_line
 from ...fileio import atomic_write_text
 from ..images import is_image_name
 
@@ -161,7 +161,7 @@ def write_meta(meta: dict, root: str | os.PathLike, meta_path: str | os.PathLike
     try:
         atomic_write_text(dest, json.dumps(meta, indent=4) + "\n", make_parents=False)
     except OSError as exc:
-        raise S2SWError(f"cannot write {dest} ({exc.strerror or exc}) — make the folder writable or pass another meta_path.") from None
+        raise S2SWError(f"cannot write {dest} ({first_line(exc)}) — make the folder writable or pass another meta_path.") from None
     return dest
 
 

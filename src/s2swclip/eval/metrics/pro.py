@@ -115,10 +115,23 @@ def _crossing_count(n_neg: int, max_fpr: float) -> int:
 def _aupro_exact(masks: Any, maps: Any, max_fpr: float) -> float:
     ms, xs = _pair(masks, maps)
     dtype = xs.work_dtype
-    stride = max(1, xs.pixels // _SAMPLE_TARGET) | 1
+    pv, pr, n_regions, n_neg, samples = _positives_and_sample(ms, xs, dtype)
+    areas = np.bincount(pr, minlength=n_regions).astype(np.float64)
+    c = _crossing_count(n_neg, max_fpr)
+    v_lo, expected = _negative_floor(samples, c, n_neg)
+    del samples
+    negs = _collect_negatives(ms, xs, dtype, v_lo, expected)
+    if v_lo is not None and negs.size < c:  # the sample guessed too high: keep every negative
+        del negs
+        negs = _collect_negatives(ms, xs, dtype, None, n_neg)
+    negs.sort()
+    return _exact_area(negs, pv, pr, areas, n_regions, n_neg, c, max_fpr)
 
-    # pass A: one labelling per image; positive scores with their region; a strided sample of
-    # negative scores
+
+def _positives_and_sample(ms, xs, dtype) -> tuple[np.ndarray, np.ndarray, int, int, list[np.ndarray]]:
+    """Pass A, one labelling per image: the positive scores with their region (numbered across
+    the stack), the number of regions and of negatives, and a strided sample of negative scores."""
+    stride = max(1, xs.pixels // _SAMPLE_TARGET) | 1
     pos_vals, pos_regs, samples = [], [], []
     n_regions = n_neg = 0
     for i, j in _chunks(xs):
@@ -139,10 +152,12 @@ def _aupro_exact(masks: Any, maps: Any, max_fpr: float) -> float:
     _no_regions(n_regions, n_neg)
     pv = np.concatenate(pos_vals)
     pr = np.concatenate(pos_regs).astype(np.intp, copy=False)
-    areas = np.bincount(pr, minlength=n_regions).astype(np.float64)
-    c = _crossing_count(n_neg, max_fpr)
+    return pv, pr, n_regions, n_neg, samples
 
-    # lower bound for the negatives that can matter below max_fpr (verified below)
+
+def _negative_floor(samples: list[np.ndarray], c: int, n_neg: int) -> tuple[Any, int]:
+    """A lower bound for the negatives that can matter below max_fpr, estimated from the sample
+    (None: keep every negative; verified by the caller), and how many negatives it should keep."""
     v_lo, expected = None, n_neg
     if c <= n_neg and n_neg >= _SAMPLE_MIN_NEGATIVES:
         samp = np.concatenate(samples)
@@ -152,33 +167,34 @@ def _aupro_exact(masks: Any, maps: Any, max_fpr: float) -> float:
             v_lo = np.partition(samp, samp.size - r)[samp.size - r]
             share = np.count_nonzero(samp >= v_lo) / samp.size
             expected = min(n_neg, int(share * n_neg * 1.05) + 4096)
-    del samples
+    return v_lo, expected
 
-    def collect(lo, capacity):
-        # fill one buffer (grown only if the estimate was short): no concatenation copy
-        buf, n = np.empty(capacity, dtype=dtype), 0
-        for i, j in _chunks(xs):
-            m, x = ms.binary(i, j), xs.values(i, j, dtype)
-            if lo is None:
-                part = x[~m]
-            else:
-                sel = np.greater_equal(x, lo)
-                sel &= ~m
-                part = x[sel]
-            if n + part.size > buf.size:
-                grown = np.empty(max(n + part.size, buf.size + buf.size // 2), dtype=dtype)
-                grown[:n] = buf[:n]
-                buf = grown
-            buf[n : n + part.size] = part
-            n += part.size
-        return buf[:n]
 
-    negs = collect(v_lo, expected)
-    if v_lo is not None and negs.size < c:  # the sample guessed too high: keep every negative
-        del negs
-        negs = collect(None, n_neg)
-    negs.sort()
+def _collect_negatives(ms, xs, dtype, lo, capacity: int) -> np.ndarray:
+    """The negative scores (those >= ``lo`` when given) in one buffer of ``capacity`` (grown only
+    if the estimate was short): no concatenation copy."""
+    buf, n = np.empty(capacity, dtype=dtype), 0
+    for i, j in _chunks(xs):
+        m, x = ms.binary(i, j), xs.values(i, j, dtype)
+        if lo is None:
+            part = x[~m]
+        else:
+            sel = np.greater_equal(x, lo)
+            sel &= ~m
+            part = x[sel]
+        if n + part.size > buf.size:
+            grown = np.empty(max(n + part.size, buf.size + buf.size // 2), dtype=dtype)
+            grown[:n] = buf[:n]
+            buf = grown
+        buf[n : n + part.size] = part
+        n += part.size
+    return buf[:n]
 
+
+def _exact_area(negs: np.ndarray, pv: np.ndarray, pr: np.ndarray, areas: np.ndarray, n_regions: int,
+                n_neg: int, c: int, max_fpr: float) -> float:
+    """The normalised area under the PRO curve up to ``max_fpr`` from the sorted negatives and the
+    positives with their regions (the last segment interpolated at ``max_fpr``)."""
     if c <= n_neg:
         u_b = negs[negs.size - c]  # the score at which FPR first exceeds max_fpr
         base = int(np.searchsorted(negs, u_b, side="right"))
