@@ -77,7 +77,8 @@ class ImageError(S2SWError):
     """An image that cannot be used, with a short machine-readable reason.
 
     ``code`` is one of ``missing``, ``unreadable`` (permissions, a folder), ``empty``,
-    ``not_an_image``, ``too_many_pixels``, ``corrupt``.
+    ``not_an_image``, ``too_many_pixels``, ``corrupt``, ``unsupported_uri`` (a URI scheme that
+    cannot be read, see :mod:`s2swclip.inference.uris`).
     """
 
     def __init__(self, code: str, message: str):

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import ImageError, PixelBudget, decode_for_model
-from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes
+from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes, store_of
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "Decoder", "InferencePipeline", "ScoredImage",
            "Scorer", "map_fraction_above", "overlay_png"]
@@ -173,6 +173,10 @@ class Decoder:
         max_inflight_pixels: decoded full-resolution pixels held at once by all threads.
         preview_side: longest side of the overlay previews (default: the model size).
         max_remote_bytes: largest file read from a URI (see :mod:`.uris`).
+
+    ``refused_stores`` maps a store (``scheme://authority``, :func:`~.uris.store_of`) to the
+    ``(error_code, reason)`` of every URI in it: such URIs are not read (the engines fill it
+    with :func:`~.uris.unreachable_stores`, once per run).
     """
 
     def __init__(self, image_size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -183,6 +187,7 @@ class Decoder:
         self.budget = PixelBudget(max_inflight_pixels)
         self.preview_side = int(preview_side or self.image_size)
         self.max_remote_bytes = int(max_remote_bytes)
+        self.refused_stores: dict[str, tuple[str, str]] = {}
 
     def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
                label: str | None = None) -> ScoredImage:
@@ -194,6 +199,9 @@ class Decoder:
         t = time.perf_counter()
         try:
             if is_uri(source):
+                refused = self.refused_stores.get(store_of(source))
+                if refused is not None:
+                    raise ImageError(refused[0], f"{source}: {refused[1]}")
                 try:
                     data = read_uri_bytes(source, self.max_remote_bytes)
                     d = decode_for_model(data, self.image_size, preview_side=self.preview_side,

@@ -13,8 +13,8 @@ Endpoints (OpenAPI schema at ``/openapi.json``):
   the others are still scored. Status 200 when at least one file was scored; when none was,
   413 if a file was over the pixel limit, else 422 -- the body still lists every file.
   Request-level answers: 413 (body over ``--max-upload-mb``, more files than the queue
-  holds), 408 (upload stalled), 503 (inference queue full, ``Retry-After: 1``), 400 (not
-  multipart, no files).
+  holds), 408 (upload stalled), 503 (inference queue or request-body budget full,
+  ``Retry-After: 1``), 400 (not multipart, no files).
   ``?profile=NAME`` scores with a product profile (``--profiles DIR``): its bank, few-shot weight
   and threshold; the answer carries ``profile`` and ``profile_version``; an unknown one is 404.
 * ``/v1/profiles...`` -- the product profiles (:mod:`s2swclip.serve.profiles_routes`).
@@ -23,9 +23,11 @@ Endpoints (OpenAPI schema at ``/openapi.json``):
 * ``GET /`` -- the inspection page (``static/``; no external assets).
 
 Memory is a budget the operator sets, not something clients choose: request bodies are capped
-(``--max-upload-mb``), each file is decoded under a shared pixel budget (``--max-inflight-mpx``)
-by at most ``decode_threads`` threads and reduced at once to the model input and a preview, and
-only those are kept while the request waits for the model. Every image of every request goes
+(``--max-upload-mb``) and share one budget (``--max-inflight-mb``); connections and the time to
+send request headers are bounded (:mod:`s2swclip.serve.limits`); each file is decoded under a
+shared pixel budget (``--max-inflight-mpx``) by at most ``decode_threads`` threads and reduced
+at once to the model input and a preview, and only those are kept while the request waits for
+the model. Every image of every request goes
 through one :class:`~s2swclip.serve.batcher.MicroBatcher`, so images that arrive together are
 scored in one call, from one worker thread. Exposure controls (token, Host check, cross-site
 requests, security headers) are :mod:`s2swclip.serve.security`'s; nothing is written to disk
@@ -45,7 +47,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
-from ..errors import S2SWError
+from ..errors import S2SWError, check_number
 
 try:
     import anyio
@@ -59,7 +61,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 from ..viz.heatmap import HEATMAP_SCALES, HeatmapScale, standalone_scale
 from ..inference.pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage
-from .batcher import BatcherClosed, MicroBatcher, QueueFull
+from .batcher import MAX_WAIT_MS, BatcherClosed, MicroBatcher, QueueFull
+from .limits import DEFAULT_MAX_INFLIGHT_BYTES, BodyBudgetMiddleware, ByteBudget, ConnectionLimits, server_config
 from .security import SecurityMiddleware, SecuritySettings, fastapi_docs_kwargs
 from .storage import SaveStore
 from .upload import UploadError, read_multipart
@@ -133,6 +136,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
     decode_threads: int = 2,
     upload_idle_timeout_s: float = 30.0,
     upload_total_timeout_s: float = 300.0,
@@ -152,6 +156,8 @@ def create_app(
         max_batch, batch_wait_ms, queue_size: micro-batching (see :class:`MicroBatcher`).
         max_upload_bytes: largest request body; max_pixels: largest image (width x height).
         max_inflight_pixels: decoded full-resolution pixels held at once by all requests.
+        max_inflight_bytes: request-body bytes held at once by all requests (more: 503, see
+            :mod:`s2swclip.serve.limits`); at least ``max_upload_bytes``.
         decode_threads: files decoded at the same time, across all requests.
         upload_idle_timeout_s, upload_total_timeout_s: stalled or too slow uploads get 408.
         security: token, Host check and headers (default: loopback, no token).
@@ -170,16 +176,21 @@ def create_app(
         model = as_scorer(model)
     for name, value in (("max_batch", max_batch), ("queue_size", queue_size), ("max_upload_bytes", max_upload_bytes),
                         ("max_pixels", max_pixels), ("max_inflight_pixels", max_inflight_pixels),
-                        ("decode_threads", decode_threads)):
-        if int(value) < 1:
-            raise S2SWError(f"{name} must be at least 1, got {value}")
-    if batch_wait_ms < 0:
-        raise S2SWError(f"batch wait must be >= 0 ms, got {batch_wait_ms}")
+                        ("max_inflight_bytes", max_inflight_bytes), ("decode_threads", decode_threads)):
+        check_number(name, value, 1, integer=True)
+    check_number("batch_wait_ms", batch_wait_ms, 0, MAX_WAIT_MS)
+    check_number("upload_idle_timeout_s", upload_idle_timeout_s, 0, 3600, lo_open=True)
+    check_number("upload_total_timeout_s", upload_total_timeout_s, 0, 86_400, lo_open=True)
+    if int(max_inflight_bytes) < int(max_upload_bytes):
+        raise S2SWError(f"max_inflight_bytes ({int(max_inflight_bytes)}) must be at least max_upload_bytes "
+                        f"({int(max_upload_bytes)}): the body budget must hold one largest upload",
+                        fields=["max_inflight_bytes", "max_upload_bytes"])
     if threshold is not None and not math.isfinite(float(threshold)):
         raise S2SWError(f"threshold must be a finite number, got {threshold}")
     if heatmap_scale not in HEATMAP_SCALES:
         raise S2SWError(f"invalid heatmap scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
     map_scale = getattr(model, "map_scale", None)
+    body_budget = ByteBudget(max_inflight_bytes)
     pipe = InferencePipeline(model, threshold=threshold, max_pixels=int(max_pixels),
                              max_inflight_pixels=int(max_inflight_pixels))
     store = SaveStore(save_dir, save_max_bytes) if save_dir is not None else None
@@ -209,6 +220,7 @@ def create_app(
         "limits": {"max_batch": int(max_batch), "batch_wait_ms": float(batch_wait_ms),
                    "queue_size": int(queue_size), "max_upload_bytes": int(max_upload_bytes),
                    "max_pixels": int(max_pixels), "max_inflight_pixels": int(max_inflight_pixels),
+                   "max_inflight_bytes": int(max_inflight_bytes),
                    "save_max_bytes": None if save_max_bytes is None else int(save_max_bytes)},
         "save": store is not None,
         "heatmap_scale": heatmap_scale,
@@ -234,6 +246,7 @@ def create_app(
         lifespan=lifespan,
         **fastapi_docs_kwargs(),
     )
+    app.add_middleware(BodyBudgetMiddleware, budget=body_budget, max_request_bytes=int(max_upload_bytes))
     app.add_middleware(SecurityMiddleware, settings=security)
     app.state.batcher = batcher
     app.state.pipeline = pipe
@@ -269,6 +282,8 @@ def create_app(
             "rejected_queue_full": batcher.rejected,
             "decoding": {"pixels_in_flight": pipe.budget.in_use, "peak_pixels_in_flight": pipe.budget.peak,
                          "budget_pixels": pipe.budget.max_pixels},
+            "bodies": {"bytes_in_flight": body_budget.in_use, "peak_bytes_in_flight": body_budget.peak,
+                       "budget_bytes": body_budget.max_bytes, "rejected_budget_full": body_budget.refused},
             "last_error": batcher.last_error,
         }
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
@@ -408,9 +423,9 @@ def bind_socket(host: str, port: int):
     return sock
 
 
-def run_server(app, sock) -> None:
-    """Serve ``app`` with uvicorn on the bound socket until Ctrl+C."""
+def run_server(app, sock, limits: ConnectionLimits | None = None) -> None:
+    """Serve ``app`` with uvicorn on the bound socket until Ctrl+C, under ``limits`` (connections
+    and header deadline, see :mod:`s2swclip.serve.limits`)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app, limits)).run(sockets=[sock])
