@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     add_threads_arg(p)
     add_few_shot_args(p)
     add_exported_arg(p)
+    p.add_argument("--profile", metavar="NAME", help="score with this product profile (its bank, few-shot weight "
+                                                    "and threshold; the model options default to its own)")
+    p.add_argument("--profiles", metavar="DIR", help="the profiles folder of --profile")
     _add_ray_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -56,7 +59,9 @@ def cmd_predict(args) -> int:
     if args.reference is not None:
         collect_inputs([args.reference])
     with torch_threads(args):
-        if args.model is not None:
+        if args.profile is not None or args.profiles is not None:
+            scorer = _profile_scorer(args)
+        elif args.model is not None:
             scorer = exported_model(args)  # torch-free
         else:
             from ..inference.scorers import as_scorer
@@ -82,6 +87,24 @@ def cmd_predict(args) -> int:
     if not summary.n_scored:
         raise S2SWError(f"none of the {summary.n_failed} input files could be read as an image")
     return 0
+
+
+def _profile_scorer(args):
+    """``--profile NAME --profiles DIR``: the profile's scorer (its ``threshold`` is used unless
+    --threshold or --calibrate is given)."""
+    from .profile import detector_for_profile, open_store
+
+    if args.profile is None or args.profiles is None:
+        raise S2SWError("--profile NAME and --profiles DIR go together")
+    clash = [flag for flag, value in (("--model", args.model), ("--reference", args.reference),
+                                      ("--few-shot-weight", args.few_shot_weight), ("--coreset", args.coreset),
+                                      ("--shots", args.shots)) if value is not None]
+    if clash:
+        raise S2SWError(f"--profile {args.profile} already fixes the model, references and weight; drop "
+                        f"{', '.join(clash)}")
+    manifest = open_store(args).show(args.profile)
+    store = open_store(args, detector_for_profile(args, manifest))
+    return store.scorer(store.load(args.profile))
 
 
 # ---- predict --engine ray (scale-out batch scoring; s2swclip.inference.ray_engine) ----
@@ -113,6 +136,8 @@ def _refuse_ray_options(args) -> None:
 
 
 def _predict_ray(args) -> int:
+    if args.profile is not None:
+        raise S2SWError("--profile runs with the local engine: drop --engine ray")
     from ..inference.inputs import collect_inputs
     from ..inference.ray_engine import predict_ray
     from ..inference.spec import ScorerSpec

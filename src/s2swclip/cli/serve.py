@@ -7,6 +7,7 @@ import sys
 from ..errors import S2SWError, safe_text
 from ..serve.limits import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT_BYTES
 from .options import add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, detector, exported_model, threshold_of
+from .profile import add_profiles_limits
 from .types import batch_count, finite, float_range, int_range, mega, port
 
 
@@ -55,6 +56,9 @@ def add_parser(sub) -> None:
     add_few_shot_args(p)
     add_heatmap_arg(p)
     add_exported_arg(p)
+    p.add_argument("--profiles", metavar="DIR",
+                   help="product profiles folder: /v1/profiles routes, /v1/predict?profile=NAME (created when missing)")
+    add_profiles_limits(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -65,8 +69,12 @@ def build_serve_app(args):
 
     security = SecuritySettings(token=resolve_token(args.token), host=args.host,
                                 allow_hosts=tuple(args.allow_host or ()))
+    if args.profiles is not None and args.model is not None:
+        raise S2SWError(f"--profiles needs the PyTorch detector (profiles share its backbone); "
+                        f"drop --model {args.model}")
     model = exported_model(args) if args.model is not None else detector(args)
-    return create_app(model, threshold=threshold_of(args, model), save_dir=args.save,
+    profiles = _profiles_service(args, model)
+    return create_app(model, profiles=profiles, threshold=threshold_of(args, model), save_dir=args.save,
                       save_max_bytes=int(args.save_max_mb * 1e6), max_batch=args.max_batch,
                       batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
                       max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_mpx * 1e6),
@@ -74,6 +82,17 @@ def build_serve_app(args):
                       max_inflight_bytes=int(args.max_inflight_mb * 1e6), security=security,
                       upload_idle_timeout_s=args.upload_timeout, warmup=True,
                       heatmap_scale=args.heatmap_scale)
+
+
+def _profiles_service(args, model):
+    """The profiles of ``--profiles DIR`` on the service's detector (None without the flag)."""
+    if args.profiles is None:
+        return None
+    from ..profiles import ProfileStore
+    from ..serve.profiles_routes import ProfilesService
+
+    return ProfilesService(ProfileStore(args.profiles, model, max_profiles=args.max_profiles,
+                                        max_references=args.max_references))
 
 
 def cmd_serve(args) -> int:

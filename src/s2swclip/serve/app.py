@@ -15,6 +15,9 @@ Endpoints (OpenAPI schema at ``/openapi.json``):
   Request-level answers: 413 (body over ``--max-upload-mb``, more files than the queue
   holds), 408 (upload stalled), 503 (inference queue or request-body budget full,
   ``Retry-After: 1``), 400 (not multipart, no files).
+  ``?profile=NAME`` scores with a product profile (``--profiles DIR``): its bank, few-shot weight
+  and threshold; the answer carries ``profile`` and ``profile_version``; an unknown one is 404.
+* ``/v1/profiles...`` -- the product profiles (:mod:`s2swclip.serve.profiles_routes`).
 * ``GET /v1/health`` -- liveness plus queue and memory-budget statistics.
 * ``GET /v1/model`` -- what is loaded, the threshold and the serving limits.
 * ``GET /`` -- the inspection page (``static/``; no external assets).
@@ -140,6 +143,7 @@ def create_app(
     security: SecuritySettings | None = None,
     warmup: bool = False,
     heatmap_scale: str = "fixed",
+    profiles=None,
 ):
     """Build the FastAPI app around a loaded model.
 
@@ -161,6 +165,8 @@ def create_app(
         heatmap_scale: ``fixed``: overlays centred on the request's threshold (the server's,
             or the ``threshold`` query parameter), the whole [0, 1] per-layer scale without
             one; ``image``: each map's own range (see :mod:`s2swclip.viz.heatmap`).
+        profiles: a :class:`~s2swclip.serve.profiles_routes.ProfilesService` (``--profiles DIR``):
+            the ``/v1/profiles`` routes and ``/v1/predict?profile=NAME``.
     """
     from .. import __version__
 
@@ -190,11 +196,19 @@ def create_app(
     store = SaveStore(save_dir, save_max_bytes) if save_dir is not None else None
     security = security or SecuritySettings()
 
-    def run_batch(arrays: list) -> list:
+    def run_batch(items: list) -> list:
+        """Items are ``(pixels, scorer)``: one scorer call per scorer (the model or a profile's)."""
         import numpy as np
 
-        scores, maps = model.score(np.stack(arrays))
-        return [(float(scores[i]), maps[i]) for i in range(len(arrays))]
+        out: list = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (_, scorer) in enumerate(items):
+            groups.setdefault(id(scorer), []).append(i)
+        for idx in groups.values():
+            scores, maps = items[idx[0]][1].score(np.stack([items[i][0] for i in idx]))
+            for j, i in enumerate(idx):
+                out[i] = (float(scores[j]), maps[j])
+        return out
 
     batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=batch_wait_ms,
                            queue_size=queue_size, name="s2sw-inference")
@@ -212,6 +226,7 @@ def create_app(
         "heatmap_scale": heatmap_scale,
         "auth": security.token is not None,
         "version": __version__,
+        "profiles": None if profiles is None else profiles.limits(),
     }
     decode_limiter = anyio.CapacityLimiter(int(decode_threads))
 
@@ -220,7 +235,7 @@ def create_app(
         if warmup:
             import numpy as np
 
-            await batcher.run([np.zeros((3, pipe.image_size, pipe.image_size), np.float32)])
+            await batcher.run([(np.zeros((3, pipe.image_size, pipe.image_size), np.float32), model)])
         yield
         await run_in_threadpool(batcher.close)
 
@@ -237,6 +252,13 @@ def create_app(
     app.state.pipeline = pipe
     app.state.model_info = model_info
     app.state.save_root = None if store is None else store.root
+    if profiles is not None:
+        from .profiles_routes import profiles_router
+
+        profiles.store.budget, profiles.store.max_pixels = pipe.budget, int(max_pixels)  # the service's budgets
+        app.include_router(profiles_router(profiles, max_upload_bytes=max_upload_bytes,
+                                           idle_timeout_s=upload_idle_timeout_s,
+                                           total_timeout_s=upload_total_timeout_s))
 
     static_dir = resources.files("s2swclip.serve") / "static"
 
@@ -270,22 +292,22 @@ def create_app(
     async def model_route():
         return model_info
 
-    def heatmap(rec: ScoredImage, thr: float | None) -> HeatmapScale:
+    def heatmap(rec: ScoredImage, thr: float | None, bound: float | None = map_scale) -> HeatmapScale:
         """The colour scale of one overlay (see ``heatmap_scale``)."""
-        return standalone_scale(heatmap_scale, rec.anomaly_map, thr, map_scale)
+        return standalone_scale(heatmap_scale, rec.anomaly_map, thr, bound)
 
     def finish(records: list[ScoredImage], parts: list, want_overlay: bool, request_id: str,
-               thr: float | None) -> dict:
+               thr: float | None, bound: float | None = map_scale, traced: dict | None = None) -> dict:
         """Overlays and saving, off the event loop; returns {index: (png, saved, heatmap)}."""
         out = {}
         for rec in records:
-            scale = heatmap(rec, thr)
+            scale = heatmap(rec, thr, bound)
             png = pipe.overlay(rec, scale=scale) if (want_overlay or store is not None) else None
             saved = None
             if store is not None:
                 part = parts[rec.index]
                 record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                          "filename": part.filename, "score": rec.score}
+                          "filename": part.filename, "score": rec.score, **(traced or {})}
                 saved = store.save(request_id, rec.index, part.filename, rec.format or "", bytes(part.data),
                                    png, record)
             out[rec.index] = (png if want_overlay else None, saved, scale.to_dict() if want_overlay else None)
@@ -294,14 +316,26 @@ def create_app(
 
     @app.post("/v1/predict", tags=["inspection"], summary="Score one or more images",
               openapi_extra=_PREDICT_BODY)
-    async def predict(request: Request, threshold: float | None = None, overlay: bool = True):
+    async def predict(request: Request, threshold: float | None = None, overlay: bool = True,
+                      profile: str | None = None):
         """Score uploaded images (multipart field ``files``, repeatable).
 
         Query parameters: ``threshold`` overrides the server's decision threshold for this
-        request; ``overlay=false`` leaves the heatmap PNGs out (faster, smaller answers).
+        request; ``overlay=false`` leaves the heatmap PNGs out (faster, smaller answers);
+        ``profile`` scores with that product profile (its bank, weight and threshold; the
+        answer names it and its version; unknown: 404).
         """
         t0 = time.perf_counter()
-        thr = model_info["threshold"] if threshold is None else float(threshold)
+        scorer, traced = model, {}
+        if profile is not None:
+            from .profiles_routes import predict_profile
+
+            found = predict_profile(profiles, profile)
+            if isinstance(found, JSONResponse):
+                return found
+            scorer, traced = found
+        thr = getattr(scorer, "threshold", None) if profile is not None else model_info["threshold"]
+        thr = thr if threshold is None else float(threshold)
         if thr is not None and not math.isfinite(thr):
             return _error_json(400, f"threshold must be a finite number, got {threshold}")
         try:
@@ -332,7 +366,7 @@ def create_app(
         extras: dict = {}
         if good:
             try:
-                results = await batcher.run([r.pixels for r in good])
+                results = await batcher.run([(r.pixels, scorer) for r in good])
             except QueueFull as exc:
                 return _error_json(503, str(exc), headers={"Retry-After": "1"})
             except BatcherClosed as exc:
@@ -344,7 +378,8 @@ def create_app(
                 rec.timings_ms.update(queue=info.queue_ms, inference=info.run_ms, batch_size=info.batch_size)
             request_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:8]
             try:
-                extras = await run_in_threadpool(finish, good, files, overlay, request_id, thr)
+                extras = await run_in_threadpool(finish, good, files, overlay, request_id, thr,
+                                                 getattr(scorer, "map_scale", None), traced)
             except OSError as exc:
                 return _error_json(500, f"cannot save results under {store.root if store else '?'}: {exc}")
         total_ms = (time.perf_counter() - t0) * 1000
@@ -352,7 +387,7 @@ def create_app(
         for r in records:
             png, saved, scale = extras.get(r.index, (None, None, None))
             rows.append(_row(r, names[r.index], png, total_ms, saved, scale))
-        body = {"threshold": thr, "image_size": pipe.image_size, "n_scored": len(good),
+        body = {**traced, "threshold": thr, "image_size": pipe.image_size, "n_scored": len(good),
                 "n_failed": len(records) - len(good), "results": rows,
                 "timing_ms": {"total": round(total_ms, 3)}}
         if good:
