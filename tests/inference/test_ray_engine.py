@@ -29,7 +29,7 @@ from s2swclip.inference.spec import ScorerSpec  # noqa: E402
 from s2swclip.model.checkpoint import save_prompts  # noqa: E402
 
 SIZE = 56
-THRESHOLD = 0.58
+THRESHOLD = 0.47  # about the median score of these images with the shallow test backbone: both decisions occur
 N_GOOD = 300
 FLOATS = ("score", "map_max", "map_mean", "map_frac_above")
 SRC = str(Path(s2swclip.__file__).resolve().parents[1])  # the package under test, for subprocesses
