@@ -62,7 +62,7 @@ def _snapshot(folder):
     (["--image-size", "0"], "--image-size"),  # checked by the shared model options, or by TrainConfig
     (["--seed", "-1"], "(--seed)"),
     (["--max-batches", "-1"], "max_batches must be an integer >= 0, got -1 (--max-batches)"),
-    (["--workers", "-1"], "num_workers must be an integer >= 0, got -1 (--workers)"),
+    (["--workers", "-1"], "argument --workers: must be >= 0, got -1"),
 ])
 def test_bad_option_is_one_line_before_any_work(capsys, tmp_path, args, needle):
     # data that does not exist and a backbone that does not exist: the option is checked first

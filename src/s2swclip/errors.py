@@ -11,6 +11,8 @@ field's flag next to it with :meth:`S2SWError.with_flags` and its own field-to-f
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from typing import Iterable, Mapping
 
@@ -58,6 +60,41 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     line = lines[0] if lines else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def safe_text(value: object) -> str:
+    """``value`` as text that cannot act on a terminal or a log: every control or invisible
+    formatting character (ANSI escapes, newlines, carriage returns, bidirectional overrides, ...)
+    is shown as its escape (``\\x1b``, ``\\n``, ``\\u202e``). For anything that came from a file
+    (names, manifest and provenance strings) before it is printed or logged."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def safe_lines(text: str) -> str:
+    """Several lines of text, each through :func:`safe_text` (the line breaks are kept)."""
+    return "\n".join(safe_text(line) for line in str(text).split("\n"))
+
+
+def check_number(name: str, value: object, lo: float | None = None, hi: float | None = None, *,
+                 integer: bool = False, lo_open: bool = False) -> float | int:
+    """``value`` as a finite number (an ``int`` with ``integer``) in ``[lo, hi]`` (``(lo, hi]``
+    with ``lo_open``; a bound that is None is open-ended); otherwise an S2SWError about the
+    field ``name`` (in :attr:`S2SWError.fields`)."""
+    lo_text = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+    hi_text = "" if hi is None else f"<= {hi:g}"
+    want = " and ".join(t for t in (lo_text, hi_text) if t)
+    kind = "an integer" if integer else "a finite number"
+    error = S2SWError(f"{name} must be {kind}{' ' + want if want else ''}, got {value!r}", fields=[name])
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise error
+    if not math.isfinite(value) or (integer and not float(value).is_integer()):
+        raise error
+    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+        raise error
+    return int(value) if integer else value
 
 
 class InferenceTimeout(S2SWError):

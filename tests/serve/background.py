@@ -8,7 +8,9 @@ import time
 class BackgroundServer:
     """``with BackgroundServer(app) as url: ...`` -- the port is picked by the OS."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", limits=None):
+        """``limits``: run with the service's own configuration (:func:`s2swclip.serve.limits.server_config`)
+        under these :class:`~s2swclip.serve.limits.ConnectionLimits`."""
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -16,8 +18,13 @@ class BackgroundServer:
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                                timeout_keep_alive=30, backlog=256)
+        if limits is not None:
+            from s2swclip.serve.limits import server_config
+
+            config = server_config(app, limits, log_level=log_level)
+        else:
+            config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
+                                    timeout_keep_alive=30, backlog=256)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="s2sw-uvicorn", daemon=True)

@@ -17,14 +17,15 @@ def test_serve_arguments_build_the_app(tmp_path):
     args = build_parser().parse_args([
         "serve", "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "112",
         "--threshold", "0.25", "--save", str(tmp_path / "out"), "--max-batch", "4", "--batch-wait-ms", "3",
-        "--queue-size", "9", "--max-upload-mb", "1.5", "--max-mpx", "0.005"])
+        "--queue-size", "9", "--max-upload-mb", "1.5", "--max-mpx", "0.005", "--max-inflight-mb", "30"])
     app = build_serve_app(args)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         m = client.get("/v1/model").json()
         assert (m["backbone"], m["weights"], m["image_size"], m["threshold"]) == ("S2SW-Tiny-24L", None, 112, 0.25)
         assert m["limits"] == {"max_batch": 4, "batch_wait_ms": 3.0, "queue_size": 9,
                                "max_upload_bytes": 1_500_000, "max_pixels": 5000,
-                               "max_inflight_pixels": 64_000_000, "save_max_bytes": 1_000_000_000}
+                               "max_inflight_pixels": 64_000_000, "max_inflight_bytes": 30_000_000,
+                               "save_max_bytes": 1_000_000_000}
         assert m["save"] is True
         r = client.post("/v1/predict", files=[("files", ("a.png", png_bytes(60, 40), "image/png"))])
         assert r.status_code == 200

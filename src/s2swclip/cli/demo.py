@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+from .types import seed_value
+
 
 def add_demo_parser(sub) -> None:
     """Register the ``demo`` command."""
     p = sub.add_parser("demo", help="offline end-to-end demo on synthetic data (tiny random backbone)")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import safe_lines, safe_text
 from .options import add_few_shot_args, add_heatmap_arg, add_model_args, detector
-from .types import positive_int
+from .types import batch_count, int_range, worker_count
 
 
 def add_parser(sub) -> None:
@@ -17,12 +18,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder for report.json/csv and figures")
     add_model_args(p)
     p.add_argument("--classes", nargs="+")
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--batch-size", type=batch_count, default=8)
     p.add_argument("--aupro", default="exact", choices=AUPRO_METHODS,
                    help="AUPRO: exact (MVTec definition) or grid200 (the released code's)")
-    p.add_argument("--figures", type=int, default=4, help="overlay figures per class (0: none)")
+    p.add_argument("--figures", type=int_range(0, 10_000), default=4, help="overlay figures per class (0: none)")
     add_heatmap_arg(p)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=worker_count, default=0, help="data loading workers (default 0)")
     p.add_argument("--quiet", action="store_true")
     add_few_shot_args(p, protocol=True)
     p.set_defaults(func=cmd_test)
@@ -49,10 +50,10 @@ def cmd_test(args) -> int:
             from ..eval.protocol import evaluate_few_shot
 
             report = evaluate_few_shot(det, root, shots=args.shots, seeds=args.shot_seed or [0], **common)
-            print(format_markdown(report))
-            print(format_few_shot(report))
+            print(safe_lines(format_markdown(report)))  # class names come from meta.json
+            print(safe_lines(format_few_shot(report)))
         else:
             report = evaluate_dataset(det, root, **common)
-            print(format_markdown(report))
-        print(f"report: {out / 'report.json'}")
+            print(safe_lines(format_markdown(report)))
+        print(f"report: {safe_text(out / 'report.json')}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .options import add_few_shot_args, add_model_args, load_detector_of, set_references
-from .types import finite, positive_int
+from .types import finite, int_range
 
 
 def add_parser(sub) -> None:
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
                         "post-training quantisation; needs --calibrate)")
     p.add_argument("--calibrate", metavar="DIR",
                    help="folder of normal images of the product: int8 statistics and the drift measurement")
-    p.add_argument("--calibrate-max", type=positive_int, default=32,
+    p.add_argument("--calibrate-max", type=int_range(1, 100_000), default=32,
                    help="most calibration images used (default 32)")
     p.add_argument("--threshold", type=finite, help="decision threshold recorded with the model")
     add_model_args(p, torch_runtime=False)

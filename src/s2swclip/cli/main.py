@@ -4,6 +4,9 @@ Each command lives in its own module of this package (argument parsing and one c
 library). User mistakes end with one line on stderr (``error: ...``) and exit status 2; no
 traceback. Messages of the library (``logging``, logger ``s2swclip``) are shown on stderr:
 ``warning: ...`` for warnings, plain lines for progress and information (``--quiet``: warnings only).
+Control characters in messages and in the names printed (they may come from files) are shown
+escaped (:func:`~s2swclip.errors.safe_text`): every message is one line that cannot act on the
+terminal.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import logging
 import sys
 
 from .. import __version__
-from ..errors import S2SWError
-from . import demo, evaluate, export, predict, serve, train
+from ..errors import S2SWError, safe_text
+from . import demo, evaluate, export, predict, profile, serve, train, watch
 
 EXIT_USER_ERROR = 2
 
@@ -38,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_demo_parser(sub)
     demo.add_build_meta_parser(sub)
     serve.add_parser(sub)
+    watch.add_parser(sub)
+    profile.add_parser(sub)
     return parser
 
 
@@ -50,8 +55,11 @@ def _os_error_line(err: OSError) -> str:
 
 
 class _Formatter(logging.Formatter):
+    """``warning: `` before warnings; control characters (from file names, manifests, ...) escaped,
+    so that a message is one line that cannot act on the terminal."""
+
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
+        msg = safe_text(record.getMessage())
         return f"warning: {msg}" if record.levelno >= logging.WARNING else msg
 
 
@@ -73,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
         return int(args.func(args) or 0)
     except S2SWError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {safe_text(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:  # an output that cannot be created or written, found only when writing
-        print(f"error: {_os_error_line(e)}", file=sys.stderr)
+        print(f"error: {safe_text(_os_error_line(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

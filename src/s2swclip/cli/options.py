@@ -4,6 +4,7 @@ objects built from them (the detector, the exported model, the threshold)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 from ..errors import S2SWError
@@ -173,3 +174,43 @@ def exported_model(args):
 def threshold_of(args, model) -> float | None:
     """--threshold, else the threshold recorded in an exported model."""
     return args.threshold if args.threshold is not None else getattr(model, "threshold", None)
+
+
+# ------------------------------------------------------------------------------ CPU threads
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="PyTorch threads of the model on the CPU (default: the cores less the decoding workers' "
+                        "share, cores - cores//4, at least 1: a 2-core machine runs the model on 1 thread and "
+                        "decodes on the other core)")
+    p.add_argument("--decode-workers", type=positive_int, default=None,
+                   help="threads that decode images and write overlays beside the model (default: the cores, "
+                        "2 to 4); a GPU needs about its images/s divided by one core's decoding rate")
+
+
+def default_torch_threads(cores: int | None = None) -> int:
+    """The model's threads when ``--threads`` is not given: the cores less a quarter (at least
+    one) left to the pipeline's decoding and overlay workers, so the two do not oversubscribe
+    the cores (PyTorch's threads slow down badly when they must wait for a busy core)."""
+    import os
+
+    cores = int(cores or os.cpu_count() or 1)
+    return max(1, cores - max(1, cores // 4))
+
+
+@contextlib.contextmanager
+def torch_threads(args):
+    """Run the command with ``--threads`` (or :func:`default_torch_threads`) PyTorch threads;
+    the previous setting comes back afterwards (the command line runs inside tests too). An
+    exported model (``--model``) sets its own runtime's threads: PyTorch is left alone."""
+    if getattr(args, "model", None) is not None:
+        yield None
+        return
+    import torch
+
+    n = getattr(args, "threads", None) or default_torch_threads()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(saved)

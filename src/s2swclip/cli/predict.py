@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import S2SWError
+from ..errors import S2SWError, safe_text
 from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, check_exported_args, detector,
-                      exported_model, few_shot_options, references_only, threshold_of, weights_arg)
-from .types import finite, fraction, non_negative, positive, positive_int
+                      exported_model, few_shot_options, references_only, threshold_of, torch_threads,
+                      weights_arg, add_threads_arg)
+from .types import batch_count, finite, float_range, fraction, int_range, mega
 
 
 def add_parser(sub) -> None:
@@ -25,14 +26,18 @@ def add_parser(sub) -> None:
                         "which bounds the expected false-positive rate on new good images by --fpr")
     p.add_argument("--fpr", type=fraction, default=0.01,
                    help="false-positive rate allowed on good images when calibrating (default 0.01)")
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--max-mpx", type=positive, default=40.0,
+    p.add_argument("--batch-size", type=batch_count, default=8)
+    p.add_argument("--max-mpx", type=mega, default=40.0,
                    help="refuse images larger than this many megapixels (default 40)")
     p.add_argument("--no-overlays", action="store_true")
     add_heatmap_arg(p)
     p.add_argument("--quiet", action="store_true")
+    add_threads_arg(p)
     add_few_shot_args(p)
     add_exported_arg(p)
+    p.add_argument("--profile", metavar="NAME", help="score with this product profile (its bank, few-shot weight "
+                                                    "and threshold; the model options default to its own)")
+    p.add_argument("--profiles", metavar="DIR", help="the profiles folder of --profile")
     _add_ray_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -53,29 +58,53 @@ def cmd_predict(args) -> int:
         collect_inputs([args.calibrate])
     if args.reference is not None:
         collect_inputs([args.reference])
-    if args.model is not None:
-        scorer = exported_model(args)  # torch-free
-    else:
-        from ..inference.scorers import as_scorer
+    with torch_threads(args):
+        if args.profile is not None or args.profiles is not None:
+            scorer = _profile_scorer(args)
+        elif args.model is not None:
+            scorer = exported_model(args)  # torch-free
+        else:
+            from ..inference.scorers import as_scorer
 
-        scorer = as_scorer(detector(args))
-    summary = predict_files(scorer, args.inputs, args.out, threshold=threshold_of(args, scorer),
-                            calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
-                            overlays=not args.no_overlays, progress=not args.quiet,
-                            max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale)
-    width = max((len(r["name"]) for r in summary.rows), default=10)
-    for r in summary.rows:
+            scorer = as_scorer(detector(args))
+        summary = predict_files(scorer, args.inputs, args.out, threshold=threshold_of(args, scorer),
+                                calibrate_dir=args.calibrate, fpr=args.fpr, batch_size=args.batch_size,
+                                overlays=not args.no_overlays, progress=not args.quiet,
+                                max_pixels=int(args.max_mpx * 1e6), heatmap_scale=args.heatmap_scale,
+                                decode_workers=args.decode_workers)
+    shown = [safe_text(r["name"]) for r in summary.rows]  # names come from folders and manifests
+    width = max(map(len, shown), default=10)
+    for name, r in zip(shown, summary.rows):
         if r["error"]:
-            print(f"{r['name']:<{width}}  skipped")
+            print(f"{name:<{width}}  skipped")
             continue
         verdict = "" if r["anomalous"] is None else ("  ANOMALOUS" if r["anomalous"] else "  normal")
-        print(f"{r['name']:<{width}}  {r['score']:.4f}{verdict}")
+        print(f"{name:<{width}}  {r['score']:.4f}{verdict}")
     if summary.calibration is not None:
         print(summary.calibration.describe())
-    print(f"{summary.n_scored} scored, {summary.n_failed} skipped; results in {Path(args.out) / 'results.csv'}")
+    results = safe_text(Path(args.out) / "results.csv")
+    print(f"{summary.n_scored} scored, {summary.n_failed} skipped; results in {results}")
     if not summary.n_scored:
         raise S2SWError(f"none of the {summary.n_failed} input files could be read as an image")
     return 0
+
+
+def _profile_scorer(args):
+    """``--profile NAME --profiles DIR``: the profile's scorer (its ``threshold`` is used unless
+    --threshold or --calibrate is given)."""
+    from .profile import detector_for_profile, open_store
+
+    if args.profile is None or args.profiles is None:
+        raise S2SWError("--profile NAME and --profiles DIR go together")
+    clash = [flag for flag, value in (("--model", args.model), ("--reference", args.reference),
+                                      ("--few-shot-weight", args.few_shot_weight), ("--coreset", args.coreset),
+                                      ("--shots", args.shots)) if value is not None]
+    if clash:
+        raise S2SWError(f"--profile {args.profile} already fixes the model, references and weight; drop "
+                        f"{', '.join(clash)}")
+    manifest = open_store(args).show(args.profile)
+    store = open_store(args, detector_for_profile(args, manifest))
+    return store.scorer(store.load(args.profile))
 
 
 # ---- predict --engine ray (scale-out batch scoring; s2swclip.inference.ray_engine) ----
@@ -90,13 +119,13 @@ def _add_ray_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", metavar="ADDR", default=None,
                    help="Ray cluster to join (HOST:PORT printed by 'ray start --head', ray://HOST:PORT, or auto); "
                         "default: start Ray on this machine")
-    g.add_argument("--workers", type=positive_int, default=None,
+    g.add_argument("--workers", type=int_range(1, 1024), default=None,
                    help="scoring actors, each loads the model once (default 1)")
-    g.add_argument("--gpus-per-worker", type=non_negative, default=None,
+    g.add_argument("--gpus-per-worker", type=float_range(0, 64), default=None,
                    help="GPUs per scoring actor (default 0: CPU; 0.5 puts two actors on each GPU)")
-    g.add_argument("--cpus-per-worker", type=positive, default=None,
+    g.add_argument("--cpus-per-worker", type=float_range(0, 1024, lo_open=True), default=None,
                    help="CPUs reserved per scoring actor (default 1); decoding tasks take 1 CPU each")
-    g.add_argument("--shard-rows", type=positive_int, default=None,
+    g.add_argument("--shard-rows", type=int_range(1, 10_000_000), default=None,
                    help="rows per committed Parquet shard (default 5000; a crash loses at most a shard)")
 
 
@@ -107,6 +136,8 @@ def _refuse_ray_options(args) -> None:
 
 
 def _predict_ray(args) -> int:
+    if args.profile is not None:
+        raise S2SWError("--profile runs with the local engine: drop --engine ray")
     from ..inference.inputs import collect_inputs
     from ..inference.ray_engine import predict_ray
     from ..inference.spec import ScorerSpec
@@ -139,7 +170,7 @@ def _predict_ray(args) -> int:
     if s.calibration is not None:
         print(s.calibration.describe())
     print(f"{s.n_scored} scored, {s.n_failed} skipped ({s.n_new} rows written now, {s.n_already_done} already "
-          f"done); results in {s.results_dir}")
+          f"done); results in {safe_text(s.results_dir)}")
     if not s.n_scored:
         raise S2SWError(f"none of the {s.n_failed} input files could be read as an image")
     return 0

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from ..errors import S2SWError
 from .options import add_model_args, weights_arg
+from .types import worker_count
+
+# --epochs, --batch-size, --lr, --seed, --alpha, --beta and --max-batches are parsed as plain numbers
+# and checked by the training configuration (TrainConfig): one line naming the field, FLAGS adds the flag.
 
 #: The flag of each field the training library names in its errors (``S2SWError.fields``).
 FLAGS: dict[str, str | None] = {
@@ -33,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--classes", nargs="+", help="train on these classes only")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--max-batches", type=int, help="batches per epoch (quick runs)")
-    p.add_argument("--workers", type=int, default=0, help="data loading workers")
+    p.add_argument("--workers", type=worker_count, default=0, help="data loading workers (default 0)")
     p.add_argument("--cache-features", metavar="DIR|memory", default=None,
                    help="compute the frozen image features once per image and reuse them in later epochs, "
                         "stored in DIR (shareable by runs that differ only in training hyper-parameters) or "

@@ -82,7 +82,8 @@ class ImageError(S2SWError):
 
     ``code`` is one of ``missing``, ``unreadable`` (permissions, a folder), ``not_a_regular_file``
     (a FIFO, socket or device: never opened for reading), ``empty``, ``not_an_image``,
-    ``too_many_pixels``, ``corrupt``.
+    ``too_many_pixels``, ``corrupt``, ``unsupported_uri`` (a URI scheme that cannot be read, see
+    :mod:`s2swclip.inference.uris`).
     """
 
     def __init__(self, code: str, message: str):

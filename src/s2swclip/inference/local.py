@@ -4,7 +4,8 @@ Inputs (files, folders, globs, manifests; see :mod:`.inputs`) go through the :mo
 the output folder gets ``results.csv``, ``results.json`` and ``overlays/*.png`` (one per scored
 image, named after its input, with its colour bar; coloured on one scale for the run, see
 :mod:`.heatmap`; ``results.json`` records the scale). Unreadable inputs are rows with an
-``error``; they never stop the run. Every file is written atomically. Torch-free: the scorer
+``error``; they never stop the run (a URI whose store cannot be used either: its store is
+tried once per run, see :func:`refused_stores`). Every file is written atomically. Torch-free: the scorer
 decides what runs the model.
 
 The row of an input (:data:`RESULT_FIELDS`, the same in every engine: ``results.csv``/``.json``
@@ -25,7 +26,7 @@ here, the Parquet shards of :mod:`.ray_engine`):
 ``overlay``         the overlay PNG, relative to the output folder; empty when not written
 ``error``           why the input was not scored (one line); empty when scored
 ``error_code``      ``missing``, ``unreadable``, ``empty``, ``not_an_image``,
-                    ``too_many_pixels``, ``corrupt``; empty when scored
+                    ``too_many_pixels``, ``corrupt``, ``unsupported_uri``; empty when scored
 ==================  ==========================================================================
 """
 
@@ -47,10 +48,12 @@ from ..progress import progress as make_progress
 from .calibration import Calibration, conformal_threshold
 from ..viz.heatmap import HEATMAP_SCALES, OverlayPainter
 from .inputs import collect_inputs, display_names
+from .uris import is_uri, store_of, unreachable_stores
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage, overlay_png
 
 __all__ = ["RESULT_FIELDS", "PredictSummary", "apply_listing_problem", "calibrate", "check_run_options", "csv_safe",
-           "overlay_names", "predict_files", "result_row"]
+           "in_refused_store", "overlay_names", "predict_files", "refused_stores",
+           "result_row"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,18 @@ def _sources(paths: Sequence[str]):
     return [(p, n) for p, n in zip(paths, display_names(paths))]
 
 
+def refused_stores(paths: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The stores of a run's URIs that cannot be used, as ``{store: (error_code, reason)}`` for
+    :attr:`~.pipeline.Decoder.refused_stores`: tried once per run, one warning each (see
+    :func:`~.uris.unreachable_stores`); their entries become rows with that error."""
+    return {store: (err.code, str(err)) for store, err in unreachable_stores(paths).items()}
+
+
+def in_refused_store(path: str, refused: dict[str, tuple[str, str]]) -> bool:
+    """True for a URI of a store in ``refused`` (its rows were reported by one warning already)."""
+    return is_uri(path) and store_of(path) in refused
+
+
 def calibrate(pipeline: InferencePipeline, folder: str | os.PathLike, fpr: float) -> Calibration:
     """Score the known-good images of ``folder`` and return the conformal threshold."""
     entries = collect_inputs([folder])
@@ -162,6 +177,7 @@ def predict_files(
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
     heatmap_scale: str = "fixed",
     scale_window: int = 32,
+    decode_workers: int | None = None,
 ) -> PredictSummary:
     """Score ``inputs`` and write ``results.csv``, ``results.json`` and ``overlays/*.png``.
 
@@ -177,6 +193,8 @@ def predict_files(
         heatmap_scale: ``fixed`` (one scale for the run: centred on the threshold when there is
             one, else the range of the first ``scale_window`` maps) or ``image`` (each map's own
             range); see :mod:`.heatmap`.
+        decode_workers: the pipeline's decoding and overlay threads (default: see
+            :func:`~s2swclip.inference.pipeline.default_workers`).
 
     Returns:
         :class:`PredictSummary`.
@@ -185,7 +203,8 @@ def predict_files(
     out = check_output_dir(out_dir)
     entries = collect_inputs(inputs)
     pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=threshold, max_pixels=max_pixels,
-                             max_inflight_pixels=max_inflight_pixels)
+                             max_inflight_pixels=max_inflight_pixels, decode_workers=decode_workers)
+    pipe.decoder.refused_stores = refused_stores([e.path for e in entries])
     cal = None
     if calibrate_dir is not None:
         cal = calibrate(pipe, calibrate_dir, fpr)
@@ -193,7 +212,7 @@ def predict_files(
     summary = PredictSummary(pipe.threshold, cal)
     painter = OverlayPainter(heatmap_scale, pipe.threshold, getattr(scorer, "map_scale", None),
                              draw=lambda preview, amap, scale: overlay_png(preview, amap, scale=scale, colorbar=True),
-                             write=atomic_write_bytes, window=scale_window)
+                             write=atomic_write_bytes, window=scale_window, submit=pipe.submit)
     bar = make_progress(len(entries), "scoring", enabled=progress)
     names = display_names([e.path for e in entries])
     overlay_files = overlay_names(names)
@@ -203,15 +222,18 @@ def predict_files(
             apply_listing_problem(rec, entries[rec.index].problem)
             overlay = None
             if rec.error is not None:
-                log.warning("skipped %s: %s", rec.name, rec.error)
+                if not in_refused_store(rec.source, pipe.decoder.refused_stores):
+                    log.warning("skipped %s: %s", rec.name, rec.error)
             elif overlays:
                 overlay = overlay_files[rec.index]
                 painter.add(rec.preview, rec.anomaly_map, out / overlay)
             summary.rows.append(result_row(rec, overlay))
             rec.release()
         painter.flush()
+        pipe.drain()  # the overlays drawn and written on the worker threads
     finally:
         bar.close()
+        pipe.close()
     summary.heatmap = painter.describe() if overlays else None
     _write_results(out, summary)
     return summary

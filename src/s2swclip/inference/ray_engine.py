@@ -44,7 +44,8 @@ from ..progress import progress as make_progress
 from .calibration import Calibration, conformal_threshold
 from ..viz.heatmap import standalone_scale
 from .inputs import InputEntry, collect_inputs, display_names
-from .local import RESULT_FIELDS, apply_listing_problem, check_run_options, overlay_names, result_row
+from .local import (RESULT_FIELDS, apply_listing_problem, check_run_options, in_refused_store, overlay_names,
+                    refused_stores, result_row)
 from .pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, Decoder, InferencePipeline, ScoredImage
 from .shards import (OVERLAY_PNG, RESULTS, ResultsFolder, require_pyarrow, committed_paths, count_rows,
                      rows_in_flight_schema)
@@ -59,11 +60,14 @@ _CONNECT_TIMEOUT_S = 5.0
 
 # ------------------------------------------------------------------------------------ Ray stages
 def _decode_batch(batch: dict[str, np.ndarray], *, image_size: int, max_pixels: int | None,
-                  max_inflight_pixels: int, overlays: bool) -> dict[str, np.ndarray]:
+                  max_inflight_pixels: int, overlays: bool,
+                  refused_stores: dict | None = None) -> dict[str, np.ndarray]:
     """CPU task: decode a batch of inputs. In: ``index, path, name, problem, overlay``; out: the
     same plus ``ok``, ``error``, ``error_code``, ``pixels`` [n, 3, S, S] float32 (zeros where not
-    decoded) and, with overlays, ``preview`` (RGB bytes), ``preview_w``, ``preview_h``."""
+    decoded) and, with overlays, ``preview`` (RGB bytes), ``preview_w``, ``preview_h``. URIs of
+    ``refused_stores`` (the driver's :func:`~.local.refused_stores`) are not read."""
     dec = Decoder(image_size, max_pixels=max_pixels, max_inflight_pixels=max_inflight_pixels)
+    dec.refused_stores = dict(refused_stores or {})
     n = len(batch["path"])
     pixels = np.zeros((n, 3, image_size, image_size), np.float32)
     ok = np.zeros(n, bool)
@@ -263,6 +267,7 @@ class _Job:
     max_pixels: int | None
     max_inflight_pixels: int
     block_rows: int
+    refused_stores: tuple[tuple[str, str, str], ...] = ()  # (store, error_code, reason): not read
 
 
 def _decode_memory(job: _Job) -> int:
@@ -289,7 +294,8 @@ def _score_tables(ray, job: _Job, planned) -> Iterator:
     ds = ds.map_batches(_decode_batch, batch_size=job.batch_size, batch_format="numpy",
                         num_cpus=1, memory=_decode_memory(job),
                         fn_kwargs={"image_size": job.spec.image_size(), "max_pixels": job.max_pixels,
-                                   "max_inflight_pixels": job.max_inflight_pixels, "overlays": job.overlays})
+                                   "max_inflight_pixels": job.max_inflight_pixels, "overlays": job.overlays,
+                                   "refused_stores": {s: (c, r) for s, c, r in job.refused_stores}})
     ds = ds.map_batches(_ScoreWorker, batch_size=job.batch_size, batch_format="numpy",
                         compute=ActorPoolStrategy(size=job.workers), num_cpus=job.cpus_per_worker,
                         num_gpus=job.gpus_per_worker or None,
@@ -443,8 +449,10 @@ def predict_ray(
         thr = calibration.threshold if calibration is not None else threshold
         # rows reach the driver one input block at a time: blocks of a few batches, at most a shard
         block_rows = max(int(batch_size), min(4 * int(batch_size), int(shard_rows)))
+        refused = refused_stores([entries[i].path for i in planned.column("index").to_pylist()])
         job = _Job(spec, thr, bool(overlays), heatmap_scale, int(batch_size), int(workers), float(cpus_per_worker),
-                   float(gpus_per_worker), max_pixels, int(max_inflight_pixels), block_rows)
+                   float(gpus_per_worker), max_pixels, int(max_inflight_pixels), block_rows,
+                   tuple((s, c, r) for s, (c, r) in refused.items()))
         n_new = 0
         if planned.num_rows or record is None:
             if n_already:
@@ -489,8 +497,10 @@ def _run(ray, job: _Job, planned, output: ResultsFolder, shard_rows: int, flush_
                 log.warning("dropped %d repeated row(s)", keep.count(False))
                 table = table.filter(require_pyarrow()[0].array(keep))
             seen.update(table.column("path").to_pylist())
-            for name, err in zip(table.column("name").to_pylist(), table.column("error").to_pylist()):
-                if err is not None:
+            refused = {s: (c, r) for s, c, r in job.refused_stores}  # reported once, by the driver
+            for path, name, err in zip(table.column("path").to_pylist(), table.column("name").to_pylist(),
+                                       table.column("error").to_pylist()):
+                if err is not None and not in_refused_store(path, refused):
                     log.warning("skipped %s: %s", name, err)
             pending.append(table)
             n_pending += table.num_rows

@@ -9,19 +9,34 @@ percent-decoding, no query options (configure the store through its environment 
 A URI's filesystem is created once per ``scheme://authority`` and process (creating an S3
 filesystem may query the bucket's region). Files are read whole, at most
 :data:`MAX_REMOTE_BYTES`; Pillow then decodes from memory. Torch-free.
+
+A URI that cannot be used is an :class:`~s2swclip.data.images.ImageError` (so an
+:class:`~s2swclip.errors.S2SWError` for an input named on the command line, and a row with its
+error for an entry of a manifest): ``unsupported_uri`` for a scheme pyarrow does not know (or
+no pyarrow), ``unreadable`` for a store that cannot be opened or reached.
+:func:`unreachable_stores` checks each store of a run's entries once, before any is read, so
+that a store that cannot be reached costs one warning and one attempt, not one per entry.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import posixpath
 import re
 from functools import lru_cache
+from typing import Iterable
 
 from ..data.images import ImageError, is_image_name
 from ..errors import S2SWError
 
-__all__ = ["MAX_REMOTE_BYTES", "is_uri", "list_uri", "read_uri_bytes", "uri_filesystem"]
+__all__ = ["MAX_REMOTE_BYTES", "is_uri", "list_uri", "read_uri_bytes", "store_of", "unreachable_stores",
+           "uri_filesystem"]
+
+log = logging.getLogger(__name__)
+
+#: entries of a store tried before it is declared unreachable (one entry alone may be denied)
+STORE_PROBES = 2
 
 #: Largest remote file read (bytes): the whole file is held in memory while it is decoded.
 MAX_REMOTE_BYTES = 256 * 2**20
@@ -38,8 +53,8 @@ def _pyarrow_fs():
     try:
         import pyarrow.fs as pafs
     except ImportError:
-        raise S2SWError("reading URIs (s3://, gs://, hdfs://, ...) needs pyarrow: "
-                        "pip install 's2swclip[ray]'") from None
+        raise ImageError("unsupported_uri", "reading URIs (s3://, gs://, hdfs://, ...) needs pyarrow: "
+                                            "pip install 's2swclip[ray]'") from None
     return pafs
 
 
@@ -57,14 +72,24 @@ def _root(scheme: str, authority: str):
     try:
         fs, path = pafs.FileSystem.from_uri(f"{scheme}://{authority}/")
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError/... for unusable URIs
-        raise S2SWError(f"cannot open {scheme}://{authority}/ with pyarrow: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Unrecognized filesystem type" in reason:
+            raise ImageError("unsupported_uri", f"unsupported URI scheme {scheme}:// (pyarrow reads s3://, gs://, "
+                                                f"hdfs://, file://, ...): {scheme}://{authority}/") from None
+        raise ImageError("unreadable", f"cannot open {scheme}://{authority}/ with pyarrow: {reason}") from None
     return fs, path.rstrip("/") == authority
 
 
+def store_of(uri: str) -> str:
+    """The store of a URI: ``scheme://authority`` (``s3://bucket``, ``hdfs://host:port``)."""
+    scheme, authority, _ = _split(uri)
+    return f"{scheme}://{authority}"
+
+
 def uri_filesystem(uri: str):
-    """``(pyarrow filesystem, path in it)`` for a URI. Raises :class:`S2SWError` when pyarrow
-    is missing or the store cannot be opened."""
+    """``(pyarrow filesystem, path in it)`` for a URI. Raises :class:`ImageError` (an
+    S2SWError) ``unsupported_uri`` when pyarrow is missing or does not know the scheme,
+    ``unreadable`` when the store cannot be opened."""
     scheme, authority, rest = _split(uri)
     fs, with_authority = _root(scheme, authority)
     return fs, (f"{authority}/{rest}" if with_authority else f"/{rest}")
@@ -136,6 +161,41 @@ def _select(fs, pafs, base: str, uri: str):
     return [i for i in infos if i.type == pafs.FileType.File]
 
 
+def _probe(uri: str) -> ImageError | None:
+    """Why the store of ``uri`` cannot be used, judged from ``uri`` alone (None: it answered)."""
+    try:
+        fs, path = uri_filesystem(uri)
+        fs.get_file_info(path)  # a missing file is an answer; a store that cannot be reached raises
+    except ImageError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - pyarrow's OSError/ArrowException for a store out of reach
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return ImageError("unreadable", f"cannot reach {store_of(uri)}/: {reason}")
+    return None
+
+
+def unreachable_stores(paths: Iterable[str]) -> dict[str, ImageError]:
+    """The stores (``scheme://authority``, see :func:`store_of`) of the URIs among ``paths``
+    that cannot be used, with why. Each store is tried once, on up to :data:`STORE_PROBES` of
+    its entries (it counts as unreachable when none of them gets an answer), and one warning
+    is logged per store that cannot be used, naming how many entries it holds."""
+    entries: dict[str, list[str]] = {}
+    for p in paths:
+        if is_uri(p):
+            entries.setdefault(store_of(p), []).append(p)
+    out: dict[str, ImageError] = {}
+    for store, uris in entries.items():
+        err = None
+        for uri in uris[:STORE_PROBES]:
+            err = _probe(uri)
+            if err is None or err.code == "unsupported_uri":  # an answer, or the same for every entry
+                break
+        if err is not None:
+            out[store] = err
+            log.warning("%s; its %d input(s) are rows with error_code %s, not read", err, len(uris), err.code)
+    return out
+
+
 def read_uri_bytes(uri: str, max_bytes: int = MAX_REMOTE_BYTES, what: str = "image") -> bytes:
     """The content of a remote file, at most ``max_bytes``.
 
@@ -159,8 +219,11 @@ def read_uri_bytes(uri: str, max_bytes: int = MAX_REMOTE_BYTES, what: str = "ima
             raise ImageError("empty", f"{what} file is empty: {uri}")
         with fs.open_input_stream(path) as f:
             data = f.read(max_bytes + 1)
-    except OSError as exc:
-        raise ImageError("unreadable", f"cannot read {what} file {uri}: {exc}") from None
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow: OSError, ArrowInvalid (a malformed path), ...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError("unreadable", f"cannot read {what} file {uri}: {reason}") from None
     if len(data) > max_bytes:
         raise ImageError("unreadable", f"{what} file {uri} is more than the limit of {max_bytes:,} bytes "
                                        f"for remote files")

@@ -13,16 +13,21 @@ Endpoints (OpenAPI schema at ``/openapi.json``):
   the others are still scored. Status 200 when at least one file was scored; when none was,
   413 if a file was over the pixel limit, else 422 -- the body still lists every file.
   Request-level answers: 413 (body over ``--max-upload-mb``, more files than the queue
-  holds), 408 (upload stalled), 503 (inference queue full, ``Retry-After: 1``), 400 (not
-  multipart, no files).
+  holds), 408 (upload stalled), 503 (inference queue or request-body budget full,
+  ``Retry-After: 1``), 400 (not multipart, no files).
+  ``?profile=NAME`` scores with a product profile (``--profiles DIR``): its bank, few-shot weight
+  and threshold; the answer carries ``profile`` and ``profile_version``; an unknown one is 404.
+* ``/v1/profiles...`` -- the product profiles (:mod:`s2swclip.serve.profiles_routes`).
 * ``GET /v1/health`` -- liveness plus queue and memory-budget statistics.
 * ``GET /v1/model`` -- what is loaded, the threshold and the serving limits.
 * ``GET /`` -- the inspection page (``static/``; no external assets).
 
 Memory is a budget the operator sets, not something clients choose: request bodies are capped
-(``--max-upload-mb``), each file is decoded under a shared pixel budget (``--max-inflight-mpx``)
-by at most ``decode_threads`` threads and reduced at once to the model input and a preview, and
-only those are kept while the request waits for the model. Every image of every request goes
+(``--max-upload-mb``) and share one budget (``--max-inflight-mb``); connections and the time to
+send request headers are bounded (:mod:`s2swclip.serve.limits`); each file is decoded under a
+shared pixel budget (``--max-inflight-mpx``) by at most ``decode_threads`` threads and reduced
+at once to the model input and a preview, and only those are kept while the request waits for
+the model. Every image of every request goes
 through one :class:`~s2swclip.serve.batcher.MicroBatcher`, so images that arrive together are
 scored in one call, from one worker thread. Exposure controls (token, Host check, cross-site
 requests, security headers) are :mod:`s2swclip.serve.security`'s; nothing is written to disk
@@ -42,7 +47,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
-from ..errors import InferenceTimeout, S2SWError
+from ..errors import InferenceTimeout, S2SWError, check_number
 
 try:
     import anyio
@@ -56,7 +61,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 from ..viz.heatmap import HEATMAP_SCALES, HeatmapScale, standalone_scale
 from ..inference.pipeline import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS, InferencePipeline, ScoredImage
-from .batcher import BatcherClosed, MicroBatcher, QueueFull
+from .batcher import MAX_WAIT_MS, BatcherClosed, MicroBatcher, QueueFull
+from .limits import DEFAULT_MAX_INFLIGHT_BYTES, BodyBudgetMiddleware, ByteBudget, ConnectionLimits, server_config
 from .security import SecurityMiddleware, SecuritySettings, fastapi_docs_kwargs
 from .storage import SaveStore
 from .upload import UploadError, read_multipart
@@ -130,12 +136,14 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
     decode_threads: int = 2,
     upload_idle_timeout_s: float = 30.0,
     upload_total_timeout_s: float = 300.0,
     security: SecuritySettings | None = None,
     warmup: bool = False,
     heatmap_scale: str = "fixed",
+    profiles=None,
 ):
     """Build the FastAPI app around a loaded model.
 
@@ -148,6 +156,8 @@ def create_app(
         max_batch, batch_wait_ms, queue_size: micro-batching (see :class:`MicroBatcher`).
         max_upload_bytes: largest request body; max_pixels: largest image (width x height).
         max_inflight_pixels: decoded full-resolution pixels held at once by all requests.
+        max_inflight_bytes: request-body bytes held at once by all requests (more: 503, see
+            :mod:`s2swclip.serve.limits`); at least ``max_upload_bytes``.
         decode_threads: files decoded at the same time, across all requests.
         upload_idle_timeout_s, upload_total_timeout_s: stalled or too slow uploads get 408.
         security: token, Host check and headers (default: loopback, no token).
@@ -155,6 +165,8 @@ def create_app(
         heatmap_scale: ``fixed``: overlays centred on the request's threshold (the server's,
             or the ``threshold`` query parameter), the whole [0, 1] per-layer scale without
             one; ``image``: each map's own range (see :mod:`s2swclip.viz.heatmap`).
+        profiles: a :class:`~s2swclip.serve.profiles_routes.ProfilesService` (``--profiles DIR``):
+            the ``/v1/profiles`` routes and ``/v1/predict?profile=NAME``.
     """
     from .. import __version__
 
@@ -164,26 +176,39 @@ def create_app(
         model = as_scorer(model)
     for name, value in (("max_batch", max_batch), ("queue_size", queue_size), ("max_upload_bytes", max_upload_bytes),
                         ("max_pixels", max_pixels), ("max_inflight_pixels", max_inflight_pixels),
-                        ("decode_threads", decode_threads)):
-        if int(value) < 1:
-            raise S2SWError(f"{name} must be at least 1, got {value}")
-    if batch_wait_ms < 0:
-        raise S2SWError(f"batch wait must be >= 0 ms, got {batch_wait_ms}")
+                        ("max_inflight_bytes", max_inflight_bytes), ("decode_threads", decode_threads)):
+        check_number(name, value, 1, integer=True)
+    check_number("batch_wait_ms", batch_wait_ms, 0, MAX_WAIT_MS)
+    check_number("upload_idle_timeout_s", upload_idle_timeout_s, 0, 3600, lo_open=True)
+    check_number("upload_total_timeout_s", upload_total_timeout_s, 0, 86_400, lo_open=True)
+    if int(max_inflight_bytes) < int(max_upload_bytes):
+        raise S2SWError(f"max_inflight_bytes ({int(max_inflight_bytes)}) must be at least max_upload_bytes "
+                        f"({int(max_upload_bytes)}): the body budget must hold one largest upload",
+                        fields=["max_inflight_bytes", "max_upload_bytes"])
     if threshold is not None and not math.isfinite(float(threshold)):
         raise S2SWError(f"threshold must be a finite number, got {threshold}")
     if heatmap_scale not in HEATMAP_SCALES:
         raise S2SWError(f"invalid heatmap scale {heatmap_scale!r}: choose one of {', '.join(HEATMAP_SCALES)}")
     map_scale = getattr(model, "map_scale", None)
+    body_budget = ByteBudget(max_inflight_bytes)
     pipe = InferencePipeline(model, threshold=threshold, max_pixels=int(max_pixels),
                              max_inflight_pixels=int(max_inflight_pixels))
     store = SaveStore(save_dir, save_max_bytes) if save_dir is not None else None
     security = security or SecuritySettings()
 
-    def run_batch(arrays: list) -> list:
+    def run_batch(items: list) -> list:
+        """Items are ``(pixels, scorer)``: one scorer call per scorer (the model or a profile's)."""
         import numpy as np
 
-        scores, maps = model.score(np.stack(arrays))
-        return [(float(scores[i]), maps[i]) for i in range(len(arrays))]
+        out: list = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (_, scorer) in enumerate(items):
+            groups.setdefault(id(scorer), []).append(i)
+        for idx in groups.values():
+            scores, maps = items[idx[0]][1].score(np.stack([items[i][0] for i in idx]))
+            for j, i in enumerate(idx):
+                out[i] = (float(scores[j]), maps[j])
+        return out
 
     batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=batch_wait_ms,
                            queue_size=queue_size, name="s2sw-inference")
@@ -195,11 +220,13 @@ def create_app(
         "limits": {"max_batch": int(max_batch), "batch_wait_ms": float(batch_wait_ms),
                    "queue_size": int(queue_size), "max_upload_bytes": int(max_upload_bytes),
                    "max_pixels": int(max_pixels), "max_inflight_pixels": int(max_inflight_pixels),
+                   "max_inflight_bytes": int(max_inflight_bytes),
                    "save_max_bytes": None if save_max_bytes is None else int(save_max_bytes)},
         "save": store is not None,
         "heatmap_scale": heatmap_scale,
         "auth": security.token is not None,
         "version": __version__,
+        "profiles": None if profiles is None else profiles.limits(),
     }
     decode_limiter = anyio.CapacityLimiter(int(decode_threads))
 
@@ -208,7 +235,7 @@ def create_app(
         if warmup:
             import numpy as np
 
-            await batcher.run([np.zeros((3, pipe.image_size, pipe.image_size), np.float32)])
+            await batcher.run([(np.zeros((3, pipe.image_size, pipe.image_size), np.float32), model)])
         yield
         await run_in_threadpool(batcher.close)
 
@@ -219,11 +246,19 @@ def create_app(
         lifespan=lifespan,
         **fastapi_docs_kwargs(),
     )
+    app.add_middleware(BodyBudgetMiddleware, budget=body_budget, max_request_bytes=int(max_upload_bytes))
     app.add_middleware(SecurityMiddleware, settings=security)
     app.state.batcher = batcher
     app.state.pipeline = pipe
     app.state.model_info = model_info
     app.state.save_root = None if store is None else store.root
+    if profiles is not None:
+        from .profiles_routes import profiles_router
+
+        profiles.store.budget, profiles.store.max_pixels = pipe.budget, int(max_pixels)  # the service's budgets
+        app.include_router(profiles_router(profiles, max_upload_bytes=max_upload_bytes,
+                                           idle_timeout_s=upload_idle_timeout_s,
+                                           total_timeout_s=upload_total_timeout_s))
 
     static_dir = resources.files("s2swclip.serve") / "static"
 
@@ -247,6 +282,8 @@ def create_app(
             "rejected_queue_full": batcher.rejected,
             "decoding": {"pixels_in_flight": pipe.budget.in_use, "peak_pixels_in_flight": pipe.budget.peak,
                          "budget_pixels": pipe.budget.max_pixels},
+            "bodies": {"bytes_in_flight": body_budget.in_use, "peak_bytes_in_flight": body_budget.peak,
+                       "budget_bytes": body_budget.max_bytes, "rejected_budget_full": body_budget.refused},
             "last_error": batcher.last_error,
         }
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
@@ -255,22 +292,22 @@ def create_app(
     async def model_route():
         return model_info
 
-    def heatmap(rec: ScoredImage, thr: float | None) -> HeatmapScale:
+    def heatmap(rec: ScoredImage, thr: float | None, bound: float | None = map_scale) -> HeatmapScale:
         """The colour scale of one overlay (see ``heatmap_scale``)."""
-        return standalone_scale(heatmap_scale, rec.anomaly_map, thr, map_scale)
+        return standalone_scale(heatmap_scale, rec.anomaly_map, thr, bound)
 
     def finish(records: list[ScoredImage], parts: list, want_overlay: bool, request_id: str,
-               thr: float | None) -> dict:
+               thr: float | None, bound: float | None = map_scale, traced: dict | None = None) -> dict:
         """Overlays and saving, off the event loop; returns {index: (png, saved, heatmap)}."""
         out = {}
         for rec in records:
-            scale = heatmap(rec, thr)
+            scale = heatmap(rec, thr, bound)
             png = pipe.overlay(rec, scale=scale) if (want_overlay or store is not None) else None
             saved = None
             if store is not None:
                 part = parts[rec.index]
                 record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                          "filename": part.filename, "score": rec.score}
+                          "filename": part.filename, "score": rec.score, **(traced or {})}
                 saved = store.save(request_id, rec.index, part.filename, rec.format or "", bytes(part.data),
                                    png, record)
             out[rec.index] = (png if want_overlay else None, saved, scale.to_dict() if want_overlay else None)
@@ -279,14 +316,26 @@ def create_app(
 
     @app.post("/v1/predict", tags=["inspection"], summary="Score one or more images",
               openapi_extra=_PREDICT_BODY)
-    async def predict(request: Request, threshold: float | None = None, overlay: bool = True):
+    async def predict(request: Request, threshold: float | None = None, overlay: bool = True,
+                      profile: str | None = None):
         """Score uploaded images (multipart field ``files``, repeatable).
 
         Query parameters: ``threshold`` overrides the server's decision threshold for this
-        request; ``overlay=false`` leaves the heatmap PNGs out (faster, smaller answers).
+        request; ``overlay=false`` leaves the heatmap PNGs out (faster, smaller answers);
+        ``profile`` scores with that product profile (its bank, weight and threshold; the
+        answer names it and its version; unknown: 404).
         """
         t0 = time.perf_counter()
-        thr = model_info["threshold"] if threshold is None else float(threshold)
+        scorer, traced = model, {}
+        if profile is not None:
+            from .profiles_routes import predict_profile
+
+            found = predict_profile(profiles, profile)
+            if isinstance(found, JSONResponse):
+                return found
+            scorer, traced = found
+        thr = getattr(scorer, "threshold", None) if profile is not None else model_info["threshold"]
+        thr = thr if threshold is None else float(threshold)
         if thr is not None and not math.isfinite(thr):
             return _error_json(400, f"threshold must be a finite number, got {threshold}")
         try:
@@ -317,7 +366,7 @@ def create_app(
         extras: dict = {}
         if good:
             try:
-                results = await batcher.run([r.pixels for r in good])
+                results = await batcher.run([(r.pixels, scorer) for r in good])
             except QueueFull as exc:
                 return _error_json(503, str(exc), headers={"Retry-After": "1"})
             except BatcherClosed as exc:
@@ -332,7 +381,8 @@ def create_app(
             good = [r for r in good if r.error is None]
             request_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:8]
             try:
-                extras = await run_in_threadpool(finish, good, files, overlay, request_id, thr)
+                extras = await run_in_threadpool(finish, good, files, overlay, request_id, thr,
+                                                 getattr(scorer, "map_scale", None), traced)
             except OSError as exc:
                 return _error_json(500, f"cannot save results under {store.root if store else '?'}: {exc}")
         total_ms = (time.perf_counter() - t0) * 1000
@@ -340,7 +390,7 @@ def create_app(
         for r in records:
             png, saved, scale = extras.get(r.index, (None, None, None))
             rows.append(_row(r, names[r.index], png, total_ms, saved, scale))
-        body = {"threshold": thr, "image_size": pipe.image_size, "n_scored": len(good),
+        body = {**traced, "threshold": thr, "image_size": pipe.image_size, "n_scored": len(good),
                 "n_failed": len(records) - len(good), "results": rows,
                 "timing_ms": {"total": round(total_ms, 3)}}
         if good:
@@ -376,9 +426,9 @@ def bind_socket(host: str, port: int):
     return sock
 
 
-def run_server(app, sock) -> None:
-    """Serve ``app`` with uvicorn on the bound socket until Ctrl+C."""
+def run_server(app, sock, limits: ConnectionLimits | None = None) -> None:
+    """Serve ``app`` with uvicorn on the bound socket until Ctrl+C, under ``limits`` (connections
+    and header deadline, see :mod:`s2swclip.serve.limits`)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app, limits)).run(sockets=[sock])

@@ -20,6 +20,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ..errors import check_number
+
+#: longest micro-batching wait (ms): beyond it a wait is a mistake (and too long for a thread wait)
+MAX_WAIT_MS = 10_000.0
+
 
 class QueueFull(Exception):
     """The batcher holds ``queue_size`` pending items already; try again later."""
@@ -56,23 +61,21 @@ class MicroBatcher:
             same length and order. An exception fails every item of that batch.
         max_batch: largest batch.
         max_wait_ms: how long the worker waits for more items after the first one arrived
-            (0: take only what is already queued).
+            (0: take only what is already queued; at most :data:`MAX_WAIT_MS`).
         queue_size: most pending items; more raise :class:`QueueFull`.
         name: worker thread name.
 
     Each result comes back as ``(result, BatchInfo)``. The worker thread starts on the first
     submission; :meth:`close` stops it and fails whatever is still queued with
-    :class:`BatcherClosed`.
+    :class:`BatcherClosed`. A setting out of range (a NaN or infinite wait, a batch of 0) is an
+    :class:`~s2swclip.errors.S2SWError` naming it.
     """
 
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = 8,
                  max_wait_ms: float = 10.0, queue_size: int = 64, name: str = "s2sw-batcher"):
-        if int(max_batch) < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if int(queue_size) < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        if float(max_wait_ms) < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        check_number("max_batch", max_batch, 1, integer=True)
+        check_number("queue_size", queue_size, 1, integer=True)
+        check_number("max_wait_ms", max_wait_ms, 0, MAX_WAIT_MS)
         self.fn = fn
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
