@@ -68,7 +68,7 @@ def load_detector_of(args):
 
 
 # ----------------------------------------------------------------------- few-normal-shot mode
-def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False) -> None:
+def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False, max_references: bool = True) -> None:
     """predict/serve: ``--reference DIR [--shots K]``; test (``protocol``): ``--shots K
     --shot-seed S [S ...]``; both: ``--few-shot-weight W``, ``--coreset F``."""
     g = p.add_argument_group("few-shot (known-good reference images of the product)")
@@ -84,7 +84,8 @@ def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False) -> Non
                             "file saved with det.save_references: turns the few-shot mode on")
         g.add_argument("--shots", type=positive_int, metavar="K",
                        help="use the first K reference images (sorted by path; default: all)")
-        g.add_argument("--max-references", type=positive_int, default=1000, metavar="N",
+    if not protocol and max_references:  # serve: --max-references is the profiles' limit (default used here)
+        g.add_argument("--max-references", type=positive_int, default=1000, metavar="N", dest="max_reference_images",
                        help="refuse a --reference folder with more images than this (the bank's memory grows "
                             "with each; default: 1000), and one whose bank would not fit in the available memory")
     g.add_argument("--few-shot-weight", type=unit_interval, metavar="W",
@@ -130,7 +131,7 @@ def set_references(det, args) -> list[str]:
     from ..inference.references import apply_references
 
     files = apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6),
-                             max_references=getattr(args, "max_references", None))
+                             max_references=getattr(args, "max_reference_images", 1000))
     logging.getLogger("s2swclip.cli").info(f"few-shot mode: {det.num_references} reference images from "
                                            f"{source} (weight {det.config.few_shot_weight})")
     return files

@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
                         f"headers (default {DEFAULT_MAX_CONNECTIONS})")
     p.add_argument("--header-timeout", type=float_range(0, 600, lo_open=True), default=DEFAULT_HEADER_TIMEOUT_S,
                    help=f"seconds a connection has to send its request headers (default {DEFAULT_HEADER_TIMEOUT_S:g})")
-    add_few_shot_args(p)
+    add_few_shot_args(p, max_references=False)  # its --max-references is the profiles' (add_profiles_limits)
     add_heatmap_arg(p)
     add_exported_arg(p)
     p.add_argument("--profiles", metavar="DIR",
