@@ -34,13 +34,15 @@ def test_predict_folder_skips_corrupt_and_writes_results(capsys, tmp_path, image
     assert code == 0
     assert "skipped" in err and "broken.png" in err
     summary = json.loads((out / "results.json").read_text())
-    assert summary["n_scored"] == 3 and summary["n_failed"] == 1
+    assert summary["n_scored"] == 3 and summary["n_failed"] == 2  # broken.png, and notes.txt: every entry a row
+    assert {r["name"]: r["error_code"] for r in summary["results"] if r["error"]} == {
+        "broken.png": "not_an_image", "notes.txt": "not_an_image"}
     scored = [r for r in summary["results"] if r["error"] is None]
     assert all(0 <= r["score"] <= 1 and r["anomalous"] == (r["score"] > 0.5) for r in scored)
     assert sorted(os.listdir(out / "overlays")) == ["a.png", "b.png", "sub__c.png"]
     assert (out / "results.csv").read_text().splitlines()[0] == "path,name,score,anomalous,map_max,map_mean,map_frac_above,overlay,error,error_code"
     assert "sub/c.bmp" in stdout
-    assert "3 scored, 1 skipped" in stdout
+    assert "3 scored, 2 skipped" in stdout
 
 
 def test_predict_calibrated_threshold_flags_at_most_fpr(capsys, tmp_path, images):
@@ -232,3 +234,42 @@ def test_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, images,
     code, _, err = run_cli(capsys, *argv)
     assert_user_error(code, err, "taken.txt", "not a folder")
     assert target.read_text() == "keep me"
+
+
+def test_predict_reports_other_files_and_fifos_by_name_and_never_blocks(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    write_png(d / "a.png", 1)
+    (d / "notes.txt").write_text("not an image")
+    os.mkfifo(d / "pipe.png")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "s2swclip.cli", "predict", str(d), "--out", str(out), "--quiet",
+                        *TINY], capture_output=True, text=True, timeout=300)  # a FIFO read would block for ever
+    assert r.returncode == 0, r.stderr
+    by = {row["name"]: row for row in json.loads((out / "results.json").read_text())["results"]}
+    assert sorted(by) == ["a.png", "notes.txt", "pipe.png"]
+    assert by["a.png"]["score"] is not None
+    assert by["notes.txt"]["error_code"] == "not_an_image" and "notes.txt" in by["notes.txt"]["error"]
+    assert by["pipe.png"]["error_code"] == "not_a_regular_file" and "FIFO" in by["pipe.png"]["error"]
+
+
+@pytest.mark.parametrize("size,needles", [
+    ("100000", ["--image-size 100000", "7142x7142 patch grid", "at most --image-size 1344"]),
+    ("30000", ["--image-size 30000", "at most --image-size 1344"]),
+])
+def test_an_image_size_beyond_the_position_table_is_one_line(capsys, tmp_path, images, size, needles):
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--quiet",
+                           "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", size)
+    assert_user_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_image_size_beyond_the_memory_is_one_line(capsys, tmp_path, images, monkeypatch):
+    import s2swclip.arrays
+
+    # 1344 px: 96 x 96 patches, 9217 tokens; one head: 3 x 9217^2 float32 attention entries = 1.0 GB
+    monkeypatch.setattr(s2swclip.arrays, "available_memory", lambda: 2**29)
+    code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--quiet",
+                           "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "1344")
+    assert_user_error(code, err, "--image-size 1344: one image needs about 1.0 GiB", "9217 tokens",
+                      "only 0.5 GiB")

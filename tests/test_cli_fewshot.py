@@ -99,6 +99,7 @@ def test_predict_with_a_references_file(capsys, tmp_path, refs):
     (["--reference", "{refs}", "--few-shot-weight", "1.5"], ["--few-shot-weight", "[0, 1]"]),
     (["--reference", "{refs}", "--coreset", "0"], ["--coreset", "(0, 1]"]),
     (["--reference", "{refs}", "--shots", "5"], ["holds 3 image(s), fewer than --shots 5"]),
+    (["--reference", "{refs}", "--max-references", "2"], ["holds 3 images", "more than --max-references 2"]),
     (["--reference", "{missing}"], ["input not found"]),
     (["--reference", "{empty}"], ["no images found"]),
     (["--reference", "{broken}"], ["reference image unusable", "bad.png"]),
@@ -111,6 +112,23 @@ def test_predict_few_shot_mistakes(capsys, tmp_path, refs, argv, needles):
     argv = [a.format(**names) for a in argv]
     code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(tmp_path / "out"), *argv, *TINY)
     assert_user_error(code, err, *needles)
+
+
+def test_a_reference_bank_beyond_the_available_memory_is_refused_before_reading(capsys, tmp_path, refs, monkeypatch):
+    import s2swclip.inference.references as references
+    from s2swclip.model.factory import load_detector
+
+    det = load_detector("S2SW-Tiny-24L", None, None, image_size=112, untrained_ok=True)
+    per = references.reference_bytes_per_image(det)
+    tokens = (112 // 14) ** 2  # the tiny backbone: 14 px patches, width 768, four few-shot layers
+    assert per == 4 * (3 * 112 * 112 + 2 * 4 * tokens * 768)
+    monkeypatch.setattr(references, "available_memory", lambda: 2 * per)  # room for 2 of the 3 references
+    decoded = []
+    monkeypatch.setattr(references, "decode_for_model", lambda *a, **k: decoded.append(a))
+    code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(tmp_path / "out"), "--reference", str(refs),
+                           *TINY)
+    assert_user_error(code, err, "3 images need about", "GiB of memory is available", "--shots")
+    assert decoded == []  # refused before any image was read
 
 
 # ------------------------------------------------------------------------------------- test

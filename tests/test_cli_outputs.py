@@ -16,7 +16,7 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs L
 
 
 @needs_proc
-@pytest.mark.parametrize("command", ["predict", "export", "train", "test", "demo"])
+@pytest.mark.parametrize("command", ["predict", "export", "train", "test", "demo", "watch"])
 def test_uncreatable_out_is_one_error_line(capsys, tmp_path, command):
     images = tmp_path / "images"
     images.mkdir()
@@ -27,7 +27,8 @@ def test_uncreatable_out_is_one_error_line(capsys, tmp_path, command):
             "export": ["export", "--format", "onnx", *TINY],
             "train": ["train", "--data", tmp_path / "data", *TINY],
             "test": ["test", "--data", tmp_path / "data", *TINY],
-            "demo": ["demo"]}[command]
+            "demo": ["demo"],
+            "watch": ["watch", images, *TINY]}[command]
     user_error(capsys, [*argv, "--out", UNCREATABLE], "cannot create --out", UNCREATABLE)
     assert not any(tmp_path.glob("**/.s2swclip-probe-*"))
 

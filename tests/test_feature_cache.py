@@ -398,3 +398,89 @@ def test_the_cache_decodes_exactly_the_bytes_it_hashes(data):
         without = ds.sample(i, image=False)
         assert torch.equal(plain["image"], from_bytes["image"]) and "image" not in without
         assert all(torch.equal(plain["mask"], s["mask"]) and plain["label"] == s["label"] for s in (from_bytes, without))
+
+
+# ---------------------------------------------------------------- planted FIFOs, folders, links
+def _in_thread(fn, timeout):
+    """Run ``fn`` in a daemon thread; (finished, result or exception). A hang is a failure, not a
+    hung test run."""
+    import threading
+
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive(), box
+
+
+def test_a_fifo_a_folder_or_a_link_as_an_entry_is_refused_without_blocking(tmp_path):
+    files = _files(tmp_path / "k")
+    raw, _ = _valid(files)
+    files.path(ENTRY).parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    elsewhere.write_bytes(raw)
+    for plant, needle in ((os.mkfifo, "FIFO"), (os.mkdir, "folder"),
+                          (lambda p: os.symlink(elsewhere, p), "symbolic link")):
+        path = files.path(ENTRY)
+        plant(path)
+        done, box = _in_thread(lambda: files.read(ENTRY), timeout=20)
+        assert done, f"reading a {needle} entry blocked"
+        assert isinstance(box.get("error"), fc.BadEntry) and needle in str(box["error"]), box
+        (os.rmdir if path.is_dir() and not path.is_symlink() else os.unlink)(path)
+
+
+def test_a_shard_folder_that_is_a_link_never_takes_writes_outside_the_cache(tmp_path):
+    files = _files(tmp_path / "cache" / "key")
+    raw, _ = _valid(files)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "cache" / "key").mkdir(parents=True)
+    os.symlink(outside, tmp_path / "cache" / "key" / ENTRY[:2])
+    (outside / f"{ENTRY}.safetensors").write_bytes(raw)  # a valid entry, reachable only by the link
+    with pytest.raises(fc.BadEntry, match="symbolic link"):
+        files.read(ENTRY)
+    with pytest.raises(OSError) as e:
+        files.write(ENTRY, raw)
+    assert e.value.errno in fc._ENTRY_ERRNOS
+    assert sorted(p.name for p in outside.iterdir()) == [f"{ENTRY}.safetensors"]
+
+
+def test_planted_entries_are_recomputed_and_do_not_stop_the_other_writes(data, reference, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    train(data, tmp_path / "fill", epochs=1, cache_features=cache, **SMALL)
+    entries = _entries(cache)
+    shards = collections.Counter(p.parent for p in entries)
+    alone = [p for p in entries if shards[p.parent] == 1]  # an entry alone in its shard folder
+    fifo, folder = [p for p in entries if p not in alone[:1]][:2]
+    linked = alone[0]
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+    os.unlink(folder)
+    (folder / "x").mkdir(parents=True)  # a non-empty folder: cannot be replaced by a file
+    outside = tmp_path / "outside"
+    shutil.move(linked.parent, outside)
+    os.symlink(outside, linked.parent)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="s2swclip.training.feature_cache"):
+        done, box = _in_thread(lambda: train(data, out, epochs=EPOCHS, cache_features=cache, **SMALL), 300)
+    assert done, "training hung on a planted FIFO"
+    assert "error" not in box, box
+    warned = [r.getMessage() for r in caplog.records if r.name == "s2swclip.training.feature_cache"]
+    assert any(str(fifo) in w and "FIFO" in w for w in warned), warned
+    assert any(str(folder) in w and "folder" in w and "recomputing it" in w for w in warned), warned
+    assert any(str(folder) in w and "cannot be stored" in w for w in warned), warned
+    assert any(str(linked) in w and "symbolic link" in w for w in warned), warned
+    assert not any("cannot write feature cache entries" in w for w in warned), warned  # writes stay on
+    assert _same_prompts(out, reference)
+    assert fifo.is_file() and not fifo.is_symlink()  # the FIFO's place got a real entry again
+    assert sorted(p.name for p in outside.iterdir()) == [linked.name]  # nothing new written outside
+    stored = [p for p in _entries(cache) if p.is_file() and not p.is_symlink() and p.parent != linked.parent]
+    assert len(stored) == len(entries) - 2  # all but the folder's and the linked shard's
+    assert sum("cannot be stored" in w for w in warned) == 2  # once per entry, not once per epoch

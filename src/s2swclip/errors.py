@@ -95,3 +95,7 @@ def check_number(name: str, value: object, lo: float | None = None, hi: float | 
     if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
         raise error
     return int(value) if integer else value
+
+
+class InferenceTimeout(S2SWError):
+    """A model call that did not finish within its time limit (``--inference-timeout``)."""

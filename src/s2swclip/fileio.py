@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 from .errors import S2SWError, first_line
@@ -117,3 +118,121 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------- reading untrusted files
+class NotRegularFileError(OSError):
+    """A path that is a FIFO, socket, device or folder where a regular file was expected
+    (``kind`` says which); it was not opened for reading, or closed right after ``fstat``."""
+
+    def __init__(self, path: str | os.PathLike, kind: str):
+        super().__init__(f"{os.fspath(path)} is {kind}, not a regular file")
+        self.path, self.kind = os.fspath(path), kind
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words (``a FIFO``, ``a socket``, ``a device``, ...)."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return "not a file"
+
+
+def open_regular(path: str | os.PathLike, *, follow_links: bool = True, dir_fd: int | None = None) -> int:
+    """Open ``path`` read-only and return the descriptor, refusing anything but a regular file.
+
+    A FIFO, socket or device is refused from ``stat`` before it is opened (opening a device can
+    have effects, reading a FIFO blocks for ever); the open itself never blocks (``O_NONBLOCK``)
+    and ``fstat`` on the opened descriptor checks again (the path may have been swapped in
+    between). ``follow_links=False`` refuses a symbolic link as the last component (``O_NOFOLLOW``;
+    OSError ``ELOOP``). Raises :class:`NotRegularFileError` or the OSError of ``open``.
+    """
+    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_links)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(path, file_kind(st.st_mode))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(path, file_kind(st.st_mode))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # a regular file: ordinary reads from here on
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular_file(path: str | os.PathLike, limit: int | None = None, *, follow_links: bool = True,
+                      dir_fd: int | None = None) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`): at most ``limit + 1`` bytes when
+    ``limit`` is given, so that the caller can tell a file over its limit."""
+    with os.fdopen(open_regular(path, follow_links=follow_links, dir_fd=dir_fd), "rb") as f:
+        return f.read() if limit is None else f.read(limit + 1)
+
+
+def open_folder_beneath(base: str | os.PathLike, names: list[str], *, create: bool = False) -> int:
+    """A descriptor of the folder ``base/names[0]/names[1]/...``, reached without following a
+    symbolic link below ``base`` (``base`` itself may be one: the user named it), so that what
+    others may write into a shared folder cannot redirect reads or writes outside it.
+
+    ``create`` makes missing folders. Raises OSError: ``ELOOP`` for a link, ``ENOTDIR`` for
+    something that is not a folder, ``FileNotFoundError`` for a missing one.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(base, flags)
+    try:
+        for name in names:
+            if create:
+                try:
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            nxt = os.open(name, flags | getattr(os, "O_NOFOLLOW", 0), dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def atomic_write_at(dir_fd: int, name: str, data: bytes) -> None:
+    """:func:`atomic_write_bytes` of ``name`` inside the folder open as ``dir_fd`` (see
+    :func:`open_folder_beneath`); the temporary is created with ``O_EXCL | O_NOFOLLOW``."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_BINARY", 0))
+    for _ in range(100):
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary file name beside {name}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
+    os.fsync(dir_fd)

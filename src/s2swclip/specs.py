@@ -115,7 +115,8 @@ def _path_or_none(value: Any) -> str | None:
 class DetectorSpec:
     """Which detector to build (see :func:`s2swclip.model.factory.load_detector` for the
     meaning of the fields; ``reference``/``shots``/``max_pixels``: the few-normal-shot mode's
-    reference images, read like query images; ``few_shot_weight``/``coreset``: its options,
+    reference images, read like query images (``max_references``: refuse more images than this,
+    None: the default limit); ``few_shot_weight``/``coreset``: its options,
     None for the detector's defaults; ``options``: any other
     :class:`~s2swclip.model.config.DetectorConfig` field as sorted ``(name, value)`` pairs)."""
 
@@ -130,6 +131,7 @@ class DetectorSpec:
     reference: str | None = None
     shots: int | None = None
     max_pixels: int | None = None
+    max_references: int | None = None
     few_shot_weight: float | None = None
     coreset: float | None = None
     untrained_ok: bool = False
@@ -148,6 +150,7 @@ class DetectorSpec:
         _choice("preset", self.preset, tuple(PRESETS), optional=True)
         _int_at_least("shots", self.shots, optional=True)
         _int_at_least("max_pixels", self.max_pixels, optional=True)
+        _int_at_least("max_references", self.max_references, optional=True)
         _in_interval("few_shot_weight", self.few_shot_weight, 0, 1, open_low=False, open_high=False)
         _in_interval("coreset", self.coreset, 0, 1, open_low=True, open_high=False)
         known = {f.name for f in fields(DetectorConfig)}
@@ -207,7 +210,7 @@ class DetectorSpec:
         """JSON-safe: the fields; the few-shot ones only when they are set."""
         d = asdict(self)
         d["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.options}
-        for name in ("reference", "shots", "max_pixels", "few_shot_weight", "coreset"):
+        for name in ("reference", "shots", "max_pixels", "max_references", "few_shot_weight", "coreset"):
             if d[name] is None:
                 d.pop(name)
         if not self.options:
@@ -241,6 +244,8 @@ class RunOptions:
         max_inflight_pixels: decoded full-resolution pixels held at once.
         progress: show a progress bar.
         scale_window: maps that set a ``fixed`` scale without a threshold (local engine).
+        decode_workers: the pipeline's decoding and overlay threads (local engine; None: see
+            :func:`~s2swclip.inference.pipeline.default_workers`).
     """
 
     threshold: float | None = None
@@ -253,6 +258,7 @@ class RunOptions:
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS
     progress: bool = True
     scale_window: int = 32
+    decode_workers: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "calibrate_dir", _path_or_none(self.calibrate_dir))
@@ -263,6 +269,7 @@ class RunOptions:
         _int_at_least("max_pixels", self.max_pixels, optional=True)
         _int_at_least("max_inflight_pixels", self.max_inflight_pixels)
         _int_at_least("scale_window", self.scale_window)
+        _int_at_least("decode_workers", self.decode_workers, optional=True)
 
     def replace(self, **changes: Any) -> RunOptions:
         return replace(self, **changes)

@@ -1,10 +1,12 @@
 """The one decoder: formats, first frames, one-line errors with codes, exact preprocessing, budget."""
 
 import io
+import os
 import struct
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +151,53 @@ def test_pixel_budget_caps_what_threads_hold_at_once():
         t.join(10)
     assert peak[0] <= 100 and budget.peak == 100 and budget.in_use == 0
     assert alone == [True]  # the 250-pixel request (over the cap) ran alone, holding the whole budget
+
+
+def _unix_socket(folder):
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(folder / "s.png"))
+    return s
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
+def test_a_fifo_socket_or_device_is_not_a_regular_file_and_never_blocks(kind):
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:  # short: a socket path has <= 107 bytes
+        folder = Path(d)
+        sock = None
+        if kind == "fifo":
+            path = folder / "f.png"
+            os.mkfifo(path)
+        elif kind == "socket":
+            sock = _unix_socket(folder)
+            path = folder / "s.png"
+        else:
+            path = "/dev/zero"  # read as a file, it would never end
+        box = {}
+
+        def decode():
+            try:
+                decode_for_model(path, 32)
+            except ImageError as e:
+                box["error"] = e
+
+        t = threading.Thread(target=decode, daemon=True)
+        t.start()
+        t.join(20)
+        if sock is not None:
+            sock.close()
+        assert not t.is_alive(), f"decoding a {kind} blocked"
+        e = box["error"]
+        assert e.code == "not_a_regular_file" and str(path) in str(e) and "\n" not in str(e), e
+
+
+def test_formats_that_run_external_programs_are_never_opened(tmp_path):
+    p = tmp_path / "x.png"  # an EPS file under an image name: Pillow would hand it to Ghostscript
+    p.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ImageError) as e:
+        decode_for_model(p, 32)
+    assert e.value.code == "not_an_image"

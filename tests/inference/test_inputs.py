@@ -32,10 +32,13 @@ def folder(tmp_path):
     return d
 
 
-def test_folder_lists_every_image_entry_as_seen(folder):
+def test_folder_lists_every_entry_as_seen(folder):
     entries = collect_inputs([folder])
     rel = [os.path.relpath(e.path, folder) for e in entries]
-    assert rel == ["a.png", "anim.gif", "broken.png", "link1.png", "link2.png", "sub/c.tif"]
+    # every entry is a row (the decoder reports notes.txt as not an image); hidden ones excluded
+    assert rel == ["a.png", "anim.gif", "broken.png", "link1.png", "link2.png", "notes.txt", "sub/c.tif"]
+    only = [os.path.relpath(e.path, folder) for e in collect_inputs([folder], images_only=True)]
+    assert only == ["a.png", "anim.gif", "broken.png", "link1.png", "link2.png", "sub/c.tif"]
     problems = {os.path.relpath(e.path, folder): e.problem for e in entries if e.problem}
     assert list(problems) == ["broken.png"] and "broken symbolic link" in problems["broken.png"]
     # links are kept under their own names, never resolved to the target
@@ -70,6 +73,9 @@ def test_missing_input_and_nothing_found(tmp_path):
         collect_inputs([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(S2SWError, match="no images found"):
+        collect_inputs([tmp_path / "empty"])
+    (tmp_path / "empty" / "notes.txt").write_text("x")  # other files only: still no images, named
+    with pytest.raises(S2SWError, match="no images found.*1 other file.*notes.txt"):
         collect_inputs([tmp_path / "empty"])
 
 

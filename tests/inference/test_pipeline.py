@@ -127,3 +127,35 @@ def test_decoder_reads_uris_like_paths(tmp_path):
     (tmp_path / "big.png").write_bytes(_png(5))
     big = Decoder(32, max_remote_bytes=100).decode(f"file://{tmp_path}/big.png")
     assert big.error_code == "unreadable" and "more than the limit of 100 bytes" in big.error
+
+
+def test_jobs_run_on_the_workers_and_a_failure_is_raised_by_drain():
+    pipe = InferencePipeline(CountingScorer(), batch_size=2, decode_workers=2)
+    done = []
+    for i in range(6):
+        pipe.submit(done.append, i)
+
+    def fail():
+        raise OSError(28, "No space left on device")
+
+    pipe.submit(fail)
+    with pytest.raises(OSError, match="No space left"):
+        pipe.drain()  # the failure, even when the job finished long before
+    assert sorted(done) == list(range(6))
+    pipe.drain()  # reported once
+    pipe.close()
+
+
+def test_records_carry_the_digest_of_the_bytes_decoded(tmp_path):
+    import hashlib
+
+    good, bad = tmp_path / "a.png", tmp_path / "b.png"
+    good.write_bytes(_png(1))
+    bad.write_bytes(b"")
+    pipe = InferencePipeline(CountingScorer(), batch_size=2)
+    recs = list(pipe.run([(str(good), "a.png"), (str(bad), "b.png"), (_png(2), "c.png")], digest=True))
+    assert [r.sha256 for r in recs] == [hashlib.sha256(x).hexdigest() for x in (_png(1), b"", _png(2))]
+    assert recs[0].error is None and recs[1].error_code == "empty" and recs[2].error is None
+    plain = list(pipe.run([(str(good), "a.png")]))
+    assert plain[0].sha256 is None and plain[0].score == pytest.approx(recs[0].score, abs=1e-7)
+    pipe.close()

@@ -29,7 +29,7 @@ from s2swclip.inference.spec import ScorerSpec  # noqa: E402
 from s2swclip.model.checkpoint import save_prompts  # noqa: E402
 
 SIZE = 56
-THRESHOLD = 0.58
+THRESHOLD = 0.47  # about the median score of these images with the shallow test backbone: both decisions occur
 N_GOOD = 300
 FLOATS = ("score", "map_max", "map_mean", "map_frac_above")
 SRC = str(Path(s2swclip.__file__).resolve().parents[1])  # the package under test, for subprocesses
@@ -327,7 +327,9 @@ def test_exported_spec_reads_the_manifest_and_notices_a_new_export(exported, tmp
     shutil.copytree(exported, copy)
     before = ScorerSpec.exported(copy)
     manifest = json.loads((copy / "s2swclip.json").read_text())
-    (copy / "s2swclip.json").write_text(json.dumps(dict(manifest, threshold=0.1)))  # a valid, other manifest
+    from s2swclip.deploy.runtime.manifest import seal_manifest
+
+    (copy / "s2swclip.json").write_text(json.dumps(seal_manifest(dict(manifest, threshold=0.1))))  # a valid, other one
     with pytest.raises(S2SWError, match="changed since this run was planned"):
         before.build()
     assert ScorerSpec.exported(copy).build().threshold == 0.1

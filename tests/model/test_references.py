@@ -429,7 +429,11 @@ def _rewrite(path, tensors=None, **meta_changes):
     (lambda p: _rewrite(p, layers=[6, 12, 18, 99]), "layers"),
     (lambda p: _rewrite(p, stream="other"), "stream"),
     (lambda p: _rewrite(p, coreset=1.5), "coreset"),
-    (lambda p: _rewrite(p, num_references=1, image_size=112), "rows <= 64"),
+    (lambda p: _rewrite(p, num_references=1, image_size=112), "expected [32, "),
+    # the declared image count must match the tensors' real shapes (up or down, or a coreset)
+    (lambda p: _rewrite(p, num_references=1000), "declared num_references does not match"),
+    (lambda p: _rewrite(p, num_references=1), "declared num_references does not match"),
+    (lambda p: _rewrite(p, coreset=None), "declared num_references does not match"),
     (lambda p: _rewrite(p, lambda t: {**t, "extra": torch.zeros(1)}), "holds tensors"),
     (lambda p: _rewrite(p, lambda t: {**t, "layer_6": t["layer_6"][:, :10].contiguous()}), "shape"),
     (lambda p: _rewrite(p, lambda t: {**t, "layer_6": t["layer_6"].to(torch.int32)}), "dtype"),

@@ -5,6 +5,7 @@ to prove that the hostile fixtures are armed (in a subprocess).
 """
 
 import ast
+import json
 import struct
 import subprocess
 import sys
@@ -298,3 +299,61 @@ def test_package_never_calls_torch_jit_load_or_unsafe_torch_load():
                     not (isinstance(node.value, ast.Constant) and node.value.value is True):
                 offenders.append(f"{file.name}:{node.lineno} weights_only")
     assert not offenders
+
+
+# ------------------------------------------------------------------------------ backbone configs
+def _tiny_config():
+    from s2swclip.model.weights import _CONFIG_DIR
+
+    return json.loads((_CONFIG_DIR / "S2SW-Tiny-24L.json").read_text())
+
+
+def _edit(cfg, path, value):
+    *parents, key = path
+    d = cfg
+    for p in parents:
+        d = d[p]
+    d[key] = value
+    return cfg
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (["vision_cfg"], [1, 2], "'vision_cfg' and 'text_cfg' must be JSON objects"),
+    (["vision_cfg", "width"], "64", 'vision_cfg.width must be an integer in 1..16384, got "64"'),
+    (["vision_cfg", "patch_size"], 0, "vision_cfg.patch_size must be an integer in 1..1024, got 0"),
+    (["vision_cfg", "layers"], 1.5, "vision_cfg.layers must be an integer"),
+    (["text_cfg", "vocab_size"], -3, "text_cfg.vocab_size must be an integer"),
+    (["vision_cfg", "mlp_ratio"], "4", "vision_cfg.mlp_ratio must be a number"),
+    (["vision_cfg", "patch_size"], 500, "patch_size is larger than vision_cfg.image_size"),
+    (["vision_cfg", "no_such_option"], 1, "cannot build a CLIP model"),
+])
+def test_a_backbone_config_with_wrong_types_or_values_is_one_line(tmp_path, path, value, needle):
+    from s2swclip.model.weights import create_clip
+
+    cfg_path = tmp_path / "bad.json"
+    cfg_path.write_text(json.dumps(_edit(_tiny_config(), path, value)))
+    with pytest.raises(S2SWError) as e:
+        create_clip(str(cfg_path), None)
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_config_beyond_the_available_memory_is_refused_before_building(tmp_path, monkeypatch):
+    import s2swclip.arrays
+    from s2swclip.model.weights import create_clip
+
+    cfg = _edit(_edit(_tiny_config(), ["vision_cfg", "width"], 4096), ["vision_cfg", "layers"], 28)
+    (tmp_path / "wide.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(s2swclip.arrays, "available_memory", lambda: 8 * 10**9)
+    with pytest.raises(S2SWError, match=r"about 22\.\d GB of parameters, but only 8\.0 GB"):
+        create_clip(str(tmp_path / "wide.json"), None)
+
+
+def test_the_parameter_estimate_counts_the_real_model():
+    from s2swclip.model.weights import _INT_FIELDS, create_clip, parameter_bytes
+
+    cfg = _tiny_config()
+    values = {f: (cfg if "." not in f else cfg[f.split(".")[0]]).get(f.split(".")[-1]) for f in _INT_FIELDS}
+    model, _ = create_clip("S2SW-Tiny-24L", None)
+    real = 4 * sum(p.numel() for p in model.parameters())
+    est = parameter_bytes({k: v for k, v in values.items() if v is not None})
+    assert abs(est - real) / real < 0.02, (est, real)  # layer norms and biases are left out

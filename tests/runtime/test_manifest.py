@@ -101,8 +101,8 @@ def _mutations():
         ("files-record", setter(["files", "model.onnx", "sha256"], "xyz"), "sha256"),
         ("missing-key", setter(["provenance"], KeyError), "has no 'provenance'"),
         ("no-map-scale", setter(["map_scale"], KeyError), "has no 'map_scale'"),
-        ("map-scale-zero", setter(["map_scale"], 0), "map_scale must be a positive number"),
-        ("map-scale-negative", setter(["map_scale"], -2.5), "map_scale must be a positive number"),
+        ("map-scale-zero", setter(["map_scale"], 0), "map_scale must be a number in [0.001, 1000]"),
+        ("map-scale-negative", setter(["map_scale"], -2.5), "map_scale must be a number in [0.001, 1000]"),
         ("map-scale-type", setter(["map_scale"], "4"), "map_scale has the wrong type"),
         ("map-scale-bool", setter(["map_scale"], True), "map_scale has the wrong type"),
         ("no-references", setter(["references"], KeyError), "has no 'references'"),
@@ -182,4 +182,27 @@ def test_model_files_are_checked(tmp_path):
     outside.write_bytes(good)
     os.symlink(outside, model)  # a link to a file outside the folder is refused
     with pytest.raises(S2SWError, match="not a regular file"):
+        read_manifest(d)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('"map_scale": 1e-320', r"map_scale must be a number in \[0.001, 1000\]"),
+    ('"map_scale": 1e999', "out of range"),
+    ('"provenance": {"backbone": 1e999}', "out of range"),
+    ('"threshold": -1e999', "out of range"),
+])
+def test_manifest_numbers_are_finite_and_in_range(tmp_path, text, message):
+    d, manifest = _folder(tmp_path)
+    key = text.split(":")[0].strip('"')
+    raw = json.dumps(dict(manifest, **{key: "PLACEHOLDER"})).replace(f'"{key}": "PLACEHOLDER"', text)
+    (d / MANIFEST_NAME).write_text(raw)
+    with pytest.raises(S2SWError, match=message):
+        read_manifest(d)
+
+
+def test_reference_counts_are_bounded(tmp_path):
+    d, manifest = _folder(tmp_path)
+    manifest["references"] = dict(REFERENCES, count=10**30)
+    _write(d, manifest)
+    with pytest.raises(S2SWError, match="references.count must be at least 1 and at most"):
         read_manifest(d)

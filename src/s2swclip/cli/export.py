@@ -48,7 +48,8 @@ def cmd_export(args) -> int:
     det = load_detector(**spec.replace(reference=None).load_kwargs())
     references = None
     if spec.reference is not None:  # the files they were read from are recorded in the manifest
-        files = apply_references(det, spec.reference, shots=spec.shots, max_pixels=spec.max_pixels)
+        limit = {} if spec.max_references is None else {"max_references": spec.max_references}
+        files = apply_references(det, spec.reference, shots=spec.shots, max_pixels=spec.max_pixels, **limit)
         references = ReferenceSource(args.reference, files, args.shots)
         log_references(det, spec.reference)
     result = export_detector(det, args.out, format=args.format, precision=args.precision,

@@ -17,7 +17,7 @@ import sys
 
 from .. import __version__
 from ..errors import S2SWError, safe_text
-from . import demo, evaluate, export, predict, serve, train
+from . import demo, evaluate, export, predict, profile, serve, train, watch
 
 EXIT_USER_ERROR = 2
 
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_demo_parser(sub)
     demo.add_build_meta_parser(sub)
     serve.add_parser(sub)
+    watch.add_parser(sub)
+    profile.add_parser(sub)
     return parser
 
 

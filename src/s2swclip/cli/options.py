@@ -8,6 +8,7 @@ that set them, added to the errors' messages (:func:`flag_message`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 from ..errors import S2SWError
@@ -20,12 +21,12 @@ FLAGS: dict[str, str | None] = {
     "backbone": "--backbone", "weights": "--weights", "prompts": "--prompts", "image_size": "--image-size",
     "device": "--device", "precision": "--precision", "preset": "--preset", "cache_dir": "--cache-dir",
     "reference": "--reference", "shots": "--shots", "few_shot_weight": "--few-shot-weight", "coreset": "--coreset",
-    "max_pixels": "--max-mpx", "options": None,
+    "max_pixels": "--max-mpx", "max_references": "--max-references", "options": None,
     # a batch run (RunOptions) and the Ray engine (RaySettings)
     "threshold": "--threshold", "calibrate_dir": "--calibrate", "fpr": "--fpr", "heatmap_scale": "--heatmap-scale",
     "overlays": "--no-overlays", "batch_size": "--batch-size", "max_inflight_pixels": "--max-inflight-mpx",
     "workers": "--workers", "gpus_per_worker": "--gpus-per-worker", "cpus_per_worker": "--cpus-per-worker",
-    "shard_rows": "--shard-rows", "ray_address": "--ray-address",
+    "shard_rows": "--shard-rows", "ray_address": "--ray-address", "decode_workers": "--decode-workers",
     # the service (ServeSettings)
     "save_dir": "--save", "save_max_bytes": "--save-max-mb", "max_batch": "--max-batch",
     "batch_wait_ms": "--batch-wait-ms", "queue_size": "--queue-size", "max_upload_bytes": "--max-upload-mb",
@@ -38,6 +39,9 @@ FLAGS: dict[str, str | None] = {
 }
 #: the model options of :func:`add_model_args`, fields of :class:`~s2swclip.specs.DetectorSpec`
 MODEL_FIELDS = ("backbone", "weights", "prompts", "image_size", "device", "precision", "preset", "cache_dir")
+#: their defaults (also used to tell which ones were given next to --model or --profile)
+MODEL_DEFAULTS = {"backbone": "ViT-L-14-336", "weights": "openai", "prompts": None, "image_size": None,
+                  "device": "cpu", "precision": "fp32", "preset": None, "cache_dir": None}
 
 
 def flag_message(err: Exception) -> str:
@@ -51,9 +55,9 @@ def add_model_args(p: argparse.ArgumentParser, prompts: bool = True, torch_runti
     from ..model.config import PRECISIONS, PRESETS  # torch-free: --help and --model never load torch
 
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="ViT-L-14-336",
+    g.add_argument("--backbone", default=MODEL_DEFAULTS["backbone"],
                    help="open_clip model name or model-config JSON path (default: ViT-L-14-336)")
-    g.add_argument("--weights", default="openai",
+    g.add_argument("--weights", default=MODEL_DEFAULTS["weights"],
                    help="pretrained tag (default: openai), weights file (.pt/.pth/.safetensors), "
                         "or 'none' for random weights")
     if prompts:
@@ -93,7 +97,16 @@ def detector_spec(args, *, protocol: bool = False):
                         precision=getattr(args, "precision", "fp32"), preset=args.preset, cache_dir=args.cache_dir,
                         reference=reference, shots=None if reference is None else args.shots,
                         max_pixels=None if reference is None else int(getattr(args, "max_mpx", 40.0) * 1e6),
+                        max_references=None if reference is None else getattr(args, "max_reference_images", None),
                         untrained_ok=references_only(args), **options)
+
+
+def load_detector_of(args):
+    """The detector of the model options and the few-shot options (references not set yet:
+    :func:`set_references`)."""
+    from ..inference.spec import build_detector
+
+    return build_detector(detector_spec(args).replace(reference=None))
 
 
 def detector(args, *, protocol: bool = False):
@@ -107,7 +120,7 @@ def detector(args, *, protocol: bool = False):
 
 
 # ----------------------------------------------------------------------- few-normal-shot mode
-def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False) -> None:
+def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False, max_references: bool = True) -> None:
     """predict/serve: ``--reference DIR [--shots K]``; test (``protocol``): ``--shots K
     --shot-seed S [S ...]``; both: ``--few-shot-weight W``, ``--coreset F``."""
     g = p.add_argument_group("few-shot (known-good reference images of the product)")
@@ -123,6 +136,10 @@ def add_few_shot_args(p: argparse.ArgumentParser, protocol: bool = False) -> Non
                             "file saved with det.save_references: turns the few-shot mode on")
         g.add_argument("--shots", type=positive_int, metavar="K",
                        help="use the first K reference images (sorted by path; default: all)")
+    if not protocol and max_references:  # serve: --max-references is the profiles' limit (default used here)
+        g.add_argument("--max-references", type=positive_int, default=1000, metavar="N", dest="max_reference_images",
+                       help="refuse a --reference folder with more images than this (the bank's memory grows "
+                            "with each; default: 1000), and one whose bank would not fit in the available memory")
     g.add_argument("--few-shot-weight", type=unit_interval, metavar="W",
                    help="weight of the few-shot map and score in [0, 1] (default 0.5); 1: references only, "
                         "no trained prompts needed")
@@ -158,11 +175,28 @@ def log_references(det, source) -> None:
                                                f"{source} (weight {det.config.few_shot_weight})")
 
 
+def set_references(det, args) -> list[str]:
+    """``--reference``: a references file is loaded, images are read like query images.
+    Returns the files the references came from (none without ``--reference``)."""
+    source = getattr(args, "reference", None)
+    if source is None:
+        return []
+    from ..inference.references import apply_references
+
+    files = apply_references(det, source, shots=args.shots, max_pixels=int(getattr(args, "max_mpx", 40.0) * 1e6),
+                             max_references=getattr(args, "max_reference_images", 1000))
+    log_references(det, source)
+    return files
+
+
 # ------------------------------------------------------------------------- exported models
 def add_exported_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR",
                    help="run a model exported by 's2swclip export' (ONNX Runtime or OpenVINO, no PyTorch) "
                         "instead of building the detector from --backbone/--weights/--prompts")
+    p.add_argument("--inference-timeout", type=float, default=300.0, metavar="S",
+                   help="with --model: seconds one batch may take in the runtime before its images fail "
+                        "(a model graph can loop for ever; default: 300)")
 
 
 FEW_SHOT_FLAGS = ("reference", "shots", "few_shot_weight", "coreset")
@@ -189,9 +223,49 @@ def exported_model(args):
     from ..deploy.runtime import load_exported
 
     check_exported_args(args)
-    return load_exported(args.model)
+    return load_exported(args.model, inference_timeout=args.inference_timeout)
 
 
 def threshold_of(args, recorded: float | None) -> float | None:
     """--threshold, else the threshold recorded in an exported model (None for a detector)."""
     return args.threshold if args.threshold is not None else recorded
+
+
+# ------------------------------------------------------------------------------ CPU threads
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="PyTorch threads of the model on the CPU (default: the cores less the decoding workers' "
+                        "share, cores - cores//4, at least 1: a 2-core machine runs the model on 1 thread and "
+                        "decodes on the other core)")
+    p.add_argument("--decode-workers", type=positive_int, default=None,
+                   help="threads that decode images and write overlays beside the model (default: the cores, "
+                        "2 to 4); a GPU needs about its images/s divided by one core's decoding rate")
+
+
+def default_torch_threads(cores: int | None = None) -> int:
+    """The model's threads when ``--threads`` is not given: the cores less a quarter (at least
+    one) left to the pipeline's decoding and overlay workers, so the two do not oversubscribe
+    the cores (PyTorch's threads slow down badly when they must wait for a busy core)."""
+    import os
+
+    cores = int(cores or os.cpu_count() or 1)
+    return max(1, cores - max(1, cores // 4))
+
+
+@contextlib.contextmanager
+def torch_threads(args):
+    """Run the command with ``--threads`` (or :func:`default_torch_threads`) PyTorch threads;
+    the previous setting comes back afterwards (the command line runs inside tests too). An
+    exported model (``--model``) sets its own runtime's threads: PyTorch is left alone."""
+    if getattr(args, "model", None) is not None:
+        yield None
+        return
+    import torch
+
+    n = getattr(args, "threads", None) or default_torch_threads()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(saved)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import S2SWError, safe_text
 from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, check_exported_args, detector,
-                      detector_spec, exported_model, threshold_of)
+                      detector_spec, exported_model, threshold_of, torch_threads, add_threads_arg)
 from .types import batch_count, finite, float_range, fraction, int_range, mega
 
 
@@ -31,8 +31,12 @@ def add_parser(sub) -> None:
     p.add_argument("--no-overlays", action="store_true")
     add_heatmap_arg(p)
     p.add_argument("--quiet", action="store_true")
+    add_threads_arg(p)
     add_few_shot_args(p)
     add_exported_arg(p)
+    p.add_argument("--profile", metavar="NAME", help="score with this product profile (its bank, few-shot weight "
+                                                    "and threshold; the model options default to its own)")
+    p.add_argument("--profiles", metavar="DIR", help="the profiles folder of --profile")
     _add_ray_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -44,7 +48,8 @@ def run_options(args, recorded_threshold: float | None = None):
 
     return RunOptions(threshold=threshold_of(args, recorded_threshold), calibrate_dir=args.calibrate, fpr=args.fpr,
                       heatmap_scale=args.heatmap_scale, overlays=not args.no_overlays, batch_size=args.batch_size,
-                      max_pixels=int(args.max_mpx * 1e6), progress=not args.quiet)
+                      max_pixels=int(args.max_mpx * 1e6), progress=not args.quiet,
+                      decode_workers=getattr(args, "decode_workers", None))
 
 
 def cmd_predict(args) -> int:
@@ -63,13 +68,16 @@ def cmd_predict(args) -> int:
         collect_inputs([args.calibrate])
     if args.reference is not None:
         collect_inputs([args.reference])
-    if args.model is not None:
-        scorer = exported_model(args)  # torch-free
-    else:
-        from ..inference.scorers import as_scorer
+    with torch_threads(args):
+        if args.profile is not None or args.profiles is not None:
+            scorer = _profile_scorer(args)
+        elif args.model is not None:
+            scorer = exported_model(args)  # torch-free
+        else:
+            from ..inference.scorers import as_scorer
 
-        scorer = as_scorer(detector(args))
-    summary = LocalEngine(scorer).run(args.inputs, args.out, run_options(args, getattr(scorer, "threshold", None)))
+            scorer = as_scorer(detector(args))
+        summary = LocalEngine(scorer).run(args.inputs, args.out, run_options(args, getattr(scorer, "threshold", None)))
     shown = [safe_text(r["name"]) for r in summary.rows]  # names come from folders and manifests
     width = max(map(len, shown), default=10)
     for name, r in zip(shown, summary.rows):
@@ -85,6 +93,24 @@ def cmd_predict(args) -> int:
     if not summary.n_scored:
         raise S2SWError(f"none of the {summary.n_failed} input files could be read as an image")
     return 0
+
+
+def _profile_scorer(args):
+    """``--profile NAME --profiles DIR``: the profile's scorer (its ``threshold`` is used unless
+    --threshold or --calibrate is given)."""
+    from .profile import detector_for_profile, open_store
+
+    if args.profile is None or args.profiles is None:
+        raise S2SWError("--profile NAME and --profiles DIR go together")
+    clash = [flag for flag, value in (("--model", args.model), ("--reference", args.reference),
+                                      ("--few-shot-weight", args.few_shot_weight), ("--coreset", args.coreset),
+                                      ("--shots", args.shots)) if value is not None]
+    if clash:
+        raise S2SWError(f"--profile {args.profile} already fixes the model, references and weight; drop "
+                        f"{', '.join(clash)}")
+    manifest = open_store(args).show(args.profile)
+    store = open_store(args, detector_for_profile(args, manifest))
+    return store.scorer(store.load(args.profile))
 
 
 # ---- predict --engine ray (scale-out batch scoring; s2swclip.inference.ray_engine) ----
@@ -116,6 +142,8 @@ def _refuse_ray_options(args) -> None:
 
 
 def _predict_ray(args) -> int:
+    if args.profile is not None:
+        raise S2SWError("--profile runs with the local engine: drop --engine ray")
     from ..inference.inputs import collect_inputs
     from ..inference.ray_engine import RayEngine, RaySettings
     from ..inference.spec import ScorerSpec

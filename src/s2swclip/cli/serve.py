@@ -7,6 +7,7 @@ import sys
 from ..errors import S2SWError, safe_text
 from ..serve.limits import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT_BYTES
 from .options import add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, detector, exported_model, threshold_of
+from .profile import add_profiles_limits
 from .types import batch_count, finite, float_range, int_range, mega, port
 
 
@@ -52,9 +53,12 @@ def add_parser(sub) -> None:
                         f"headers (default {DEFAULT_MAX_CONNECTIONS})")
     p.add_argument("--header-timeout", type=float_range(0, 600, lo_open=True), default=DEFAULT_HEADER_TIMEOUT_S,
                    help=f"seconds a connection has to send its request headers (default {DEFAULT_HEADER_TIMEOUT_S:g})")
-    add_few_shot_args(p)
+    add_few_shot_args(p, max_references=False)  # its --max-references is the profiles' (add_profiles_limits)
     add_heatmap_arg(p)
     add_exported_arg(p)
+    p.add_argument("--profiles", metavar="DIR",
+                   help="product profiles folder: /v1/profiles routes, /v1/predict?profile=NAME (created when missing)")
+    add_profiles_limits(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -79,11 +83,25 @@ def build_serve_app(args):
 
     security = SecuritySettings(token=resolve_token(args.token), host=args.host,
                                 allow_hosts=tuple(args.allow_host or ()))
+    if args.profiles is not None and args.model is not None:
+        raise S2SWError(f"--profiles needs the PyTorch detector (profiles share its backbone); "
+                        f"drop --model {args.model}")
     settings = serve_settings(args)  # checked before the (slow) model load
     model = exported_model(args) if args.model is not None else detector(args)
     if settings.threshold is None and getattr(model, "threshold", None) is not None:
         settings = serve_settings(args, model.threshold)  # the one recorded at export
-    return create_app(model, settings, security=security)
+    return create_app(model, settings, security=security, profiles=_profiles_service(args, model))
+
+
+def _profiles_service(args, model):
+    """The profiles of ``--profiles DIR`` on the service's detector (None without the flag)."""
+    if args.profiles is None:
+        return None
+    from ..profiles import ProfileStore
+    from ..serve.profiles_routes import ProfilesService
+
+    return ProfilesService(ProfileStore(args.profiles, model, max_profiles=args.max_profiles,
+                                        max_references=args.max_references))
 
 
 def cmd_serve(args) -> int:

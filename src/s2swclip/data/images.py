@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import S2SWError
+from ..fileio import NotRegularFileError, open_regular
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -63,6 +64,9 @@ def _readable_extensions() -> tuple[str, ...]:
 #: Lower-case file extensions (with the dot) of every format Pillow can decode here: PNG, JPEG,
 #: BMP, TIFF, WebP, GIF (first frame), PPM/PGM, TGA, JPEG 2000, ... Decided once, used everywhere.
 IMAGE_EXTENSIONS: tuple[str, ...] = _readable_extensions()
+#: Pillow formats tried when decoding (whatever a file's name): never one that hands the file to an
+#: external program (EPS runs Ghostscript) or a stub.
+_DECODABLE_FORMATS: tuple[str, ...] = tuple(sorted(f for f in Image.OPEN if f not in _NOT_DECODABLE))
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS"}
 
@@ -77,9 +81,10 @@ def is_image_name(name: str | os.PathLike) -> bool:
 class ImageError(S2SWError):
     """An image that cannot be used, with a short machine-readable reason.
 
-    ``code`` is one of ``missing``, ``unreadable`` (permissions, a folder), ``empty``,
-    ``not_an_image``, ``too_many_pixels``, ``corrupt``, ``unsupported_uri`` (a URI scheme that
-    cannot be read, see :mod:`s2swclip.inference.uris`).
+    ``code`` is one of ``missing``, ``unreadable`` (permissions, a folder), ``not_a_regular_file``
+    (a FIFO, socket or device: never opened for reading), ``empty``, ``not_an_image``,
+    ``too_many_pixels``, ``corrupt``, ``unsupported_uri`` (a URI scheme that cannot be read, see
+    :mod:`s2swclip.inference.uris`).
     """
 
     def __init__(self, code: str, message: str):
@@ -190,14 +195,18 @@ def _open_lazy(source, what: str, prefix: str) -> Image.Image:
         if os.path.isdir(path):
             raise ImageError("unreadable", f"{prefix}{what} path is a folder, not an image file: {path}")
         try:
-            if os.path.getsize(path) == 0:
+            fp = os.fdopen(open_regular(path), "rb")  # a FIFO, socket or device is never opened
+            if os.fstat(fp.fileno()).st_size == 0:
+                fp.close()
                 raise ImageError("empty", f"{prefix}{what} file is empty: {path}")
-            fp = open(path, "rb")
+        except NotRegularFileError as exc:
+            raise ImageError("not_a_regular_file", f"{prefix}{what} path {path} is {exc.kind}, not a regular "
+                                                   f"file; it was not read") from None
         except OSError as exc:
             raise ImageError("unreadable", f"{prefix}cannot open {what} file {path}: "
                                            f"{exc.strerror or exc}") from None
     try:
-        return Image.open(fp)
+        return Image.open(fp, formats=_DECODABLE_FORMATS)
     except Image.DecompressionBombError as exc:
         fp.close()
         raise ImageError("too_many_pixels", f"{prefix}{what}{where} is too large to decode safely ({exc})") from None

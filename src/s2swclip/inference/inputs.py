@@ -2,8 +2,13 @@
 
 Rules (the same for every engine):
 
-* a folder contributes every entry whose name has a readable image extension
-  (:data:`s2swclip.data.images.IMAGE_EXTENSIONS`), recursively, hidden entries excluded;
+* a folder contributes every entry, recursively, hidden entries (``.x``) excluded: each is a row,
+  scored or skipped with its reason. Entries whose name has a readable image extension
+  (:data:`s2swclip.data.images.IMAGE_EXTENSIONS`) are the images; any other file is handed to
+  the decoder too (which names the format it found, or reports ``not_an_image``), a FIFO, socket
+  or device is reported ``not_a_regular_file`` and never opened. A folder with no image name at
+  all is still "no images found" (``images_only=True`` lists image names only: references,
+  calibration sets);
 * an entry that cannot be used — a broken symbolic link, a file or sub-folder that cannot be
   read — is NOT dropped: it is listed with the reason, and becomes a "skipped" row;
 * symbolic links are kept as the user sees them: two links to the same image are two rows,
@@ -55,8 +60,9 @@ class InputEntry:
     problem: str | None = None
 
 
-def _walk(folder: str, out: list[InputEntry]) -> None:
-    """Depth-first listing of a folder; unreadable sub-folders become entries with a problem."""
+def _walk(folder: str, out: list[InputEntry], others: list[InputEntry] | None = None) -> None:
+    """Depth-first listing of a folder; unreadable sub-folders become entries with a problem;
+    entries without an image name go to ``others`` (dropped when it is None)."""
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -75,9 +81,11 @@ def _walk(folder: str, out: list[InputEntry]) -> None:
             if e.is_symlink() and _loops(path):
                 out.append(InputEntry(path, f"symbolic link loop: {path}"))
                 continue
-            _walk(path, out)
+            _walk(path, out, others)
         elif is_image_name(e.name):
             out.append(InputEntry(path, _problem(path)))
+        elif others is not None:
+            others.append(InputEntry(path, _problem(path)))
 
 
 def _loops(path: str) -> bool:
@@ -202,14 +210,19 @@ def _collect_uri(uri: str) -> list[InputEntry]:
     return [InputEntry(u) for u in listed]
 
 
-def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[InputEntry]:
+def collect_inputs(inputs: Sequence[str | os.PathLike], *, images_only: bool = False) -> list[InputEntry]:
     """Expand files, folders, glob patterns and manifests (local or URIs) into a sorted list of
     :class:`InputEntry`.
 
+    ``images_only``: a local folder contributes only the entries with an image name (the
+    default: every entry, see the module docstring).
+
     Raises :class:`S2SWError` for an input that does not exist, and when nothing at all is
-    found (problem entries count as found: they are reported, not ignored).
+    found (problem entries count as found: they are reported, not ignored; entries of a folder
+    without an image name do not).
     """
     found: list[InputEntry] = []
+    others: list[InputEntry] | None = None if images_only else []
     for raw in inputs:
         if is_uri(raw):
             found.extend(_collect_uri(raw))
@@ -223,7 +236,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[InputEntry]:
                 if is_image_name(m):
                     found.append(InputEntry(m, _problem(m)))
         elif os.path.isdir(text):
-            _walk(os.path.abspath(text), found)
+            _walk(os.path.abspath(text), found, others)
         elif os.path.isfile(text) and is_manifest_name(text):
             found.extend(read_manifest(text))
         elif os.path.lexists(text):
@@ -234,9 +247,11 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[InputEntry]:
                             f"manifests: .txt, .csv, .parquet)")
     unique = {e.path: e for e in found}
     if not unique:
+        besides = f"; {len(others)} other file(s) there, e.g. {others[0].path}" if others else ""
         raise S2SWError(f"no images found in {', '.join(map(str, inputs))} "
                         f"(looked for {len(IMAGE_EXTENSIONS)} image formats: .png, .jpg, .bmp, .tif, "
-                        f".webp, .gif, ...)")
+                        f".webp, .gif, ...{besides})")
+    unique.update({e.path: e for e in others or [] if e.path not in unique})
     return [unique[p] for p in sorted(unique)]
 
 

@@ -141,7 +141,8 @@ class LocalEngine:
         out = check_output_dir(out_dir)
         entries = collect_inputs(inputs)
         pipe = InferencePipeline(self.scorer, batch_size=o.batch_size, threshold=o.threshold,
-                                 max_pixels=o.max_pixels, max_inflight_pixels=o.max_inflight_pixels)
+                                 max_pixels=o.max_pixels, max_inflight_pixels=o.max_inflight_pixels,
+                                 decode_workers=o.decode_workers)
         pipe.decoder.refused_stores = refused_stores([e.path for e in entries])
         cal = None
         if o.calibrate_dir is not None:
@@ -152,7 +153,7 @@ class LocalEngine:
         painter = OverlayPainter(o.heatmap_scale, pipe.threshold, getattr(self.scorer, "map_scale", None),
                                  draw=lambda preview, amap, scale: overlay_png(preview, amap, scale=scale,
                                                                                colorbar=True),
-                                 write=atomic_write_bytes, window=o.scale_window)
+                                 write=atomic_write_bytes, window=o.scale_window, submit=pipe.submit)
         bar = make_progress(len(entries), "scoring", enabled=o.progress)
         names = display_names([e.path for e in entries])
         overlay_files = overlay_names(names)
@@ -169,8 +170,10 @@ class LocalEngine:
                 summary.rows.append(result_row(rec, overlay))
                 rec.release()
             painter.flush()
+            pipe.drain()  # the overlays drawn and written on the worker threads
         finally:
             bar.close()
+            pipe.close()
         summary.heatmap = painter.describe() if o.overlays else None
         _write_results(out, summary)
         return summary
@@ -190,6 +193,12 @@ def refused_stores(paths: Sequence[str]) -> dict[str, tuple[str, str]]:
 def in_refused_store(path: str, refused: dict[str, tuple[str, str]]) -> bool:
     """True for a URI of a store in ``refused`` (its rows were reported by one warning already)."""
     return is_uri(path) and store_of(path) in refused
+
+
+def calibrate(pipeline: InferencePipeline, folder: str | os.PathLike, fpr: float) -> Calibration:
+    """Score the known-good images of ``folder`` with ``pipeline`` and return the conformal
+    threshold (``s2swclip watch`` calibrates its own pipeline)."""
+    return calibrate_folder(folder, fpr, lambda found: (r.score for r in pipeline.run(_sources([e.path for e in found]))))
 
 
 def predict_files(scorer, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,

@@ -10,15 +10,24 @@ Memory is bounded by design: each image is reduced to the model input and a smal
 after decoding (:func:`~s2swclip.data.images.decode_for_model`), the decoded full-resolution
 pixels held at once are capped by a :class:`~s2swclip.data.images.PixelBudget` shared by all
 threads, and :meth:`InferencePipeline.run` decodes at most ``lookahead`` images ahead.
+
+Throughput: decoding and preprocessing run on a bounded pool of worker threads (Pillow releases
+the GIL while it decodes, resizes and encodes) ahead of the model, and the work that follows
+scoring (drawing and writing overlays) is handed to the same pool with :meth:`InferencePipeline.submit`,
+so both overlap the scorer's calls instead of running between them. The pool's threads are the
+only extra CPU users: size the model's own threads to the cores they leave (the command line's
+``--threads``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
@@ -30,7 +39,8 @@ from ..specs import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS
 from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes, store_of
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "Decoder", "InferencePipeline", "ScoredImage",
-           "Scorer", "map_fraction_above", "overlay_png"]
+           "Scorer", "default_workers", "map_fraction_above", "overlay_png",
+           "read_file_bytes"]
 
 
 
@@ -65,8 +75,8 @@ class ScoredImage:
         score: image anomaly score in [0, 1]; None when the image could not be scored.
         anomalous: ``score > threshold`` when a threshold is known, else None.
         error, error_code: why the image was not scored (one line; a short code:
-            ``missing``, ``unreadable``, ``empty``, ``not_an_image``, ``too_many_pixels``,
-            ``corrupt``).
+            ``missing``, ``unreadable``, ``not_a_regular_file``, ``empty``, ``not_an_image``, ``too_many_pixels``,
+            ``corrupt``; ``non_finite`` when the model returned NaN or infinity for it).
         width, height: the original image size.
         map_max, map_mean: statistics of the anomaly map (its own scale, ``[0, map_scale]``).
         map_frac_above: fraction of the map's pixels above the threshold on the score scale
@@ -74,6 +84,8 @@ class ScoredImage:
         anomaly_map: [S, S] float32 map (dropped once written, see :meth:`release`).
         preview: RGB image, longest side S, for the overlay (dropped likewise).
         pixels: [3, S, S] model input until it is scored.
+        sha256: hex digest of the bytes decoded, when the decoder was asked for it
+            (``digest=True``; None otherwise, or when the file could not be read).
         timings_ms: ``decode``, ``queue``, ``inference``, ``batch_size``, ``overlay``.
     """
 
@@ -93,6 +105,7 @@ class ScoredImage:
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
     preview: Image.Image | None = field(default=None, repr=False)
     pixels: np.ndarray | None = field(default=None, repr=False)
+    sha256: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -104,6 +117,16 @@ class ScoredImage:
 
     def set_result(self, score: float, amap: np.ndarray, threshold: float | None = None,
                    map_scale: float | None = None) -> None:
+        """Record the scorer's output; a NaN or infinite score or map makes this record an error
+        (``non_finite``) instead: one bad image never costs the others their results."""
+        amap = np.asarray(amap)
+        if not (np.isfinite(score) and np.isfinite(amap).all()):
+            what = "score" if not np.isfinite(score) else "anomaly map"
+            self.error = f"{self.source}: the model returned a non-finite (NaN or infinite) {what}"
+            self.error_code = "non_finite"
+            self.pixels = self.anomaly_map = None
+            self.score = self.anomalous = None
+            return
         self.score = float(score)
         self.anomaly_map = amap
         self.map_max = float(amap.max())
@@ -187,25 +210,32 @@ class Decoder:
         self.refused_stores: dict[str, tuple[str, str]] = {}
 
     def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
-               label: str | None = None) -> ScoredImage:
+               label: str | None = None, digest: bool = False) -> ScoredImage:
         """Decode one file (a path, a URI or the file's bytes) into a record holding the model
         input and the preview, or the reason it cannot be scored. Thread-safe; memory bounded by
-        the budget."""
+        the budget. ``digest``: read a local file whole (at most ``max_remote_bytes``), record
+        the SHA-256 of exactly the bytes decoded in ``sha256``."""
         shown = label if label is not None else (os.fspath(source) if not isinstance(source, (bytes, bytearray)) else "upload")
         rec = ScoredImage(index, shown, name if name is not None else shown)
         t = time.perf_counter()
         try:
-            if is_uri(source):
-                refused = self.refused_stores.get(store_of(source))
+            if is_uri(source) or (digest and not isinstance(source, (bytes, bytearray))):
+                refused = self.refused_stores.get(store_of(source)) if is_uri(source) else None
                 if refused is not None:
                     raise ImageError(refused[0], f"{source}: {refused[1]}")
                 try:
-                    data = read_uri_bytes(source, self.max_remote_bytes)
+                    data = (read_uri_bytes(source, self.max_remote_bytes) if is_uri(source)
+                            else read_file_bytes(source, self.max_remote_bytes))
+                    if digest:
+                        rec.sha256 = hashlib.sha256(data).hexdigest()
                     d = decode_for_model(data, self.image_size, preview_side=self.preview_side,
                                          max_pixels=self.max_pixels, budget=self.budget)
                 except ImageError as e:  # messages about bytes do not name the file
-                    raise ImageError(e.code, str(e) if source in str(e) else f"{source}: {e}") from None
+                    where = os.fspath(source)
+                    raise ImageError(e.code, str(e) if where in str(e) else f"{where}: {e}") from None
             else:
+                if digest:
+                    rec.sha256 = hashlib.sha256(source).hexdigest()
                 d = decode_for_model(source, self.image_size, preview_side=self.preview_side,
                                      max_pixels=self.max_pixels, budget=self.budget)
         except ImageError as e:
@@ -215,6 +245,24 @@ class Decoder:
             rec.width, rec.height, rec.format = d.width, d.height, d.format
         rec.timings_ms["decode"] = (time.perf_counter() - t) * 1000
         return rec
+
+
+def read_file_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """A local file's bytes, at most ``max_bytes`` (more is an ``ImageError``, code
+    ``too_many_pixels``: a file that large is refused before it is read whole)."""
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ImageError("missing", f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError("unreadable", f"{where} is a folder, not an image file") from None
+    except OSError as e:
+        raise ImageError("unreadable", f"cannot read {where}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise ImageError("too_many_pixels", f"{where} is larger than {max_bytes:,} bytes; downscale it first")
+    return data
 
 
 class InferencePipeline:
@@ -227,13 +275,17 @@ class InferencePipeline:
         max_pixels: refuse images with more pixels (from the header, before decoding).
         max_inflight_pixels: decoded full-resolution pixels held at once by all threads.
         preview_side: longest side of the overlay previews (default: the model size).
-        decode_workers: threads decoding ahead in :meth:`run`.
+        decode_workers: worker threads decoding ahead in :meth:`run` and running the jobs of
+            :meth:`submit` (default :func:`default_workers`); created on first use, kept until
+            :meth:`close`.
+        max_pending_jobs: jobs of :meth:`submit` queued or running at once (more waits).
     """
 
     def __init__(self, scorer: Scorer, *, batch_size: int = 8, threshold: float | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
-                 preview_side: int | None = None, decode_workers: int | None = None):
+                 preview_side: int | None = None, decode_workers: int | None = None,
+                 max_pending_jobs: int | None = None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.scorer = scorer
@@ -246,13 +298,68 @@ class InferencePipeline:
         self.max_pixels = max_pixels
         self.budget = self.decoder.budget
         self.preview_side = self.decoder.preview_side
-        self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
+        self.decode_workers = int(decode_workers or default_workers())
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._jobs = threading.BoundedSemaphore(int(max_pending_jobs or 2 * self.batch_size))
+        self._job_futures: set[Future] = set()
+        self._job_error: BaseException | None = None
+
+    # ---------------------------------------------------------------------------- workers
+    def _workers(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="s2sw-worker")
+            return self._pool
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the worker pool (drawing and writing an overlay while
+        the model scores the next batch). Waits while ``max_pending_jobs`` jobs are queued or
+        running, so memory stays bounded. :meth:`drain` waits for them and raises the first
+        failure."""
+        self._jobs.acquire()
+        try:
+            fut = self._workers().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._jobs.release()
+            raise
+        with self._pool_lock:
+            self._job_futures.add(fut)
+        fut.add_done_callback(self._job_done)
+        return fut
+
+    def _job_done(self, fut: Future) -> None:
+        with self._pool_lock:
+            self._job_futures.discard(fut)
+            if not fut.cancelled() and fut.exception() is not None and self._job_error is None:
+                self._job_error = fut.exception()
+        self._jobs.release()
+
+    def drain(self) -> None:
+        """Wait for every job of :meth:`submit`; raise the first failure since the last
+        :meth:`drain`, if any."""
+        with self._pool_lock:
+            futures = list(self._job_futures)
+        for f in futures:
+            f.exception()  # waits
+        with self._pool_lock:
+            error, self._job_error = self._job_error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Wait for the jobs (their failures are :meth:`drain`'s to report) and stop the worker
+        threads; a later call starts new ones."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     # ---------------------------------------------------------------------------- stages
     def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
-               label: str | None = None) -> ScoredImage:
+               label: str | None = None, digest: bool = False) -> ScoredImage:
         """See :meth:`Decoder.decode`."""
-        return self.decoder.decode(source, index=index, name=name, label=label)
+        return self.decoder.decode(source, index=index, name=name, label=label, digest=digest)
 
     def score_batch(self, records: Sequence[ScoredImage]) -> None:
         """Score decoded records in one scorer call (in place)."""
@@ -283,17 +390,30 @@ class InferencePipeline:
 
     # ---------------------------------------------------------------------------- stream
     def run(self, sources: Iterable[tuple[str | os.PathLike | bytes, str]], *, lookahead: int | None = None,
-            progress=None) -> Iterator[ScoredImage]:
+            progress=None, digest: bool = False) -> Iterator[ScoredImage]:
         """Score ``(source, name)`` pairs; yields records in input order.
 
-        Images are decoded on ``decode_workers`` threads at most ``lookahead`` (default
-        ``2 * batch_size``) ahead of scoring, so memory stays bounded however many inputs there
-        are. A file that cannot be decoded yields a record with ``error`` set; it never stops
-        the run. ``progress`` (optional) gets ``update(n)`` calls.
+        Images are decoded on the worker threads at most ``lookahead`` (default
+        ``2 * batch_size``, at least ``batch_size + decode_workers``) ahead of scoring, so
+        memory stays bounded however many inputs there are and the next batch is decoded while
+        the model scores this one. A file that cannot be decoded yields a record with ``error``
+        set; it never stops the run. ``progress`` (optional) gets ``update(n)`` calls;
+        ``digest``: records carry the SHA-256 of the bytes decoded (see :meth:`Decoder.decode`).
         """
-        lookahead = int(lookahead or 2 * self.batch_size)
+        lookahead = int(lookahead or max(2 * self.batch_size, self.batch_size + self.decode_workers))
         pending: list[ScoredImage] = []
         ready: deque[ScoredImage] = deque()
+        pool = self._workers()
+        it = iter(enumerate(sources))
+        futures: deque[Future] = deque()
+
+        def submit_next() -> bool:
+            nxt = next(it, None)
+            if nxt is None:
+                return False
+            i, (src, name) = nxt
+            futures.append(pool.submit(self.decode, src, index=i, name=name, digest=digest))
+            return True
 
         def flush():
             self.score_batch(pending)
@@ -301,18 +421,7 @@ class InferencePipeline:
                 progress.update(len(pending))
             pending.clear()
 
-        with ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="s2sw-decode") as pool:
-            it = iter(enumerate(sources))
-            futures: deque = deque()
-
-            def submit_next() -> bool:
-                nxt = next(it, None)
-                if nxt is None:
-                    return False
-                i, (src, name) = nxt
-                futures.append(pool.submit(self.decode, src, index=i, name=name))
-                return True
-
+        try:
             while len(futures) < lookahead and submit_next():
                 pass
             while futures:
@@ -331,3 +440,12 @@ class InferencePipeline:
             flush()
             while ready:
                 yield ready.popleft()
+        finally:  # a consumer that stops early: drop what was decoded ahead
+            for f in futures:
+                f.cancel()
+
+
+def default_workers() -> int:
+    """Worker threads of a pipeline: the cores, at most 4, at least 2 (one decodes while another
+    waits on a disk)."""
+    return max(2, min(4, os.cpu_count() or 1))

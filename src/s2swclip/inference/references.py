@@ -13,11 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arrays import available_memory
 from ..data.images import ImageError, decode_for_model
 from ..errors import S2SWError
 from .inputs import collect_inputs
 
-__all__ = ["ReferenceImages", "apply_references", "read_reference_images"]
+__all__ = ["DEFAULT_MAX_REFERENCES", "ReferenceImages", "apply_references", "read_reference_images",
+           "reference_bytes_per_image"]
+
+#: Most reference images read from a folder (``--max-references``): the bank grows with each one.
+DEFAULT_MAX_REFERENCES = 1000
 
 
 @dataclass
@@ -30,7 +35,8 @@ class ReferenceImages:
 
 
 def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: int | None = None,
-                          max_pixels: int | None = None) -> ReferenceImages:
+                          max_pixels: int | None = None, max_references: int | None = None,
+                          bytes_per_image: int | None = None) -> ReferenceImages:
     """Read the known-good images of ``source`` (a folder, an image file or a glob pattern).
 
     Args:
@@ -38,18 +44,24 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
         image_size: S, the model input side.
         shots: use the first ``shots`` images (sorted by path); None: all of them.
         max_pixels: refuse larger images (from the header, before decoding).
+        max_references: refuse more images than this (``--max-references``), before reading any.
+        bytes_per_image: the memory one reference takes until the bank is built (see
+            :func:`reference_bytes_per_image`): more images than the available memory holds are
+            refused before reading any.
 
     Raises:
-        S2SWError: one line, when ``source`` holds no image, fewer than ``shots`` images, or an
-            image that cannot be used (references are few and chosen: none is skipped silently).
+        S2SWError: one line, when ``source`` holds no image, fewer than ``shots`` images, too
+            many, or an image that cannot be used (references are few and chosen: none is skipped
+            silently).
     """
-    entries = collect_inputs([source])
+    entries = collect_inputs([source], images_only=True)
     if shots is not None:
         if shots < 1:
             raise S2SWError(f"--shots must be at least 1, got {shots}")
         if len(entries) < shots:
             raise S2SWError(f"--reference {source} holds {len(entries)} image(s), fewer than --shots {shots}")
         entries = entries[:shots]
+    _check_reference_memory(source, len(entries), max_references, bytes_per_image)
     pixels = np.empty((len(entries), 3, image_size, image_size), np.float32)
     for i, entry in enumerate(entries):
         if entry.problem is not None:
@@ -61,8 +73,29 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
     return ReferenceImages(pixels, [e.path for e in entries])
 
 
+def _check_reference_memory(source, count: int, max_references: int | None, bytes_per_image: int | None) -> None:
+    need = None if bytes_per_image is None else count * int(bytes_per_image)
+    shown = "" if need is None else f" (about {need / 2**30:.1f} GiB until the bank is built)"
+    if max_references is not None and count > max_references:
+        raise S2SWError(f"--reference {source} holds {count} images{shown}, more than --max-references "
+                        f"{max_references}; pick fewer (--shots K, a --coreset keeps memory down afterwards) "
+                        f"or raise --max-references")
+    free = available_memory()
+    if need is not None and free is not None and need > free:
+        raise S2SWError(f"--reference {source}: {count} images need about {need / 2**30:.1f} GiB until the bank "
+                        f"is built, but only {free / 2**30:.1f} GiB of memory is available; use fewer (--shots K)")
+
+
+def reference_bytes_per_image(det) -> int:
+    """Memory one reference image takes while the bank is built: its float32 model input and its
+    patch features for every few-shot layer, twice (collected, then concatenated)."""
+    s = int(det.config.image_size)
+    tokens = (s // int(det.backbone.patch_size)) ** 2
+    return 4 * (3 * s * s + 2 * len(det.config.few_shot_layers) * tokens * int(det.backbone.embed_dim))
+
+
 def apply_references(det, source: str | os.PathLike, *, shots: int | None = None,
-                     max_pixels: int | None = None) -> list[str]:
+                     max_pixels: int | None = None, max_references: int | None = DEFAULT_MAX_REFERENCES) -> list[str]:
     """Turn on the few-shot mode of ``det`` from ``source``: a references ``.safetensors`` file
     (:meth:`~s2swclip.model.detector.S2SWDetector.save_references`) is loaded, anything else is
     read with :func:`read_reference_images` and encoded. The one way every engine does it.
@@ -81,6 +114,7 @@ def apply_references(det, source: str | os.PathLike, *, shots: int | None = None
             raise S2SWError(f"--shots selects images of a folder; {path} is a references file")
         det.load_references(path)
         return [os.path.abspath(path)]
-    refs = read_reference_images(source, det.config.image_size, shots=shots, max_pixels=max_pixels)
+    refs = read_reference_images(source, det.config.image_size, shots=shots, max_pixels=max_pixels,
+                                 max_references=max_references, bytes_per_image=reference_bytes_per_image(det))
     det.set_references(torch.from_numpy(refs.pixels))
     return refs.paths

@@ -30,6 +30,7 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_bytes, atomic_write_text, remove_temporaries
 from .calibration import Calibration
 from .local import RESULT_FIELDS
+from .run_record import load_run_record
 
 __all__ = ["OVERLAY_PNG", "RESULTS", "ResultsFolder", "committed_paths", "count_rows", "read_results",
            "require_pyarrow", "result_schema", "rows_in_flight_schema"]
@@ -150,11 +151,8 @@ class ResultsFolder:
                 raise S2SWError(f"{self.results} holds result shards but no {RUN_RECORD}: it was not "
                                 f"written by this program; choose another --out")
             return None
-        try:
-            rec = json.loads(path.read_text())
-            old = rec["settings"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise S2SWError(f"cannot read {path} ({exc}); delete the folder {self.results} to start over") from None
+        rec = load_run_record(path)  # checked: types, finite threshold, a complete calibration
+        old = rec["settings"]
         if rec.get("format") != _FORMAT:
             raise S2SWError(f"{path} was written by another version (format {rec.get('format')!r}); "
                             f"choose another --out")

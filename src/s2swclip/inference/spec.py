@@ -141,7 +141,8 @@ def build_detector(spec: DetectorSpec):
     if spec.reference is not None:
         from .references import apply_references
 
-        apply_references(det, spec.reference, shots=spec.shots, max_pixels=spec.max_pixels)
+        limit = {} if spec.max_references is None else {"max_references": spec.max_references}
+        apply_references(det, spec.reference, shots=spec.shots, max_pixels=spec.max_pixels, **limit)
     return det
 
 

@@ -305,19 +305,21 @@ class S2SWDetector(nn.Module):
         out = self(images, few_shot_layers=bank.layers, few_shot_stream=bank.stream)
         return self.fuse_few_shot(out, bank.banks, size)
 
-    def fuse_few_shot(self, out: DetectorOutput, banks: Sequence[torch.Tensor], size: int) -> Prediction:
+    def fuse_few_shot(self, out: DetectorOutput, banks: Sequence[torch.Tensor], size: int, *,
+                      weight: float | None = None) -> Prediction:
         """The few-shot map of ``out.few_shot_features`` against ``banks`` (one [M_l, C] bank of
         unit rows per few-shot layer) and its fusion with ``out``'s zero-shot result, weight
-        ``w = config.few_shot_weight`` (see :meth:`predict`; ``w = 1``: only
+        ``w = weight`` (default ``config.few_shot_weight``; see :meth:`predict`; ``w = 1``: only
         ``out.few_shot_features`` is used). Also what the export graph computes, with the banks as
-        constants.
+        constants, and what a product profile scores with (its own bank and weight, the shared
+        backbone).
 
         Returns:
             :class:`Prediction` with ``few_shot_maps`` [B, S, S].
         """
         few_shot = self.token_values_to_maps(F.pad(few_shot_token_map(out.few_shot_features, banks), (1, 0)), size)
         few_shot_score = few_shot.flatten(1).amax(dim=1)
-        w = float(self.config.few_shot_weight)
+        w = float(self.config.few_shot_weight if weight is None else weight)
         if w == 1:
             return Prediction(few_shot_score, few_shot, few_shot)
         scores = self.image_scores(out.image_features, out.text)
@@ -358,6 +360,16 @@ class S2SWDetector(nn.Module):
             batch_size: reference images per backbone pass.
         """
         c = self.config
+        banks = self.reference_banks(images, batch_size=batch_size)
+        self.references.set(banks, layers=c.few_shot_layers, stream=c.few_shot_stream, num_references=images.shape[0],
+                            image_size=images.shape[-1], coreset=c.coreset)
+
+    @torch.inference_mode()
+    def reference_banks(self, images: torch.Tensor, *, batch_size: int = 8) -> list[torch.Tensor]:
+        """The per-layer banks :meth:`set_references` would set for ``images``, without setting
+        them (the detector is not changed): one [M_l, C] tensor of unit rows per
+        ``config.few_shot_layers`` entry, on the detector's device in its precision."""
+        c = self.config
         if c.few_shot_stream not in FEW_SHOT_STREAMS:
             raise ValueError(f"few_shot_stream must be one of {FEW_SHOT_STREAMS}, got {c.few_shot_stream!r}")
         if not c.few_shot_layers:
@@ -374,9 +386,7 @@ class S2SWDetector(nn.Module):
         if c.coreset is not None:
             banks = [b[greedy_coreset(b, coreset_size(b.shape[0], c.coreset),
                                       projection_dim=CORESET_PROJECTION_DIM)] for b in banks]
-        self.references.set([b.to(self._bank_dtype()).contiguous() for b in banks], layers=c.few_shot_layers,
-                            stream=c.few_shot_stream, num_references=images.shape[0],
-                            image_size=images.shape[-1], coreset=c.coreset)
+        return [b.to(self._bank_dtype()).contiguous() for b in banks]
 
     def clear_references(self) -> None:
         """Drop the memory bank: :meth:`predict` is zero-shot again."""
@@ -411,6 +421,14 @@ class S2SWDetector(nn.Module):
         ``few_shot_layers`` and ``few_shot_stream``; otherwise :class:`S2SWError` says what
         differs.
         """
+        f = self.read_references(path)
+        self.references.set(f.banks, layers=f.layers, stream=f.stream, num_references=f.num_references,
+                            image_size=f.image_size, coreset=f.coreset)
+
+    def read_references(self, path: str | os.PathLike):
+        """What :meth:`load_references` would set, without setting it: the validated
+        :class:`~s2swclip.model.references.BankFile` with its banks moved to the detector's
+        device and precision (the detector is not changed)."""
         from ..errors import S2SWError
         from .references import load_bank
 
@@ -433,6 +451,5 @@ class S2SWDetector(nn.Module):
             if not ok:
                 raise S2SWError(f"references file {path} was made with {theirs}, but {ours}: rebuild it "
                                 f"from the images, or load it with the matching setting ({fix})")
-        self.references.set([b.to(self.device, self._bank_dtype()).contiguous() for b in f.banks],
-                            layers=f.layers, stream=f.stream, num_references=f.num_references,
-                            image_size=f.image_size, coreset=f.coreset)
+        f.banks = [b.to(self.device, self._bank_dtype()).contiguous() for b in f.banks]
+        return f

@@ -128,9 +128,23 @@ def load_detector(
     if config.image_size < patch:
         raise S2SWError(f"image size {config.image_size} is smaller than the backbone's {patch}-pixel "
                         f"patches: no tokens to score; use e.g. --image-size 518")
+    check_image_size_fits(clip, config.image_size, info["backbone"])
     bb = S2SWBackbone(clip, feature_layers=layers, dpam_layers=config.dpam_layers,
                       layer_aliasing=config.layer_aliasing, global_ln_post=config.global_ln_post,
                       round_deep_prompts=config.round_deep_prompts)
+    learner = _prompt_learner(bb, config, ckpt, seed, info["backbone"])
+    if ckpt is None and not untrained_ok:
+        log.warning("no prompt checkpoint given: prompts are untrained (random), so scores are "
+                    "not meaningful; pass prompts=PATH (--prompts PATH)")
+    provenance = dict(info, prompts=None if ckpt is None else ckpt.path,
+                      prompts_format=None if ckpt is None else ckpt.kind)
+    det = S2SWDetector(bb, learner, config, provenance=provenance)
+    return det.to(dev).eval()
+
+
+def _prompt_learner(bb: S2SWBackbone, config: DetectorConfig, ckpt: PromptCheckpoint | None, seed: int,
+                    backbone_name: str) -> PromptLearner:
+    """The prompt learner of ``config`` on ``bb``: the checkpoint's prompts, or random ones."""
     vocabulary = None
     if ckpt is not None and "vocabulary" in ckpt.config:
         vocabulary = {k: tuple(v) for k, v in ckpt.config["vocabulary"].items()}
@@ -141,16 +155,29 @@ def load_detector(
                                 vocabulary=vocabulary, generator=gen)
     except ValueError as e:  # prompts that do not fit this backbone's text context
         source = f"prompt checkpoint {ckpt.path}" if ckpt is not None else "the prompt options"
-        raise S2SWError(f"{source} cannot be used with backbone {info['backbone']}: {e}") from None
+        raise S2SWError(f"{source} cannot be used with backbone {backbone_name}: {e}") from None
     if ckpt is not None:
         ckpt.apply(learner)
-    elif not untrained_ok:
-        log.warning("no prompt checkpoint given: prompts are untrained (random), so scores are "
-                    "not meaningful; pass prompts=PATH (--prompts PATH)")
-    provenance = dict(info, prompts=None if ckpt is None else ckpt.path,
-                      prompts_format=None if ckpt is None else ckpt.kind)
-    det = S2SWDetector(bb, learner, config, provenance=provenance)
-    return det.to(dev).eval()
+    return learner
+
+
+def with_prompts(det: S2SWDetector, prompts: str | os.PathLike | PromptCheckpoint) -> S2SWDetector:
+    """A detector with the prompts of checkpoint ``prompts`` that shares ``det``'s backbone (the
+    same module object: no second copy of the weights) and settings; what product profiles with
+    their own prompts score with. The checkpoint must have been trained with ``det``'s backbone
+    adaptation (:data:`STRUCTURAL_OPTIONS`), else S2SWError."""
+    ckpt = prompts if isinstance(prompts, PromptCheckpoint) else load_prompts(prompts)
+    pc = ckpt.config
+    config = det.config.replace(n_ctx=int(pc["n_ctx"]), depth=int(pc["depth"]), deep_tokens=int(pc["deep_tokens"]))
+    trained_with = ckpt.meta.get("detector_config", {})
+    asked = config.replace(**{k: trained_with[k] for k in STRUCTURAL_OPTIONS if k in trained_with})
+    differ = [k for k in STRUCTURAL_OPTIONS if getattr(asked, k) != getattr(config, k)]
+    if differ:
+        raise S2SWError(f"prompt checkpoint {ckpt.path} was trained with other {', '.join(differ)} than the shared "
+                        f"backbone uses: it needs a detector of its own")
+    learner = _prompt_learner(det.backbone, config, ckpt, 0, str(det.provenance.get("backbone")))
+    provenance = dict(det.provenance, prompts=ckpt.path, prompts_format=ckpt.kind)
+    return S2SWDetector(det.backbone, learner.to(det.device), config, provenance=provenance).eval()
 
 
 # ------------------------------------------------------------------------- few-normal-shot mode
@@ -170,3 +197,33 @@ def _check_few_shot_options(config: DetectorConfig, n_blocks: int) -> None:
     c = config.coreset
     if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1):
         raise S2SWError(f"coreset must be None or the fraction of reference tokens to keep, in (0, 1], got {c!r}")
+
+
+#: The patch grid may be at most this many times the backbone's native position table (per side):
+#: beyond, the interpolated position embeddings carry no information the model was trained on.
+MAX_GRID_FACTOR = 4
+
+
+def check_image_size_fits(clip, image_size: int, backbone: str) -> None:
+    """Refuse an image size beyond the position-embedding interpolation limit
+    (:data:`MAX_GRID_FACTOR` x the native grid) or whose attention over one image would not fit
+    in the available memory. One :class:`S2SWError` line naming ``--image-size``."""
+    from ..arrays import available_memory
+
+    visual = clip.visual
+    patch = int(visual.conv1.kernel_size[0])
+    native = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))
+    grid, limit = int(image_size) // patch, MAX_GRID_FACTOR * native
+    if grid > limit:
+        raise S2SWError(f"--image-size {image_size} gives a {grid}x{grid} patch grid, more than {MAX_GRID_FACTOR}x "
+                        f"the {native}x{native} position table of backbone {backbone}; use at most --image-size "
+                        f"{limit * patch}")
+    tokens = grid * grid + 1
+    width = int(visual.positional_embedding.shape[1])
+    heads = int(getattr(visual.transformer.resblocks[0].attn, "num_heads", 1))
+    need = 4 * (3 * heads * tokens * tokens + 16 * tokens * width)  # scores, softmax, a copy; activations
+    free = available_memory()
+    if free is not None and need > free:
+        raise S2SWError(f"--image-size {image_size}: one image needs about {need / 2**30:.1f} GiB in the backbone "
+                        f"({tokens} tokens), but only {free / 2**30:.1f} GiB of memory is available; use a smaller "
+                        f"--image-size")

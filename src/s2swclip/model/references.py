@@ -377,15 +377,20 @@ def load_bank(path: str | os.PathLike, *, embed_dim: int, patch_size: int, num_l
             expected = [f"layer_{x}" for x in layers]
             if sorted(names) != sorted(expected):
                 raise _invalid(path, f"it holds tensors {sorted(names)[:6]}, expected {expected}")
-            max_rows = k * (image_size // patch_size) ** 2
-            for name in expected:  # shapes and dtypes from the header, before reading any data
+            # the declared image count must be what the tensors hold: K * G^2 patch rows (a coreset
+            # keeps ceil(fraction * K * G^2)), checked from the header, before reading any data
+            tokens = k * (image_size // patch_size) ** 2
+            rows = tokens if coreset is None else coreset_size(tokens, float(coreset))
+            for name in expected:
                 sl = f.get_slice(name)
                 shape, dtype = sl.get_shape(), sl.get_dtype()
                 if dtype not in _FLOAT_DTYPES:
                     raise _invalid(path, f"{name} has dtype {dtype}, expected one of {', '.join(_FLOAT_DTYPES)}")
-                if len(shape) != 2 or shape[1] != embed_dim or not 1 <= shape[0] <= max_rows:
-                    raise _invalid(path, f"{name} has shape {list(shape)}, expected [rows, {embed_dim}] with "
-                                         f"1 <= rows <= {max_rows} ({k} references at {image_size} px)")
+                if len(shape) != 2 or shape[1] != embed_dim or shape[0] != rows:
+                    raise _invalid(path, f"{name} has shape {list(shape)}, expected [{rows}, {embed_dim}]: "
+                                         f"{k} references at {image_size} px"
+                                         + ("" if coreset is None else f", coreset {coreset:g}")
+                                         + " (the declared num_references does not match the tensors)")
             banks = [f.get_tensor(name) for name in expected]
     except S2SWError:
         raise

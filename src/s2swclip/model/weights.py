@@ -25,10 +25,12 @@ from typing import Any
 import torch
 
 from ..errors import S2SWError
+from ..fileio import read_regular_file
 from .torchfiles import (UnreadableFile, is_torchscript_archive, read_torchscript_state_dict,
                          torch_load_tensors)
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+_MAX_CONFIG_BYTES = 1 << 20  # a model config is a few hundred bytes
 # OpenAI metadata entries, and the text attention mask that TorchScript archives store as a tensor
 _DROP_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 #: Key of a model config (this package's ``model_configs``, or a config JSON) holding detector
@@ -50,8 +52,11 @@ def resolve_model_config(backbone: str) -> tuple[str, dict[str, Any]]:
             raise S2SWError(f"backbone config file not found: {path} (pass an open_clip model "
                             f"name such as ViT-L-14-336, or the path of a model-config JSON)")
         try:
-            cfg = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
+            raw = read_regular_file(path, _MAX_CONFIG_BYTES)
+            if len(raw) > _MAX_CONFIG_BYTES:
+                raise ValueError(f"it is larger than {_MAX_CONFIG_BYTES} bytes")
+            cfg = json.loads(raw)
+        except (OSError, ValueError, RecursionError) as e:
             raise S2SWError(f"backbone config {path} is not valid JSON: {e}") from None
         if isinstance(cfg, dict) and "model_cfg" in cfg:  # open_clip local-dir/hub layout
             cfg = cfg["model_cfg"]
@@ -73,6 +78,17 @@ def resolve_model_config(backbone: str) -> tuple[str, dict[str, Any]]:
     return name, cfg
 
 
+#: (minimum, maximum) of the integers of a backbone config that size the model
+_INT_FIELDS = {
+    "embed_dim": (1, 1 << 14),
+    "vision_cfg.layers": (1, 256), "vision_cfg.width": (1, 1 << 14), "vision_cfg.head_width": (1, 1 << 14),
+    "vision_cfg.patch_size": (1, 1024), "vision_cfg.image_size": (1, 8192),
+    "text_cfg.context_length": (1, 4096), "text_cfg.vocab_size": (1, 1 << 21), "text_cfg.width": (1, 1 << 14),
+    "text_cfg.heads": (1, 1024), "text_cfg.layers": (1, 256),
+}
+_MEMORY_RESERVE = 256 << 20  # left free besides the parameters' estimate
+
+
 def backbone_detector_defaults(backbone: str) -> dict[str, Any]:
     """Detector options a backbone's config sets as its defaults (``DETECTOR_DEFAULTS_KEY``):
     e.g. ``feature_layers`` of a backbone shallower than the paper's 24 layers. Usually empty."""
@@ -85,15 +101,63 @@ def backbone_detector_defaults(backbone: str) -> dict[str, Any]:
 
 
 def _check_config(cfg: Any, where: str) -> None:
+    """An open_clip CLIP config: a ViT tower, integers in range where they size the model, and
+    parameters that fit in the available memory (estimated before anything is built)."""
     if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
         raise S2SWError(f"backbone config {where} lacks 'vision_cfg'/'text_cfg': not an open_clip "
                         f"CLIP model config")
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    if not isinstance(v, dict) or not isinstance(t, dict):
+        raise S2SWError(f"backbone config {where}: 'vision_cfg' and 'text_cfg' must be JSON objects")
     if isinstance(v.get("layers"), (list, tuple)) or "timm_model_name" in v:
         raise S2SWError(f"backbone {where}: only ViT vision towers are supported (DPAM needs "
                         f"transformer blocks), not ResNet/timm towers")
     if "hf_model_name" in t or cfg.get("custom_text"):
         raise S2SWError(f"backbone {where}: only the standard CLIP text transformer is supported")
+    if "embed_dim" not in cfg:
+        raise S2SWError(f"backbone config {where} lacks 'embed_dim'")
+    values = {}
+    for field, (lo, hi) in _INT_FIELDS.items():
+        part, _, key = field.rpartition(".")
+        holder = {"": cfg, "vision_cfg": v, "text_cfg": t}[part]
+        if key not in holder:
+            continue
+        value = holder[key]
+        if isinstance(value, (list, tuple)) and key == "image_size" and len(value) == 2:
+            value = max(value) if all(type(x) is int for x in value) else value
+        if type(value) is not int or not lo <= value <= hi:
+            raise S2SWError(f"backbone config {where}: {field} must be an integer in {lo}..{hi}, got "
+                            f"{json.dumps(value)[:40]}")
+        values[field] = value
+    ratio = v.get("mlp_ratio", 4.0)
+    if type(ratio) not in (int, float) or not 0 < ratio <= 64:
+        raise S2SWError(f"backbone config {where}: vision_cfg.mlp_ratio must be a number in (0, 64], "
+                        f"got {json.dumps(ratio)[:40]}")
+    if values.get("vision_cfg.patch_size", 16) > values.get("vision_cfg.image_size", 224):
+        raise S2SWError(f"backbone config {where}: vision_cfg.patch_size is larger than vision_cfg.image_size")
+    _check_parameter_memory(values, float(ratio), where)
+
+
+def parameter_bytes(values: dict[str, int], mlp_ratio: float = 4.0) -> int:
+    """float32 bytes of a CLIP ViT's parameters, from its config (open_clip's defaults for what
+    is not given): per block attention (4 W^2) and MLP (2 r W^2), plus the embeddings."""
+    g = values.get
+    vw, tw, e = g("vision_cfg.width", 768), g("text_cfg.width", 512), g("embed_dim", 512)
+    grid = g("vision_cfg.image_size", 224) // g("vision_cfg.patch_size", 16)
+    vision = g("vision_cfg.layers", 12) * (4 + 2 * mlp_ratio) * vw * vw + (grid * grid + 1) * vw \
+        + 3 * g("vision_cfg.patch_size", 16) ** 2 * vw + vw * e
+    text = g("text_cfg.layers", 12) * 12 * tw * tw + (g("text_cfg.vocab_size", 49408)
+                                                      + g("text_cfg.context_length", 77)) * tw + tw * e
+    return int(4 * (vision + text))
+
+
+def _check_parameter_memory(values: dict[str, int], mlp_ratio: float, where: str) -> None:
+    from ..arrays import available_memory
+
+    need, free = parameter_bytes(values, mlp_ratio), available_memory()
+    if free is not None and need + _MEMORY_RESERVE > free:
+        raise S2SWError(f"backbone config {where} describes a model of about {need / 1e9:.1f} GB of parameters, "
+                        f"but only {free / 1e9:.1f} GB of memory is available; check its widths and layers")
 
 
 def _download_hint(name: str, tag: str, pcfg: dict) -> str:
@@ -217,7 +281,12 @@ def create_clip(
     cfg.pop(DETECTOR_DEFAULTS_KEY, None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = open_clip.CLIP(**cfg)
+        try:
+            model = open_clip.CLIP(**cfg)
+        except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise S2SWError(f"backbone config {name} cannot build a CLIP model ({type(e).__name__}: {first}); "
+                            f"check its fields against open_clip's model configs") from None
     if weights_path is not None:
         sd = load_weights_file(weights_path)
         if "logit_scale" not in sd:

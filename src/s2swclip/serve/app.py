@@ -15,6 +15,9 @@ Endpoints (OpenAPI schema at ``/openapi.json``):
   Request-level answers: 413 (body over ``--max-upload-mb``, more files than the queue
   holds), 408 (upload stalled), 503 (inference queue or request-body budget full,
   ``Retry-After: 1``), 400 (not multipart, no files).
+  ``?profile=NAME`` scores with a product profile (``--profiles DIR``): its bank, few-shot weight
+  and threshold; the answer carries ``profile`` and ``profile_version``; an unknown one is 404.
+* ``/v1/profiles...`` -- the product profiles (:mod:`s2swclip.serve.profiles_routes`).
 * ``GET /v1/health`` -- liveness plus queue and memory-budget statistics.
 * ``GET /v1/model`` -- what is loaded, the threshold and the serving limits.
 * ``GET /`` -- the inspection page (``static/``; no external assets).
@@ -92,7 +95,7 @@ def _error_json(status: int, detail: str, headers: dict | None = None, **extra):
 
 
 def create_app(model, settings: ServeSettings | None = None, *, security: SecuritySettings | None = None,
-               **options: Any):
+               profiles=None, **options: Any):
     """Build the FastAPI app around a loaded model: thin routes over an
     :class:`~s2swclip.serve.service.InspectionService`.
 
@@ -102,6 +105,8 @@ def create_app(model, settings: ServeSettings | None = None, *, security: Securi
         settings: the service's options (:class:`~s2swclip.specs.ServeSettings`); or give its
             fields as keyword ``options`` (``threshold=0.5, max_batch=4``...).
         security: token, Host check and headers (default: loopback, no token).
+        profiles: a :class:`~s2swclip.serve.profiles_routes.ProfilesService` (``--profiles DIR``):
+            the ``/v1/profiles`` routes and ``/v1/predict?profile=NAME``.
     """
     from .. import __version__
 
@@ -114,7 +119,7 @@ def create_app(model, settings: ServeSettings | None = None, *, security: Securi
 
         model = as_scorer(model)
     security = security or SecuritySettings()
-    service = InspectionService(model, settings, auth=security.token is not None)
+    service = InspectionService(model, settings, auth=security.token is not None, profiles=profiles)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -138,6 +143,13 @@ def create_app(model, settings: ServeSettings | None = None, *, security: Securi
     app.state.pipeline = service.pipe
     app.state.model_info = service.model_info
     app.state.save_root = None if service.store is None else service.store.root
+    if profiles is not None:
+        from .profiles_routes import profiles_router
+
+        profiles.store.budget, profiles.store.max_pixels = service.pipe.budget, int(settings.max_pixels)
+        app.include_router(profiles_router(profiles, max_upload_bytes=settings.max_upload_bytes,
+                                           idle_timeout_s=settings.upload_idle_timeout_s,
+                                           total_timeout_s=settings.upload_total_timeout_s))
     _add_page(app)
     app.add_api_route("/v1/health", _health, methods=["GET"], tags=["service"],
                       summary="Liveness, queue and memory-budget statistics")
@@ -168,15 +180,27 @@ async def _model(request: Request):
     return request.app.state.service.model_info
 
 
-async def _predict(request: Request, threshold: float | None = None, overlay: bool = True):
+async def _predict(request: Request, threshold: float | None = None, overlay: bool = True,
+                   profile: str | None = None):
     """Score uploaded images (multipart field ``files``, repeatable).
 
     Query parameters: ``threshold`` overrides the server's decision threshold for this
-    request; ``overlay=false`` leaves the heatmap PNGs out (faster, smaller answers).
+    request; ``overlay=false`` leaves the heatmap PNGs out (faster, smaller answers);
+    ``profile`` scores with that product profile (its bank, weight and threshold; the answer
+    names it and its version; unknown: 404).
     """
     service: InspectionService = request.app.state.service
     s = service.settings
-    thr = service.model_info["threshold"] if threshold is None else float(threshold)
+    scorer, traced = None, {}
+    if profile is not None:
+        from .profiles_routes import predict_profile
+
+        found = predict_profile(service.profiles, profile)
+        if isinstance(found, JSONResponse):
+            return found
+        scorer, traced = found
+    thr = getattr(scorer, "threshold", None) if profile is not None else service.model_info["threshold"]
+    thr = thr if threshold is None else float(threshold)
     try:
         check_threshold(thr)
     except SpecError as e:
@@ -193,7 +217,7 @@ async def _predict(request: Request, threshold: float | None = None, overlay: bo
     if not files:
         return _error_json(400, "no files in the request: send images in the multipart field 'files'")
     try:
-        body, status = await service.predict(files, thr, overlay)
+        body, status = await service.predict(files, thr, overlay, scorer=scorer, traced=traced)
     except ServiceError as e:
         return _error_json(e.status, e.detail, headers=e.headers)
     return body if status == 200 else JSONResponse(body, status_code=status)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import anyio
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import InferenceTimeout
 from ..inference.local import result_row
 from ..inference.pipeline import InferencePipeline, ScoredImage
 from ..specs import ServeSettings
@@ -46,12 +47,16 @@ class InspectionService:
         scorer: a :class:`~s2swclip.inference.pipeline.Scorer`.
         settings: the service's options.
         auth: whether requests need a token (reported by :meth:`describe`).
+        profiles: a :class:`~s2swclip.serve.profiles_routes.ProfilesService` (``--profiles DIR``)
+            or None; a request may score with one of its profiles (micro-batches are grouped per
+            scorer).
     """
 
-    def __init__(self, scorer, settings: ServeSettings, *, auth: bool = False):
+    def __init__(self, scorer, settings: ServeSettings, *, auth: bool = False, profiles=None):
         from .. import __version__
 
         self.settings = s = settings
+        self.profiles = profiles
         self.pipe = InferencePipeline(scorer, threshold=s.threshold, max_pixels=int(s.max_pixels),
                                       max_inflight_pixels=int(s.max_inflight_pixels))
         self.body_budget = ByteBudget(s.max_inflight_bytes)  # request bodies, all requests together
@@ -64,20 +69,29 @@ class InspectionService:
             **scorer.describe(), "image_size": self.pipe.image_size,
             "threshold": None if s.threshold is None else float(s.threshold), "limits": s.describe_limits(),
             "save": self.store is not None, "heatmap_scale": s.heatmap_scale, "auth": auth, "version": __version__,
+            "profiles": None if profiles is None else profiles.limits(),
         }
 
-    def _score_arrays(self, arrays: list) -> list:
+    def _score_arrays(self, items: list) -> list:
+        """Items are ``(pixels, scorer)``: one scorer call per scorer (the model or a profile's)."""
         import numpy as np
 
-        scores, maps = self.pipe.scorer.score(np.stack(arrays))
-        return [(float(scores[i]), maps[i]) for i in range(len(arrays))]
+        out: list = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (_, scorer) in enumerate(items):
+            groups.setdefault(id(scorer), []).append(i)
+        for idx in groups.values():
+            scores, maps = items[idx[0]][1].score(np.stack([items[i][0] for i in idx]))
+            for j, i in enumerate(idx):
+                out[i] = (float(scores[j]), maps[j])
+        return out
 
     # ---------------------------------------------------------------------------- service
     async def warm_up(self) -> None:
         import numpy as np
 
         size = self.pipe.image_size
-        await self.batcher.run([np.zeros((3, size, size), np.float32)])
+        await self.batcher.run([(np.zeros((3, size, size), np.float32), self.pipe.scorer)])
 
     async def close(self) -> None:
         await run_in_threadpool(self.batcher.close)
@@ -101,11 +115,16 @@ class InspectionService:
         return body, 200 if b.alive else 503
 
     # ---------------------------------------------------------------------------- predict
-    async def predict(self, files: Sequence, threshold: float | None, overlay: bool) -> tuple[dict[str, Any], int]:
-        """Score the uploaded ``files`` (multipart parts) at ``threshold``; the body and the HTTP
-        status (200 when a file was scored, else 413 (a file over the pixel limit) or 422).
-        Raises :class:`ServiceError`."""
+    async def predict(self, files: Sequence, threshold: float | None, overlay: bool, *, scorer=None,
+                      traced: dict | None = None) -> tuple[dict[str, Any], int]:
+        """Score the uploaded ``files`` (multipart parts) at ``threshold`` with ``scorer`` (default:
+        the service's model; a profile's scorer, whose ``traced`` fields -- profile name and
+        version -- go into the answer and the saved records); the body and the HTTP status (200
+        when a file was scored, else 413 (a file over the pixel limit) or 422). Raises
+        :class:`ServiceError` (504 when the inference ran past its timeout)."""
         t0 = time.perf_counter()
+        scorer = self.pipe.scorer if scorer is None else scorer
+        traced = traced or {}
         if len(files) > self.batcher.queue_size:
             raise ServiceError(413, f"{len(files)} files in one request, more than the inference queue holds "
                                     f"({self.batcher.queue_size}, --queue-size); split the upload")
@@ -114,16 +133,18 @@ class InspectionService:
         good = [r for r in records if r.decoded]
         extras: dict = {}
         if good:
-            await self._score(good, threshold)
+            await self._score(good, threshold, scorer)
+            good = [r for r in good if r.error is None]  # a non-finite result is that row's error
             request_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:8]
             try:
-                extras = await run_in_threadpool(self._finish, good, files, overlay, request_id, threshold)
+                extras = await run_in_threadpool(self._finish, good, files, overlay, request_id, threshold,
+                                                 getattr(scorer, "map_scale", None), traced)
             except OSError as exc:
                 root = self.store.root if self.store else "?"
                 raise ServiceError(500, f"cannot save results under {root}: {exc}") from None
         total_ms = (time.perf_counter() - t0) * 1000
         rows = [_row(r, names[r.index], total_ms, *extras.get(r.index, (None, None, None))) for r in records]
-        body = {"threshold": threshold, "image_size": self.pipe.image_size, "n_scored": len(good),
+        body = {**traced, "threshold": threshold, "image_size": self.pipe.image_size, "n_scored": len(good),
                 "n_failed": len(records) - len(good), "results": rows, "timing_ms": {"total": round(total_ms, 3)}}
         if good:
             return body, 200
@@ -144,33 +165,39 @@ class InspectionService:
             records.append(rec)
         return records
 
-    async def _score(self, good: list[ScoredImage], threshold: float | None) -> None:
-        """Score decoded records in the micro-batcher; the pipeline puts the results in them."""
+    async def _score(self, good: list[ScoredImage], threshold: float | None, scorer) -> None:
+        """Score decoded records with ``scorer`` in the micro-batcher; the results go into them
+        (a NaN or infinite result makes that record an error, ``non_finite``)."""
+        import numpy as np
+
         try:
-            results = await self.batcher.run([r.pixels for r in good])
+            results = await self.batcher.run([(r.pixels, scorer) for r in good])
         except QueueFull as exc:
             raise ServiceError(503, str(exc), {"Retry-After": "1"}) from None
         except BatcherClosed as exc:
             raise ServiceError(503, f"{exc}; retry later", {"Retry-After": "1"}) from None
+        except InferenceTimeout as exc:
+            raise ServiceError(504, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a model failure is the server's error
             raise ServiceError(500, f"inference failed: {type(exc).__name__}: {exc}") from None
+        map_scale = getattr(scorer, "map_scale", None)
         for rec, ((score, amap), info) in zip(good, results):
-            self.pipe.attach([rec], [score], [amap], inference_ms=info.run_ms, queue_ms=[info.queue_ms],
-                             threshold=threshold)
-            rec.timings_ms["batch_size"] = info.batch_size  # the micro-batch, requests together
+            rec.set_result(float(score), np.asarray(amap, dtype=np.float32), threshold, map_scale)
+            # batch_size: the micro-batch, requests together
+            rec.timings_ms.update(inference=info.run_ms, queue=info.queue_ms, batch_size=info.batch_size)
 
     def _finish(self, records: list[ScoredImage], parts: list, want_overlay: bool, request_id: str,
-                threshold: float | None) -> dict:
+                threshold: float | None, bound: float | None = None, traced: dict | None = None) -> dict:
         """Overlays and saving, off the event loop; returns {index: (png, saved, heatmap)}."""
         out = {}
         for rec in records:
-            scale = standalone_scale(self.settings.heatmap_scale, rec.anomaly_map, threshold, self.pipe.map_scale)
+            scale = standalone_scale(self.settings.heatmap_scale, rec.anomaly_map, threshold, bound)
             png = self.pipe.overlay(rec, scale=scale) if (want_overlay or self.store is not None) else None
             saved = None
             if self.store is not None:
                 part = parts[rec.index]
                 record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                          "filename": part.filename, "score": rec.score}
+                          "filename": part.filename, "score": rec.score, **(traced or {})}
                 saved = self.store.save(request_id, rec.index, part.filename, rec.format or "", bytes(part.data),
                                         png, record)
             out[rec.index] = (png if want_overlay else None, saved, scale.to_dict() if want_overlay else None)

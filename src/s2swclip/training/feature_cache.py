@@ -35,10 +35,14 @@ CRC-32 of the tensor bytes. Each file is written atomically (:mod:`s2swclip.file
 background thread, so a crashed run leaves only complete entries. ``"memory"`` keeps the entries
 in this process instead (small sets).
 
-Untrusted entries. A cache folder may be shared with other runs and users, so an entry is
+Untrusted entries (:mod:`.cache_entries`). A cache folder may be shared with other runs and users, so an entry is
 validated before use: bounded size, safetensors parsed without unpickling anything, format, key,
 layer map, tensor names, dtypes and shapes, the checksum and finiteness. An entry that fails is
 never used: a warning names it and the image's features are recomputed and the entry rewritten.
+Entries and shard folders are opened without following symbolic links and without blocking (a
+FIFO, socket, device or folder in an entry's place is refused from ``fstat``, never read), so a
+planted link cannot make reads or writes leave the cache and a planted FIFO cannot hang training;
+an entry whose place is taken by a folder or link is not stored (a warning names it), the others are.
 (The checksum catches accidental corruption; someone who may write to the folder can still plant
 wrong features with a valid checksum; give the folder the permissions you would give the
 training data.)
@@ -55,31 +59,25 @@ import json
 import logging
 import os
 import shutil
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..errors import S2SWError
-from ..fileio import atomic_write_bytes, check_output_dir
+from ..fileio import atomic_write_at, check_output_dir, read_regular_file
+from .cache_entries import (_ENTRY_ERRNOS, _TORCH_DTYPES, ENTRY_FORMAT, ENTRY_VERSION, BadEntry, EntryFiles,  # noqa: F401
+                            Layout, _crc32)
 
 logger = logging.getLogger(__name__)
 
 #: entry dtypes: fp32 (exact; the default) and fp16 (half the space; slightly different prompts)
 CACHE_DTYPES = ("fp32", "fp16")
 MEMORY = "memory"
-ENTRY_FORMAT = "s2swclip-image-features"
-ENTRY_VERSION = 1
 #: bump when the arithmetic of S2SWBackbone.encode_image or of encode_per_image changes
 ENCODING_VERSION = 1
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-_HEADER_BYTES = 1 << 14  # an entry's safetensors header is a few hundred bytes
 _SPACE_RESERVE = 64 << 20  # left free on the disk (or in memory) besides the cache's estimate
 _MAX_PENDING_WRITES = 32
-
 Features = tuple[torch.Tensor, list[torch.Tensor]]
 """(global [B, C], one [B, N, C] per feature layer; aliased layers are the same object)."""
 
@@ -133,35 +131,6 @@ def join_features(globs: Sequence[torch.Tensor], distinct: Sequence[Sequence[tor
     return torch.stack(list(globs)), [stacked[k] for k in layers]
 
 
-@dataclass(frozen=True)
-class Layout:
-    """What each image's entry holds.
-
-    Attributes:
-        embed_dim: C. tokens: N = (S / patch)^2 + 1. layers: per feature layer, the index of its
-        distinct patch tensor. dtype: ``fp32`` or ``fp16``.
-    """
-
-    embed_dim: int
-    tokens: int
-    layers: tuple[int, ...]
-    dtype: str
-
-    @property
-    def distinct(self) -> int:
-        return max(self.layers) + 1
-
-    @property
-    def tensor_bytes(self) -> int:
-        itemsize = torch.empty((), dtype=_TORCH_DTYPES[self.dtype]).element_size()
-        return itemsize * self.embed_dim * (1 + self.distinct * self.tokens)
-
-    @property
-    def entry_bytes(self) -> int:
-        """Bytes of one entry file (the tensors plus a header of at most a few hundred bytes)."""
-        return self.tensor_bytes + 512
-
-
 def probe_layout(det, image_size: int, dtype: str) -> Layout:
     """The :class:`Layout` of ``det``'s features at ``image_size``, from one patch-sized forward."""
     p = det.backbone.patch_size
@@ -202,105 +171,6 @@ def run_key(det, dataset, dtype: str) -> tuple[str, dict[str, Any]]:
     return key, description
 
 
-class BadEntry(Exception):
-    """A cache entry that must not be used (the message says why)."""
-
-
-# ------------------------------------------------------------------------------------- storage
-@dataclass(frozen=True)
-class EntryFiles:
-    """Reads and writes the entry files of one run key (picklable: data-loader workers use it).
-
-    ``root`` is ``DIR/<run key>``; ``None`` for a memory cache (nothing on disk).
-    """
-
-    root: Path | None
-    key: str
-    layout: Layout
-
-    def entry_key(self, file_digest: str) -> str:
-        """The entry name of an image whose file has SHA-256 ``file_digest``."""
-        return hashlib.sha256(f"{self.key}:{file_digest}".encode()).hexdigest()
-
-    def path(self, entry: str) -> Path:
-        return self.root / entry[:2] / f"{entry}.safetensors"
-
-    def encode(self, entry: str, glob: torch.Tensor, distinct: Sequence[torch.Tensor]) -> bytes:
-        """The safetensors bytes of an entry (tensors already in the layout's dtype, on CPU)."""
-        from safetensors.torch import save
-
-        tensors = {"global": glob.contiguous(), **{f"patch.{k}": d.contiguous() for k, d in enumerate(distinct)}}
-        meta = {"format": ENTRY_FORMAT, "version": str(ENTRY_VERSION), "entry": entry,
-                "layers": json.dumps(list(self.layout.layers)), "crc32": str(_crc32(tensors))}
-        return save(tensors, metadata=meta)
-
-    def read(self, entry: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
-        """The entry's ``(global [C], distinct patch tensors)`` in the layout's dtype; None when
-        there is none; :class:`BadEntry` when there is one that must not be used."""
-        path = self.path(entry)
-        limit = self.layout.tensor_bytes + _HEADER_BYTES
-        try:
-            with open(path, "rb") as f:
-                data = f.read(limit + 1)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise BadEntry(f"cannot be read ({e.strerror or e})") from None
-        if len(data) > limit:
-            raise BadEntry(f"is larger than an entry of this cache ({limit} bytes)")
-        return self.decode(entry, data)
-
-    def decode(self, entry: str, data: bytes) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Validate and parse entry bytes (see the module docstring); :class:`BadEntry` if unusable."""
-        from safetensors.torch import load
-
-        lay = self.layout
-        try:
-            n = int.from_bytes(data[:8], "little")
-            if len(data) < 8 or n > _HEADER_BYTES or 8 + n > len(data):
-                raise ValueError("bad header length")
-            meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-            tensors = load(data)
-        except Exception:  # noqa: BLE001 - whatever the parser says, it is not a usable entry
-            raise BadEntry("is not a safetensors file (truncated or corrupt)") from None
-        if meta.get("format") != ENTRY_FORMAT or meta.get("version") != str(ENTRY_VERSION):
-            raise BadEntry("is not an s2swclip feature entry of this version")
-        if meta.get("entry") != entry:
-            raise BadEntry("belongs to another image or configuration (its recorded key differs)")
-        if meta.get("layers") != json.dumps(list(lay.layers)):
-            raise BadEntry("has another layer layout")
-        names = {"global", *(f"patch.{k}" for k in range(lay.distinct))}
-        if set(tensors) != names:
-            raise BadEntry(f"holds tensors {sorted(tensors)}, expected {sorted(names)}")
-        want = _TORCH_DTYPES[lay.dtype]
-        for name, t in tensors.items():
-            shape = (lay.embed_dim,) if name == "global" else (lay.tokens, lay.embed_dim)
-            if t.dtype != want or tuple(t.shape) != shape:
-                raise BadEntry(f"{name} is {t.dtype} {tuple(t.shape)}, expected {want} {shape}")
-        if meta.get("crc32") != str(_crc32(tensors)):
-            raise BadEntry("fails its checksum (corrupted)")
-        if not all(torch.isfinite(t).all() for t in tensors.values()):
-            raise BadEntry("holds NaN or infinite values")
-        return tensors["global"], tuple(tensors[f"patch.{k}"] for k in range(lay.distinct))
-
-    def count(self) -> int:
-        """Entry files present (for the space estimate)."""
-        if self.root is None or not self.root.is_dir():
-            return 0
-        total = 0
-        for sub in os.scandir(self.root):
-            if sub.is_dir(follow_symlinks=False) and len(sub.name) == 2:
-                total += sum(1 for e in os.scandir(sub.path) if e.name.endswith(".safetensors"))
-        return total
-
-
-def _crc32(tensors: dict[str, torch.Tensor]) -> int:
-    crc = 0
-    for name in sorted(tensors):
-        crc = zlib.crc32(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
-    return crc
-
-
 # ------------------------------------------------------------------------------- loader side
 class CachedImages(torch.utils.data.Dataset):
     """A deterministic dataset's samples with the image replaced by its cached features when
@@ -324,8 +194,7 @@ class CachedImages(torch.utils.data.Dataset):
         ds = self.dataset
         path = ds.resolve(ds.items[index]["img_path"])
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_regular_file(path)  # never blocks on a FIFO planted as an image
         except OSError:
             return ds.sample(index)  # the dataset's own one-line error for a missing/unreadable file
         entry = self.files.entry_key(hashlib.sha256(data).hexdigest())
@@ -438,9 +307,16 @@ class FeatureCache:
 
     def _write(self, entry: str, glob: torch.Tensor, distinct: tuple[torch.Tensor, ...]) -> None:
         try:
-            atomic_write_bytes(self.files.path(entry), self.files.encode(entry, glob, distinct))
+            self.files.write(entry, self.files.encode(entry, glob, distinct))
         except OSError as e:
-            if not self._write_failed:
+            if e.errno in _ENTRY_ERRNOS:  # this entry's name or shard is taken by something else
+                if entry in self._reported:
+                    return
+                self._reported.add(entry)
+                logger.warning("feature cache entry %s cannot be stored (%s: a folder, link or other file is in "
+                               "the way); its features are recomputed when needed", self.files.path(entry),
+                               e.strerror or e)
+            elif not self._write_failed:
                 self._write_failed = True
                 logger.warning("cannot write feature cache entries to %s (%s); training goes on, "
                                "recomputing the features that were not stored", self.where, e.strerror or e)
@@ -500,9 +376,12 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
                         f"fp16 (half the size) or train without --cache-features")
     if files.root is not None:
         try:
-            manifest = files.root / "manifest.json"
-            if not manifest.is_file():
-                atomic_write_bytes(manifest, (json.dumps(description, indent=2, sort_keys=True) + "\n").encode())
+            dir_fd = files.folder(create=True)
+            try:
+                atomic_write_at(dir_fd, "manifest.json", (json.dumps(description, indent=2, sort_keys=True)
+                                                          + "\n").encode())
+            finally:
+                os.close(dir_fd)
         except OSError as e:
             raise S2SWError(f"cannot write to --cache-features {where}: {e.strerror or e}; choose another folder") from None
     return FeatureCache(files, description, where), summary

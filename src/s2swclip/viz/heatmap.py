@@ -173,24 +173,35 @@ class OverlayPainter:
         draw: ``draw(preview, amap, scale) -> bytes`` (the overlay PNG).
         write: ``write(target, png)``.
         window: maps that decide a run-range scale.
+        submit: ``submit(fn, *args)`` runs one overlay's drawing and writing (default: at once,
+            in the caller's thread; a worker pool's ``submit`` lets them overlap the model).
+            The scale is always decided in the caller's thread.
     """
 
     def __init__(self, mode: str, threshold: float | None, map_scale: float | None,
                  draw: Callable[[Image.Image, np.ndarray, HeatmapScale], bytes],
-                 write: Callable[[Any, bytes], None], window: int = 32):
+                 write: Callable[[Any, bytes], None], window: int = 32,
+                 submit: Callable[..., Any] | None = None):
         if mode not in HEATMAP_SCALES:
             raise ValueError(f"heatmap scale must be one of {HEATMAP_SCALES}, got {mode!r}")
         self.mode, self.threshold, self.map_scale = mode, threshold, map_scale
         self.draw, self.write, self.window = draw, write, max(1, int(window))
         self.scale = fixed_scale(threshold, map_scale) if mode == "fixed" else None
         self._held: list[tuple[Image.Image, np.ndarray, Any]] = []
+        self._submit = submit
+
+    def _paint(self, preview: Image.Image, amap: np.ndarray, scale: HeatmapScale, target: Any) -> None:
+        if self._submit is None:
+            self.write(target, self.draw(preview, amap, scale))
+        else:
+            self._submit(lambda: self.write(target, self.draw(preview, amap, scale)))
 
     def add(self, preview: Image.Image, amap: np.ndarray, target: Any) -> None:
         """Draw (or hold) the overlay of one map, to be written to ``target``."""
         if self.mode == "image":
-            self.write(target, self.draw(preview, amap, image_scale(amap, self.map_scale, self.threshold)))
+            self._paint(preview, amap, image_scale(amap, self.map_scale, self.threshold), target)
         elif self.scale is not None:
-            self.write(target, self.draw(preview, amap, self.scale))
+            self._paint(preview, amap, self.scale, target)
         else:
             self._held.append((preview, amap, target))
             if len(self._held) >= self.window:
@@ -202,7 +213,7 @@ class OverlayPainter:
             self.scale = range_scale([m for _, m, _ in self._held], self.map_scale, self.threshold)
         held, self._held = self._held, []
         for preview, amap, target in held:
-            self.write(target, self.draw(preview, amap, self.scale))
+            self._paint(preview, amap, self.scale, target)
 
     def describe(self) -> dict[str, Any] | None:
         """The scale used, for the results file (per-image scaling: ``{"source": "image"}``)."""

@@ -37,7 +37,8 @@ from ...errors import S2SWError
 from ...fileio import atomic_write_text, check_output_dir
 from ...model.detector import S2SWDetector
 from ...specs import check_threshold
-from ..runtime.manifest import FORMATS, MANIFEST_NAME, PRECISIONS, Manifest, ManifestInput, Stage, file_record
+from ..runtime.manifest import (FORMATS, MANIFEST_NAME, PRECISIONS, Manifest, ManifestInput, Stage, file_record,
+                                seal_manifest)
 from .graph import IMAGES, MAPS, SCORES, DetectorGraph
 
 __all__ = ["Drift", "ExportResult", "ReferenceSource", "check_export_request", "export_detector",
@@ -140,7 +141,7 @@ def load_calibration(folder: str | os.PathLike, image_size: int, limit: int) -> 
     """Up to ``limit`` images of ``folder`` (sorted by name) as float32 [n, 3, S, S]."""
     from ...inference.inputs import collect_inputs
 
-    entries = [e for e in collect_inputs([folder]) if e.problem is None]
+    entries = [e for e in collect_inputs([folder], images_only=True) if e.problem is None]
     arrays = []
     for e in entries:
         if len(arrays) >= limit:
@@ -279,7 +280,7 @@ def export_detector(
     try:
         stages, files = _write_models(graph, tmp, format, precision, calibration)
         manifest = _manifest(det, tmp, format, precision, stages, files, threshold, few_shot)
-        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2))
+        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(seal_manifest(manifest.to_dict()), indent=2))
         log.info("measuring the drift against PyTorch fp32 on %d image(s)", len(drift_images))
         drift = measure_drift(tmp, det, drift_images, "calibration" if calibration is not None else "random")
         seconds = time.perf_counter() - started
@@ -287,7 +288,7 @@ def export_detector(
             manifest, drift={"reference": "pytorch fp32", "images": drift.images, "n_images": drift.n_images,
                              "max_abs_score": drift.max_abs_score, "max_abs_map": drift.max_abs_map},
             export={"seconds": round(seconds, 1), "peak_rss_mib": _peak_rss_mib()})
-        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2))
+        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(seal_manifest(manifest.to_dict()), indent=2))
         if out.exists():
             out.rmdir()  # checked empty above
         os.replace(tmp, out)

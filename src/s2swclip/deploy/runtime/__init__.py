@@ -11,6 +11,7 @@ can install ``requirements-runtime.txt`` and ``pip install --no-deps s2swclip`` 
 """
 
 from .manifest import MANIFEST_NAME, read_manifest
-from .model import ExportedModel, RuntimePrediction, load_exported
+from .model import DEFAULT_INFERENCE_TIMEOUT, ExportedModel, InferenceTimeout, RuntimePrediction, load_exported
 
-__all__ = ["ExportedModel", "MANIFEST_NAME", "RuntimePrediction", "load_exported", "read_manifest"]
+__all__ = ["DEFAULT_INFERENCE_TIMEOUT", "ExportedModel", "InferenceTimeout", "MANIFEST_NAME", "RuntimePrediction",
+           "load_exported", "read_manifest"]

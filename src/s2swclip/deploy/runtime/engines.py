@@ -40,10 +40,32 @@ class OnnxStage:
                      [o.name for o in self.session.get_outputs()], outputs)
         self.inputs, self.outputs = inputs, outputs
         self.version = ort.__version__
+        self._ort = ort
+        self._running: set = set()  # the RunOptions of calls in progress (cancel() stops them)
+        self._lock = threading.Lock()
+
+    def shapes(self) -> dict[str, tuple | None]:
+        """Declared shape of every input and output: ints, None for a symbolic dimension."""
+        args = [*self.session.get_inputs(), *self.session.get_outputs()]
+        return {a.name: tuple(d if isinstance(d, int) else None for d in a.shape) for a in args}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(self.outputs, {k: feeds[k] for k in self.inputs})
+        options = self._ort.RunOptions()
+        options.log_severity_level = 4  # a cancelled call is reported by the caller, once, not logged here too
+        with self._lock:
+            self._running.add(options)
+        try:
+            values = self.session.run(self.outputs, {k: feeds[k] for k in self.inputs}, options)
+        finally:
+            with self._lock:
+                self._running.discard(options)
         return dict(zip(self.outputs, values))
+
+    def cancel(self) -> None:
+        """Ask the calls in progress to stop (ONNX Runtime checks between operators)."""
+        with self._lock:
+            for options in self._running:
+                options.terminate = True
 
 
 class OpenVinoStage:
@@ -80,10 +102,23 @@ class OpenVinoStage:
         self.effective_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint.to_string(), hint.to_string())
         self.version = ov.get_version()
 
+    def shapes(self) -> dict[str, tuple | None]:
+        """Declared shape of every input and output (None: a dynamic dimension, or a dynamic rank)."""
+        out: dict[str, tuple | None] = {}
+        for port in [*self.compiled.inputs, *self.compiled.outputs]:
+            ps = port.get_partial_shape()
+            shape = None if ps.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in ps)
+            out.update({name: shape for name in port.get_names()})
+        return out
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
             self.request.infer({k: feeds[k] for k in self.inputs})
             return {name: self.request.get_tensor(name).data.copy() for name in self.outputs}
+
+    def cancel(self) -> None:
+        """Ask the call in progress to stop."""
+        self.request.cancel()
 
 
 def make_stage(folder: Path, fmt: str, stage, *, threads: int | None = None):

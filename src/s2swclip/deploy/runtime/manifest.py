@@ -1,9 +1,16 @@
 """``s2swclip.json``: what an exported model folder holds, written by export, checked by the runtime.
 
 An exported folder is untrusted input like any other file a user hands us: the manifest is
-read with a size bound, every field is type- and range-checked, model files must be plain
-names inside the folder whose size and SHA-256 match the manifest, and nothing in it is ever
-executed (the runtime only hands the listed ONNX / OpenVINO files to their runtimes).
+read with a size bound, every field is type- and range-checked (numbers finite, within the
+ranges an export writes), model files must be plain names inside the folder whose size and
+SHA-256 match the manifest, and the manifest covers itself: ``manifest_sha256`` is the SHA-256
+of its canonical JSON without that field (:func:`manifest_digest`), so an edited manifest is
+refused. (A digest is not a signature: it catches corruption and edits by hand, not someone who
+recomputes it; give an exported folder the trust you give the code that runs it.) Manifests of
+exports made before the field existed still load, with a warning. The model files are graphs
+that ONNX Runtime / OpenVINO execute: a crafted graph can compute anything within its operators,
+including a loop that never ends, so the runtime checks their declared inputs and outputs
+against the manifest at load time and bounds each inference call in time (see :mod:`.model`).
 
 Layout (``schema_version`` 1)::
 
@@ -21,7 +28,8 @@ Layout (``schema_version`` 1)::
       "references": null | {"count": K, "few_shot_weight": w, "layers": [...], "stream",
                     "coreset": f | null, "bank_rows": [...], "bank_bytes", "source": str | null,
                     "shots": int | null, "sha256": hex | null}   (few-shot bank baked into the head),
-      "provenance": {...}, "drift": {...} | null, "export": {...}
+      "provenance": {...}, "drift": {...} | null, "export": {...},
+      "manifest_sha256": hex (SHA-256 of the canonical JSON of everything else)
     }
 
 Stages run in order; each stage's inputs are the folder's input or earlier stages' outputs.
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -41,7 +50,10 @@ from typing import Any
 from ...errors import S2SWError
 
 __all__ = ["FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA", "SCHEMA_VERSION", "Manifest", "ManifestInput",
-           "Stage", "check_manifest", "file_record", "load_manifest", "read_manifest"]
+           "Stage", "check_manifest", "file_record", "load_manifest", "manifest_digest", "read_manifest",
+           "seal_manifest"]
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "s2swclip.json"
 SCHEMA = "s2swclip-export"
@@ -51,6 +63,11 @@ PRECISIONS = ("fp32", "bf16", "int8")
 STAGE_PRECISIONS = ("fp32", "bf16")
 MAX_MANIFEST_BYTES = 1_000_000
 MAX_IMAGE_SIZE = 8192
+DIGEST_FIELD = "manifest_sha256"
+#: ranges of the numbers an export writes (map_scale: the number of feature layers, 1 to 24)
+MAP_SCALE_RANGE = (1e-3, 1e3)
+MAX_FILE_BYTES = 1 << 40
+MAX_COUNT = 10**7
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _EXTENSIONS = {"onnx": (".onnx", ".onnx.data"), "openvino": (".xml", ".bin")}
 
@@ -120,8 +137,9 @@ def check_manifest(data: Any) -> dict[str, Any]:
         threshold = data.get("threshold")
         if threshold is not None:
             _get(data, "threshold", float, "manifest")
-        if _get(data, "map_scale", float, "manifest") <= 0:
-            raise _Invalid("map_scale must be a positive number")
+        lo, hi = MAP_SCALE_RANGE
+        if not lo <= _get(data, "map_scale", float, "manifest") <= hi:
+            raise _Invalid(f"map_scale must be a number in [{lo:g}, {hi:g}]")
         if "references" not in data:
             raise _Invalid("manifest has no 'references'")
         if data["references"] is not None:
@@ -131,7 +149,8 @@ def check_manifest(data: Any) -> dict[str, Any]:
         files = _get(data, "files", dict, "manifest")
         for name, rec in files.items():
             _check_file_name(name, fmt, "a file name in 'files'")
-            if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int) or rec["bytes"] < 0 \
+            if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int) \
+                    or not 0 <= rec["bytes"] <= MAX_FILE_BYTES \
                     or not isinstance(rec.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", rec["sha256"]):
                 raise _Invalid(f"files[{name!r}] must hold 'bytes' and a hex 'sha256'")
         stages = _get(data, "stages", list, "manifest")
@@ -166,19 +185,20 @@ def _check_references(ref: Any) -> None:
     where = "references"
     if not isinstance(ref, dict):
         raise _Invalid(f"{where} must be null or an object")
-    if _get(ref, "count", int, where) < 1:
-        raise _Invalid(f"{where}.count must be at least 1")
+    if not 1 <= _get(ref, "count", int, where) <= MAX_COUNT:
+        raise _Invalid(f"{where}.count must be at least 1 and at most {MAX_COUNT}")
     if not 0 <= _get(ref, "few_shot_weight", float, where) <= 1:
         raise _Invalid(f"{where}.few_shot_weight must be in [0, 1]")
     layers, rows = _get(ref, "layers", list, where), _get(ref, "bank_rows", list, where)
     if not layers or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in layers):
         raise _Invalid(f"{where}.layers must be a non-empty list of layer numbers")
-    if len(rows) != len(layers) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in rows):
+    if len(rows) != len(layers) or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= MAX_COUNT * 10**4
+                                           for x in rows):
         raise _Invalid(f"{where}.bank_rows must hold one positive row count per layer")
     if _get(ref, "stream", str, where) not in ("plain", "dpam"):
         raise _Invalid(f"{where}.stream must be 'plain' or 'dpam'")
-    if _get(ref, "bank_bytes", int, where) < 0:
-        raise _Invalid(f"{where}.bank_bytes must be >= 0")
+    if not 0 <= _get(ref, "bank_bytes", int, where) <= MAX_FILE_BYTES:
+        raise _Invalid(f"{where}.bank_bytes must be >= 0 and at most {MAX_FILE_BYTES}")
     for key, kind in (("coreset", float), ("source", str), ("shots", int), ("sha256", str)):
         if key not in ref:
             raise _Invalid(f"{where} has no '{key}'")
@@ -186,7 +206,7 @@ def _check_references(ref: Any) -> None:
             _get(ref, key, kind, where)
     if ref["coreset"] is not None and not 0 < ref["coreset"] <= 1:
         raise _Invalid(f"{where}.coreset must be null or a fraction in (0, 1]")
-    if ref["shots"] is not None and ref["shots"] < 1:
+    if ref["shots"] is not None and not 1 <= ref["shots"] <= MAX_COUNT:
         raise _Invalid(f"{where}.shots must be null or at least 1")
     if ref["sha256"] is not None and not re.fullmatch(r"[0-9a-f]{64}", ref["sha256"]):
         raise _Invalid(f"{where}.sha256 must be null or a hex SHA-256")
@@ -227,11 +247,13 @@ def read_manifest(folder: str | os.PathLike, *, verify_files: bool = True) -> di
         raise S2SWError(f"--model {root}: {MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; "
                         f"it is not an s2swclip manifest")
     try:
-        data = check_manifest(json.loads(raw.decode("utf-8"), parse_constant=_reject_constant))
+        data = check_manifest(json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+                                         parse_float=_finite_float))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise S2SWError(f"--model {root}: {MANIFEST_NAME} is not valid JSON; {hint}") from None
     except ValueError as e:
         raise S2SWError(f"--model {root}: invalid {MANIFEST_NAME}: {e}") from None
+    _check_digest(root, data)
     for name, rec in data["files"].items():
         p = root / name
         if p.is_symlink() or not p.is_file():
@@ -248,6 +270,38 @@ def read_manifest(folder: str | os.PathLike, *, verify_files: bool = True) -> di
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def manifest_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces, ASCII) of ``data`` without
+    ``manifest_sha256``: what that field holds."""
+    body = {k: v for k, v in data.items() if k != DIGEST_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def seal_manifest(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``manifest_sha256`` (set last, over everything else)."""
+    return {**{k: v for k, v in data.items() if k != DIGEST_FIELD}, DIGEST_FIELD: manifest_digest(data)}
+
+
+def _check_digest(root: Path, data: dict[str, Any]) -> None:
+    """The manifest's own digest (exports made before it existed: a warning)."""
+    recorded = data.get(DIGEST_FIELD)
+    if recorded is None:
+        log.warning("--model %s: %s has no %s (exported by an older version): the manifest itself is not "
+                    "covered by a digest; export the model again to cover it", root, MANIFEST_NAME, DIGEST_FIELD)
+        return
+    if not isinstance(recorded, str) or recorded != manifest_digest(data):
+        raise S2SWError(f"--model {root}: {MANIFEST_NAME} does not match its {DIGEST_FIELD}: the manifest was "
+                        f"changed after export (or is corrupt); export the model again")
 
 
 # ------------------------------------------------------------------------------ typed manifest

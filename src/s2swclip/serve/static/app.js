@@ -142,8 +142,9 @@
     for (const it of live) form.append("files", it.file, it.name);
     let r, body;
     try {
-      r = await api("/v1/predict?threshold=" + encodeURIComponent(state.threshold.toFixed(6)),
-                    { method: "POST", body: form });
+      const profile = window.s2swProfile && window.s2swProfile.name;  // profiles.js: the selected profile
+      r = await api("/v1/predict?threshold=" + encodeURIComponent(state.threshold.toFixed(6)) +
+                    (profile ? "&profile=" + encodeURIComponent(profile) : ""), { method: "POST", body: form });
       body = await r.json().catch(() => ({}));
     } catch (e) {
       fail(live, "network error: " + e.message);
@@ -165,6 +166,7 @@
           it.timing = res.timing_ms || null;
           it.overlay = res.overlay_png ? "data:image/png;base64," + res.overlay_png : null;
           it.heatmap = res.heatmap || null;
+          it.profile = body.profile ? body.profile + " v" + body.profile_version : null;
         } else {
           it.status = "failed";
           it.error = res.error || "not scored";
@@ -244,8 +246,8 @@
       setDetail(item, item.error);
     } else if (item.status === "scored" && item.timing) {
       const t = item.timing;
-      setDetail(item, "model " + Math.round(t.inference) + " ms (batch of " + t.batch_size + "), request " +
-        Math.round(t.request_total) + " ms");
+      setDetail(item, (item.profile ? "profile " + item.profile + " · " : "") + "model " +
+        Math.round(t.inference) + " ms (batch of " + t.batch_size + "), request " + Math.round(t.request_total) + " ms");
     }
   }
 
