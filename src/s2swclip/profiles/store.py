@@ -43,7 +43,8 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..inference.calibration import Calibration, conformal_threshold
 from ..model.references import ReferenceBank, save_bank
-from .manifest import (FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, OverLimit, ProfileExists,
+from .manifest import (DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES,  # noqa: F401 (re-exported)
+                       FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, OverLimit, ProfileExists,
                        ProfileNotFound, check_name, now_iso, parse_manifest)
 from .runtime import Profile, ProfileScorer
 
@@ -51,8 +52,6 @@ __all__ = ["DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES", "GoodImage", "Profi
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PROFILES = 20
-DEFAULT_MAX_REFERENCES = 32
 POINTER = "current.json"
 _VERSION_FOLDER = re.compile(r"v([0-9]{6})")
 _MAX_POINTER_BYTES = 4096
