@@ -346,7 +346,7 @@ def test_a_disk_without_the_space_is_refused_before_training(data, tmp_path, mon
 
 
 def test_memory_without_the_space_is_refused(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(fc, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(fc, "available_memory", lambda: 1000)
     with pytest.raises(S2SWError, match=r"^--cache-features memory: the cache needs .* memory has only"):
         train(data, tmp_path / "run", epochs=1, cache_features="memory", **SMALL)
 
