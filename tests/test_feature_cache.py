@@ -162,7 +162,7 @@ def test_options_that_change_image_features_use_another_key_and_others_share_it(
     out = tmp_path / "sigma"  # smoothing acts on maps, not on the backbone's features: shared
     train(data, out, epochs=1, cache_features=cache, detector_options={"sigma": 2.0}, **SMALL)
     assert _flags(out) == [True]
-    for i, options in enumerate(({"dpam_layers": 10}, {"layer_aliasing": False})):
+    for i, options in enumerate(({"dpam_layers": 2}, {"layer_aliasing": False})):  # default: 3 of 4 layers
         out = tmp_path / f"other{i}"
         train(data, out, epochs=1, cache_features=cache, detector_options=options, **SMALL)
         assert _flags(out) == [False]
@@ -346,7 +346,7 @@ def test_a_disk_without_the_space_is_refused_before_training(data, tmp_path, mon
 
 
 def test_memory_without_the_space_is_refused(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(fc, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(fc, "available_memory", lambda: 1000)
     with pytest.raises(S2SWError, match=r"^--cache-features memory: the cache needs .* memory has only"):
         train(data, tmp_path / "run", epochs=1, cache_features="memory", **SMALL)
 

@@ -17,7 +17,7 @@ MAX_FILE_BYTES = 256_000_000
 
 def add_profiles_limits(p: argparse.ArgumentParser) -> None:
     """--max-profiles N and --max-references K (profile create/add, serve)."""
-    from ..profiles import DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES
+    from ..profiles.manifest import DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES
 
     p.add_argument("--max-profiles", type=positive_int, default=DEFAULT_MAX_PROFILES,
                    help=f"most profiles the folder may hold (default {DEFAULT_MAX_PROFILES})")

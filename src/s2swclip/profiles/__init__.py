@@ -1,28 +1,21 @@
 """Product profiles: many products served by one backbone, each with its own reference bank,
 few-shot weight and threshold (``s2swclip profile ...``, ``serve --profiles DIR``).
 
-The names of :mod:`.runtime` and :mod:`.store` (which need PyTorch) are imported on first use:
-the command line's parsers read the default limits without loading torch (``serve --model`` and
-``predict --model`` run torch-free).
+Names are imported lazily: the manifest part is torch-free (the command line's parser reads its
+limits), the store and the runtime state need PyTorch.
 """
 
-from importlib import import_module
+import importlib
 
-from .manifest import (DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES, InvalidName, OverLimit, ProfileExists,
-                       ProfileNotFound, check_name)
+_WHERE = {name: "manifest" for name in ("InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound", "check_name",
+                                        "DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES")}
+_WHERE.update({name: "runtime" for name in ("LiveProfiles", "Profile", "ProfileScorer", "bank_bytes_per_reference")})
+_WHERE.update({name: "store" for name in ("GoodImage", "ProfileStore")})
 
-__all__ = ["InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound",
-           "DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES", "GoodImage", "LiveProfiles", "Profile", "ProfileScorer",
-           "ProfileStore", "bank_bytes_per_reference", "check_name"]
-
-_LAZY = {"LiveProfiles": ".runtime", "Profile": ".runtime", "ProfileScorer": ".runtime",
-         "bank_bytes_per_reference": ".runtime", "GoodImage": ".store", "ProfileStore": ".store"}
+__all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,11 +15,12 @@ from typing import Any
 
 from ..errors import S2SWError
 
-#: the store's default limits (``--max-profiles``, ``--max-references``)
+# limits of a profiles folder (serve --max-profiles / --max-references); torch-free, so the
+# command line's parser can show them without loading PyTorch
 DEFAULT_MAX_PROFILES = 20
 DEFAULT_MAX_REFERENCES = 32
 
-__all__ = ["DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES", "InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound",
+__all__ = ["InvalidName", "OverLimit", "ProfileExists", "ProfileNotFound",
            "FORMAT_TAG", "FORMAT_VERSION", "MANIFEST_NAME", "MAX_MANIFEST_BYTES", "MAX_NAME_LENGTH",
            "check_name", "now_iso", "parse_manifest"]
 

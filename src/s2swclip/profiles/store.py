@@ -43,9 +43,9 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..inference.calibration import Calibration, conformal_threshold
 from ..model.references import ReferenceBank, save_bank
-from .manifest import (DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES, FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME,
-                       MAX_MANIFEST_BYTES, OverLimit, ProfileExists, ProfileNotFound, check_name, now_iso,
-                       parse_manifest)
+from .manifest import (DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES,  # noqa: F401 (re-exported)
+                       FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, OverLimit, ProfileExists,
+                       ProfileNotFound, check_name, now_iso, parse_manifest)
 from .runtime import Profile, ProfileScorer
 
 __all__ = ["DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES", "GoodImage", "ProfileStore"]

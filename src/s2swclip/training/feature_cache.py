@@ -64,6 +64,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..arrays import available_memory
 from ..errors import S2SWError
 from ..fileio import atomic_write_at, check_output_dir, read_regular_file
 from .cache_entries import (_ENTRY_ERRNOS, _TORCH_DTYPES, ENTRY_FORMAT, ENTRY_VERSION, BadEntry, EntryFiles,  # noqa: F401
@@ -353,7 +354,7 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
     n = len(dataset)
     if str(location) == MEMORY:
         files, where = EntryFiles(None, key, layout), "memory"
-        present, free = 0, _available_memory()
+        present, free = 0, available_memory()
     else:
         folder = check_output_dir(location, "--cache-features")
         files, where = EntryFiles(folder / key[:32], key, layout), str(folder)
@@ -387,13 +388,3 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
     return FeatureCache(files, description, where), summary
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available (Linux ``MemAvailable``), None where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
