@@ -27,23 +27,9 @@ import sys
 import threading
 import time
 
+from serve_memory import _free_port, _status  # the serve process's memory, a loopback port
+
 TOKEN = "bench-token"
-
-
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stalled_uploads(port: int, n: int, mb: float, settle_s: float) -> int:

@@ -20,11 +20,15 @@ def finite(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -66,10 +70,7 @@ def share(text: str) -> float:
 
 
 def seed_value(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = _integer(text)
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"must be in 0..{SEED_MAX}, got {value}")
     return value
@@ -90,10 +91,7 @@ def int_range(lo: int, hi: int | None = None):
     """An integer flag in ``[lo, hi]`` (``hi`` None: no upper bound)."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        value = _integer(text)
         problem = _out_of_range(value, str(value), lo, hi)
         if problem:
             raise argparse.ArgumentTypeError(problem)
