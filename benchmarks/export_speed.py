@@ -152,7 +152,8 @@ def main() -> None:
         if name in models:
             m = models[name].manifest
             eff = ",".join(models[name].describe()["inference_precision"] or [])
-            ex = f"{m['export']['seconds']:>10.0f}{m['export']['peak_rss_mib']:>17}{eff:>11}"
+            rec = m.export or {}
+            ex = f"{rec.get('seconds', float('nan')):>10.0f}{str(rec.get('peak_rss_mib')):>17}{eff:>11}"
         c = statistics.median(cpu[name])
         print(f"{name:<28}{med:>9.2f}{med / base:>7.2f}{c:>8.2f}{c / cpu_base:>7.2f}{qs}{ex}")
     print(json.dumps({"ratios": {k: round(statistics.median(v) / base, 3) for k, v in times.items()},

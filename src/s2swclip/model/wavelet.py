@@ -34,8 +34,9 @@ as PyWavelets does (``docs/method.md`` §10.9).
 
 The filtering is ``unfold(...) @ taps`` (full-precision matmul on every device;
 cuDNN convolutions may silently use TF32 on GPUs); for export (:mod:`.portable`) the
-same windows are gathered in one ``index_select`` through the extension map. All
-operations are differentiable.
+same windows are gathered in one ``index_select`` through the extension map and multiplied
+by both filters at once (an ``[L, 2]`` matrix: ONNX Runtime is slow on products by a vector).
+All operations are differentiable.
 """
 
 from __future__ import annotations
@@ -114,11 +115,13 @@ def _filter_last(x: Tensor, lo: Tensor, hi: Tensor, idx: Tensor, mask: Tensor | 
         win = gather_windows(x, window_index(idx, lo.numel(), step))  # [..., n_out, L]
         if mask is not None:
             win = win * window_index(mask, lo.numel(), step).to(win.dtype)
-    else:
-        xp = x.index_select(-1, idx)
-        if mask is not None:
-            xp = xp * mask.to(xp.dtype)
-        win = xp.unfold(-1, lo.numel(), step)  # [..., n_out, L]
+        # both filters as one [L, 2] matrix: ONNX Runtime runs a MatMul by a 1-D vector as one
+        # tiny product per row (0.5 s for two of them at 518 px), a 2-D right operand as one GEMM
+        return win @ torch.stack((lo, hi), dim=1)
+    xp = x.index_select(-1, idx)
+    if mask is not None:
+        xp = xp * mask.to(xp.dtype)
+    win = xp.unfold(-1, lo.numel(), step)  # [..., n_out, L]
     return torch.stack((win @ lo, win @ hi), dim=-1)
 
 
