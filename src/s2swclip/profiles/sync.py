@@ -55,7 +55,7 @@ class DiskSync:
             st = os.stat(self.store.root / name / POINTER)
         except OSError:
             return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
     def refresh(self, name: str | None = None) -> None:
         """Check profile ``name`` (None: every profile, and the root's listing for new ones);
