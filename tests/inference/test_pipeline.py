@@ -173,7 +173,7 @@ def test_default_workers_feed_an_accelerator_with_every_core(monkeypatch):
     assert pipeline.default_workers("cpu") == pipeline.default_workers("CPU") == 4
     assert pipeline.default_workers("cuda:0") == 16
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
-    assert pipeline.default_workers("cuda") == pipeline.MAX_ACCELERATOR_WORKERS == 32
+    assert pipeline.default_workers("cuda") == pipeline.MAX_ACCELERATOR_WORKERS == 16
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert pipeline.default_workers("cpu") == pipeline.default_workers("cuda") == 2
 

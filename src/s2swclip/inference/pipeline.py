@@ -446,7 +446,7 @@ class InferencePipeline:
 
 
 #: most pipeline workers by default next to an accelerator
-MAX_ACCELERATOR_WORKERS = 32
+MAX_ACCELERATOR_WORKERS = 16
 
 
 def default_workers(device: str | None = None) -> int:
