@@ -94,42 +94,13 @@ def load_detector(
     """
     dev = resolve_device(device)
     check_precision(precision, dev)
-    config = DetectorConfig().replace(**backbone_detector_defaults(backbone))  # usually none
-    if preset is not None:
-        config = config.replace(**get_preset(preset).test)
-    if image_size is not None:
-        config = config.replace(image_size=int(image_size))
-    config = config.replace(precision=precision, **options)
-
     ckpt = prompts if isinstance(prompts, PromptCheckpoint) else (
         load_prompts(prompts) if prompts is not None else None)
-    if ckpt is not None:
-        pc = ckpt.config
-        config = config.replace(n_ctx=int(pc["n_ctx"]), depth=int(pc["depth"]),
-                                deep_tokens=int(pc["deep_tokens"]))
-        # prompts trained with a non-default backbone adaptation are used with the same one
-        trained_with = ckpt.meta.get("detector_config", {})
-        inherited = {k: trained_with[k] for k in STRUCTURAL_OPTIONS if k in trained_with and k not in options}
-        if inherited:
-            config = config.replace(**inherited)
-        trained_on = ckpt.meta.get("backbone")
-        if trained_on and trained_on != str(backbone):
-            log.warning("prompt checkpoint %s was trained with backbone %s, used here with %s",
-                        ckpt.path, trained_on, backbone)
-
+    config = _detector_config(backbone, ckpt, preset=preset, image_size=image_size,
+                              precision=precision, options=options)
     clip, info = create_clip(backbone, weights, quick_gelu=quick_gelu, cache_dir=cache_dir, seed=seed)
-    n_blocks = len(clip.visual.transformer.resblocks)
-    layers = config.feature_layers
-    if max(layers) > n_blocks or config.dpam_layers > n_blocks:
-        raise S2SWError(f"backbone {info['backbone']} has {n_blocks} vision layers, but "
-                        f"feature_layers={list(layers)} / dpam_layers={config.dpam_layers} ask for more")
-    _check_few_shot_options(config, n_blocks)
-    patch = int(clip.visual.conv1.kernel_size[0])
-    if config.image_size < patch:
-        raise S2SWError(f"image size {config.image_size} is smaller than the backbone's {patch}-pixel "
-                        f"patches: no tokens to score; use e.g. --image-size 518")
-    check_image_size_fits(clip, config.image_size, info["backbone"])
-    bb = S2SWBackbone(clip, feature_layers=layers, dpam_layers=config.dpam_layers,
+    _check_backbone_fits(clip, config, info["backbone"])
+    bb = S2SWBackbone(clip, feature_layers=config.feature_layers, dpam_layers=config.dpam_layers,
                       layer_aliasing=config.layer_aliasing, global_ln_post=config.global_ln_post,
                       round_deep_prompts=config.round_deep_prompts)
     learner = _prompt_learner(bb, config, ckpt, seed, info["backbone"])
@@ -140,6 +111,51 @@ def load_detector(
                       prompts_format=None if ckpt is None else ckpt.kind)
     det = S2SWDetector(bb, learner, config, provenance=provenance)
     return det.to(dev).eval()
+
+
+def _detector_config(backbone: str, ckpt: PromptCheckpoint | None, *, preset: str | None,
+                     image_size: int | None, precision: str, options: dict[str, Any]) -> DetectorConfig:
+    """The detector's configuration, in order of precedence: ``options``, ``image_size`` and
+    ``precision``, the prompt checkpoint's structure (and the backbone adaptation it was trained
+    with), the ``preset``, the backbone config's own defaults, :class:`DetectorConfig`'s."""
+    config = DetectorConfig().replace(**backbone_detector_defaults(backbone))  # usually none
+    if preset is not None:
+        config = config.replace(**get_preset(preset).test)
+    if image_size is not None:
+        config = config.replace(image_size=int(image_size))
+    config = config.replace(precision=precision, **options)
+    if ckpt is None:
+        return config
+    pc = ckpt.config
+    config = config.replace(n_ctx=int(pc["n_ctx"]), depth=int(pc["depth"]), deep_tokens=int(pc["deep_tokens"]))
+    # prompts trained with a non-default backbone adaptation are used with the same one
+    trained_with = ckpt.meta.get("detector_config", {})
+    inherited = {k: trained_with[k] for k in STRUCTURAL_OPTIONS if k in trained_with and k not in options}
+    if inherited:
+        config = config.replace(**inherited)
+    trained_on = ckpt.meta.get("backbone")
+    if trained_on and trained_on != str(backbone):
+        log.warning("prompt checkpoint %s was trained with backbone %s, used here with %s",
+                    ckpt.path, trained_on, backbone)
+    return config
+
+
+def _check_backbone_fits(clip, config: DetectorConfig, backbone_name: str) -> None:
+    """Refuse (:class:`S2SWError` naming the field) a configuration the backbone cannot serve:
+    feature or DPAM layers beyond its depth, few-shot layers likewise, an image smaller than one
+    patch or beyond what its position embedding can be interpolated to."""
+    n_blocks = len(clip.visual.transformer.resblocks)
+    layers = config.feature_layers
+    if max(layers) > n_blocks or config.dpam_layers > n_blocks:
+        raise S2SWError(f"backbone {backbone_name} has {n_blocks} vision layers, but "
+                        f"feature_layers={list(layers)} / dpam_layers={config.dpam_layers} ask for more",
+                        fields=("feature_layers", "dpam_layers"))
+    _check_few_shot_options(config, n_blocks)
+    patch = int(clip.visual.conv1.kernel_size[0])
+    if config.image_size < patch:
+        raise S2SWError(f"image_size {config.image_size} is smaller than the backbone's {patch}-pixel "
+                        f"patches: no tokens to score; use e.g. 518", fields=("image_size",))
+    check_image_size_fits(clip, config.image_size, backbone_name)
 
 
 def _prompt_learner(bb: S2SWBackbone, config: DetectorConfig, ckpt: PromptCheckpoint | None, seed: int,
