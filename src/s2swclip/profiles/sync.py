@@ -60,19 +60,30 @@ class DiskSync:
     def refresh(self, name: str | None = None) -> None:
         """Check profile ``name`` (None: every profile, and the root's listing for new ones);
         load what changed. An invalid ``name`` is left alone (the caller answers 404/400)."""
+        self.update(self.stale(name))
+
+    def stale(self, name: str | None = None) -> list[str]:
+        """The profiles whose pointer changed since they were loaded (``name``: that one only;
+        None: all, listing the root): ``stat`` calls only, no file is read."""
         if name is not None:
             try:
-                check_name(name)
+                names = {check_name(name)}
             except InvalidName:
-                return
-            names = {name}
+                return []
         else:
             names = set(self.store.names()) | set(self._seen) | {p.name for p in self.live.all()} | set(self.problems)
+        out = []
         for n in sorted(names):
             key = self._pointer_key(n)
             if key != self._seen.get(n) or (key is None and (self.live.get(n) or n in self.problems)):
-                with self._lock:
-                    self._update(n)
+                out.append(n)
+        return out
+
+    def update(self, names: list[str]) -> None:
+        """Load ``names`` again (what :meth:`stale` returned), one load at a time."""
+        for n in names:
+            with self._lock:
+                self._update(n)
 
     def _update(self, name: str) -> None:
         """Load ``name`` again (lock held) if its pointer still differs from the one loaded."""

@@ -92,9 +92,12 @@ class ProfilesService:
         self.build_limiter = anyio.CapacityLimiter(1)
 
     async def refresh(self, name: str | None = None) -> None:
-        """Load what another process changed on disk (``name``: that profile only), off the event
-        loop (see :class:`~s2swclip.profiles.sync.DiskSync`)."""
-        await run_in_threadpool(self.sync.refresh, name)
+        """Load what another process changed on disk (``name``: that profile only; see
+        :class:`~s2swclip.profiles.sync.DiskSync`): the check is a few ``stat`` calls, a load
+        runs off the event loop."""
+        stale = self.sync.stale(name)
+        if stale:
+            await run_in_threadpool(self.sync.update, stale)
 
     def scorer(self, name: str) -> ProfileScorer | None:
         """The scorer of the served version of ``name`` (one object per served
