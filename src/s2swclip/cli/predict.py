@@ -144,6 +144,11 @@ def _refuse_ray_options(args) -> None:
 def _predict_ray(args) -> int:
     if args.profile is not None:
         raise S2SWError("--profile runs with the local engine: drop --engine ray")
+    local_only = [flag for flag, value in (("--threads", args.threads), ("--decode-workers", args.decode_workers))
+                  if value is not None]
+    if local_only:
+        raise S2SWError(f"{' and '.join(local_only)} only apply with the local engine: with --engine ray, "
+                        f"decoding runs in Ray's CPU tasks and each scoring actor uses --cpus-per-worker threads")
     from ..inference.inputs import collect_inputs
     from ..inference.ray_engine import RayEngine, RaySettings
     from ..inference.spec import ScorerSpec
@@ -154,7 +159,7 @@ def _predict_ray(args) -> int:
         check_exported_args(args)
         if args.gpus_per_worker:
             raise S2SWError(f"--model {args.model} runs on the CPU (ONNX Runtime / OpenVINO); drop --gpus-per-worker")
-        spec = ScorerSpec.exported(args.model)
+        spec = ScorerSpec.exported(args.model, inference_timeout=args.inference_timeout)
         # else the threshold recorded at export, as with the local engine
         recorded = load_manifest(args.model, verify_files=False).threshold if args.threshold is None else None
     else:
