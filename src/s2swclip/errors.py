@@ -98,4 +98,4 @@ def check_number(name: str, value: object, lo: float | None = None, hi: float | 
 
 
 class InferenceTimeout(S2SWError):
-    """A model call that did not finish within its time limit (``--inference-timeout``)."""
+    """A model call that did not finish within its time limit (``inference_timeout``)."""
