@@ -59,7 +59,8 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
         if shots < 1:
             raise S2SWError(f"shots must be at least 1, got {shots}", fields=["shots"])
         if len(entries) < shots:
-            raise S2SWError(f"reference {source} holds {len(entries)} image(s), fewer than shots {shots}",
+            raise S2SWError(f"reference {source} holds {len(entries)} image{'' if len(entries) == 1 else 's'}, "
+                            f"fewer than shots {shots}",
                             fields=["reference", "shots"])
         entries = entries[:shots]
     _check_reference_memory(source, len(entries), max_references, bytes_per_image)
