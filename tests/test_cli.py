@@ -113,7 +113,7 @@ def test_weights_unavailable_offline(capsys, tmp_path, images, monkeypatch):
 def test_unusable_image_size(capsys, tmp_path, images):
     code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--backbone",
                         "S2SW-Tiny-24L", "--weights", "none", "--image-size", "10")
-    assert_user_error(code, err, "image size 10")
+    assert_user_error(code, err, "image_size 10 is smaller than the backbone's 14-pixel patches (--image-size)")
 
 
 def test_missing_weights_file(capsys, tmp_path, images):

@@ -39,6 +39,9 @@ FLAGS: dict[str, str | None] = {
     # outputs, the few-shot protocol (test), exported models, the watch command
     "out_dir": "--out", "seeds": "--shot-seed", "model": "--model", "inference_timeout": "--inference-timeout",
     "on_anomaly": "--on-anomaly",
+    # fields of the library only (DetectorConfig, TrainConfig): no flag sets them
+    "feature_layers": None, "dpam_layers": None, "few_shot_layers": None, "few_shot_stream": None, "betas": None,
+    "pairwise_hinge": None,
 }
 #: the model options of :func:`add_model_args`, fields of :class:`~s2swclip.specs.DetectorSpec`
 MODEL_FIELDS = ("backbone", "weights", "prompts", "image_size", "device", "precision", "preset", "cache_dir")
