@@ -205,7 +205,7 @@ def load_report(path: str) -> dict:
     except FileNotFoundError:
         raise S2SWError(f"report file not found: {path}") from None
     except (OSError, json.JSONDecodeError) as err:
-        raise S2SWError(f"cannot read report {path}: {err}") from None
+        raise S2SWError(f"cannot read report {path}: {first_line(err)}") from None
     if not isinstance(data, dict):
         raise S2SWError(f"{path} is not a report (expected a JSON object)")
     _check_report(data)

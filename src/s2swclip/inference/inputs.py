@@ -157,7 +157,7 @@ def _manifest_paths(manifest: str) -> list[str]:
             raise S2SWError(f"manifest {manifest} is not UTF-8 text ({exc.reason}); write one path "
                             f"per line in UTF-8") from None
         except csv.Error as exc:
-            raise S2SWError(f"manifest {manifest} is not valid CSV ({exc})") from None
+            raise S2SWError(f"manifest {manifest} is not valid CSV ({first_line(exc)})") from None
         except OSError as exc:
             raise S2SWError(f"cannot read manifest {manifest}: {first_line(exc)}") from None
 

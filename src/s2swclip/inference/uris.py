@@ -150,14 +150,14 @@ def _info(fs, path: str, uri: str):
     try:
         return fs.get_file_info(path)
     except OSError as exc:
-        raise S2SWError(f"cannot read {uri}: {exc}") from None
+        raise S2SWError(f"cannot read {uri}: {first_line(exc)}") from None
 
 
 def _select(fs, pafs, base: str, uri: str):
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     except OSError as exc:
-        raise S2SWError(f"cannot list {uri}: {exc}") from None
+        raise S2SWError(f"cannot list {uri}: {first_line(exc)}") from None
     return [i for i in infos if i.type == pafs.FileType.File]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from .backbone import S2SWBackbone
 from .checkpoint import PromptCheckpoint, load_prompts
 from .config import PRECISIONS, DetectorConfig, get_preset
@@ -172,7 +172,7 @@ def _prompt_learner(bb: S2SWBackbone, config: DetectorConfig, ckpt: PromptCheckp
                                 vocabulary=vocabulary, generator=gen)
     except ValueError as e:  # prompts that do not fit this backbone's text context
         source = f"prompt checkpoint {ckpt.path}" if ckpt is not None else "the prompt options"
-        raise S2SWError(f"{source} cannot be used with backbone {backbone_name}: {e}") from None
+        raise S2SWError(f"{source} cannot be used with backbone {backbone_name}: {first_line(e)}") from None
     if ckpt is not None:
         ckpt.apply(learner)
     return learner

@@ -57,7 +57,7 @@ def resolve_model_config(backbone: str) -> tuple[str, dict[str, Any]]:
                 raise ValueError(f"it is larger than {_MAX_CONFIG_BYTES} bytes")
             cfg = json.loads(raw)
         except (OSError, ValueError, RecursionError) as e:
-            raise S2SWError(f"backbone config {path} is not valid JSON: {e}") from None
+            raise S2SWError(f"backbone config {path} is not valid JSON: {first_line(e)}") from None
         if isinstance(cfg, dict) and "model_cfg" in cfg:  # open_clip local-dir/hub layout
             cfg = cfg["model_cfg"]
         _check_config(cfg, str(path))
