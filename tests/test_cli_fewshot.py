@@ -99,8 +99,9 @@ def test_predict_with_a_references_file(capsys, tmp_path, refs):
     (["--reference", "{refs}", "--few-shot-weight", "1.5"], ["--few-shot-weight", "[0, 1]"]),
     (["--reference", "{refs}", "--coreset", "0"], ["--coreset", "(0, 1]"]),
     (["--reference", "{refs}", "--shots", "5"], ["holds 3 images, fewer than shots 5 (--reference, --shots)"]),
-    (["--reference", "{refs}", "--max-references", "2"], ["holds 3 images", "more than max_references 2 (--reference, --max-references); "
-                                                                             "pick fewer with shots K (--shots)"]),
+    (["--reference", "{refs}", "--max-references", "2"],
+     ["holds 3 images", "more than max_references 2 (--reference, --max-references); "
+                        "pick fewer with shots K (--shots)"]),
     (["--reference", "{missing}"], ["input not found"]),
     (["--reference", "{empty}"], ["no images found"]),
     (["--reference", "{broken}"], ["reference image unusable", "bad.png"]),
@@ -128,7 +129,8 @@ def test_a_reference_bank_beyond_the_available_memory_is_refused_before_reading(
     monkeypatch.setattr(references, "decode_for_model", lambda *a, **k: decoded.append(a))
     code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(tmp_path / "out"), "--reference", str(refs),
                            *TINY)
-    assert_user_error(code, err, "3 images need about", "GiB of memory is available", "use fewer with shots K (--shots)")
+    assert_user_error(code, err, "3 images need about", "GiB of memory is available",
+                      "use fewer with shots K (--shots)")
     assert decoded == []  # refused before any image was read
 
 

@@ -77,7 +77,8 @@ class HookRunner:
             self.queue.put_nowait(result_json)
         except queue.Full:
             self.failed += 1
-            log.warning("on_anomaly command: %d runs already waiting; not run for %s", self.queue.maxsize, result_json[:200])
+            log.warning("on_anomaly command: %d runs already waiting; not run for %s", self.queue.maxsize,
+                        result_json[:200])
 
     def _loop(self) -> None:
         while True:
@@ -104,7 +105,8 @@ class HookRunner:
                 self.failed += 1
                 err.seek(max(0, err.seek(0, os.SEEK_END) - 400))
                 tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-                log.warning("on_anomaly command %s exited with status %d: %s", self.argv[0], proc.returncode, tail[0][:200])
+                log.warning("on_anomaly command %s exited with status %d: %s", self.argv[0], proc.returncode,
+                            tail[0][:200])
 
     def close(self) -> None:
         """Let the waiting runs finish (each within its time limit) and stop the thread."""
