@@ -119,6 +119,8 @@ def worker_error(exc: BaseException) -> S2SWError | None:
     while c is not None and id(c) not in seen:
         seen.add(id(c))
         if isinstance(c, S2SWError):
-            return S2SWError(f"scoring worker: {first_line(c, limit=1000)}", fields=getattr(c, "fields", ()))
+            # Ray's RayTaskError(S2SWError) reads as Ray's traceback: the message is its first argument
+            message = S2SWError(*c.args[:1]) if c.args else c
+            return S2SWError(f"scoring worker: {first_line(message, limit=1000)}", fields=getattr(c, "fields", ()))
         c = getattr(c, "cause", None) or c.__cause__ or c.__context__
     return None
