@@ -103,7 +103,8 @@ def test_unreachable_ray_address_is_one_error_line_quickly(tmp_path):
 
 @pytest.mark.parametrize("argv, needles", [
     (["--workers", "2"], ["--workers only apply with --engine ray"]),
-    (["--engine", "ray", "--device", "cuda"], ["--device cuda with --engine ray", "--gpus-per-worker"]),
+    (["--engine", "ray", "--device", "cuda"], ["device cuda with the Ray engine (--device): give the workers GPUs with gpus_per_worker",
+                                              "(--gpus-per-worker)"]),
     (["--engine", "ray", "--gpus-per-worker", "1", "--device", "cuda:1"], ["Ray assigns each worker its GPUs"]),
     (["--engine", "ray", "--gpus-per-worker", "-1"], ["--gpus-per-worker", "must be >= 0"]),
     (["--engine", "ray", "--ray-address", "nonsense"], ["is not HOST:PORT"]),
