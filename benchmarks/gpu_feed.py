@@ -85,6 +85,7 @@ def main() -> None:
 
     from s2swclip import load_detector
     from s2swclip.inference.local import LocalEngine
+    from s2swclip.inference.pipeline import default_workers
     from s2swclip.inference.scorers import as_scorer
     from s2swclip.specs import RunOptions
 
@@ -104,6 +105,7 @@ def main() -> None:
         print(f"{args.backbone} {args.image_size} px {args.precision} on {name}, batch {args.batch_size}: "
               f"model-only {ceiling:.1f} img/s")
         engine = LocalEngine(scorer)
+        print(f"default decode workers next to {scorer.device}: {default_workers(scorer.device)}")
         print(f"{'workers':>8} {'img/s':>8} {'gpu busy':>9} {'of ceiling':>11}")
         for i, k in enumerate([args.workers[0]] + list(args.workers)):  # run 0: a warm-up
             scorer.reset()

@@ -141,3 +141,13 @@ def test_a_resume_whose_model_inputs_changed_is_refused_naming_what_changed(caps
     code, out, err = run_cli(capsys, *argv)
     assert_user_error(code, err, "holds results of a different run: prompts changed since")
     assert sorted((tmp_path / "ray" / "results").glob("part-*.parquet")) == shards
+
+
+def test_local_engine_thread_options_are_refused_with_the_ray_engine(capsys, tmp_path):
+    for flags, needle in ((["--threads", "2"], "--threads only apply with the local engine"),
+                          (["--decode-workers", "3"], "--decode-workers only apply with the local engine"),
+                          (["--threads", "1", "--decode-workers", "1"], "--threads and --decode-workers only")):
+        code, _, err = run_cli(capsys, "predict", str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "ray",
+                               "--backbone", "S2SW-Tiny-4L", "--weights", "none", *flags)
+        assert_user_error(code, err, needle)
+    assert not (tmp_path / "o").exists()

@@ -237,6 +237,22 @@ def threshold_of(args, recorded: float | None) -> float | None:
     return args.threshold if args.threshold is not None else recorded
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of a scoring run that ``predict`` and ``watch`` share (fields of
+    :class:`~s2swclip.specs.RunOptions`, the threads, the few-shot mode, an exported model)."""
+    from .types import batch_count, mega
+
+    p.add_argument("--batch-size", type=batch_count, default=8)
+    p.add_argument("--max-mpx", type=mega, default=40.0,
+                   help="refuse images larger than this many megapixels (default 40)")
+    p.add_argument("--no-overlays", action="store_true")
+    add_heatmap_arg(p)
+    p.add_argument("--quiet", action="store_true")
+    add_threads_arg(p)
+    add_few_shot_args(p)
+    add_exported_arg(p)
+
+
 # ------------------------------------------------------------------------------ CPU threads
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
@@ -245,7 +261,7 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
                         "decodes on the other core)")
     p.add_argument("--decode-workers", type=positive_int, default=None,
                    help="threads that decode images and write overlays beside the model (default: the cores, "
-                        "2 to 4); a GPU needs about its images/s divided by one core's decoding rate")
+                        "2 to 4; next to a GPU every core, at most 16: see docs/usage.md, 'Feeding a GPU')")
 
 
 def default_torch_threads(cores: int | None = None) -> int:
