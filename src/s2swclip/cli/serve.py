@@ -84,8 +84,10 @@ def build_serve_app(args):
     security = SecuritySettings(token=resolve_token(args.token), host=args.host,
                                 allow_hosts=tuple(args.allow_host or ()))
     if args.profiles is not None and args.model is not None:
-        raise S2SWError(f"--profiles needs the PyTorch detector (profiles share its backbone); "
-                        f"drop --model {args.model}")
+        from .profile import exported_model_refusal
+
+        raise S2SWError(f"--profiles needs the PyTorch detector (profiles share its backbone): "
+                        f"{exported_model_refusal(args.model)}")
     settings = serve_settings(args)  # checked before the (slow) model load
     model = exported_model(args) if args.model is not None else detector(args)
     warm_up(model)
