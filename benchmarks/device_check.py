@@ -2,6 +2,7 @@
 
 Meant for a machine with a CUDA device (run it there in one go):
     python benchmarks/device_check.py            # tiny model parity + ViT-L timings
+    python benchmarks/device_check.py --no-timings   # the parity only
     python -m pytest tests -k cuda -q            # the CUDA-only unit tests
 
 It prints, for the tiny paper-topology model with random weights, the largest differences
@@ -20,6 +21,7 @@ import torch
 
 
 def main() -> int:
+    timings = "--no-timings" not in sys.argv[1:]
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check here")
         return 1
@@ -39,7 +41,7 @@ def main() -> int:
               f"{(out.anomaly_maps - ref.anomaly_maps).abs().max().item():.2e}, max |score diff| "
               f"{(out.image_scores - ref.image_scores).abs().max().item():.2e}")
     bench = Path(__file__).with_name("predict_speed.py")
-    for batch in (1, 8):
+    for batch in (1, 8) if timings else ():
         subprocess.run([sys.executable, str(bench), "--device", "cuda", "--batch", str(batch),
                         "--precision", "fp32", "bf16", "fp16", "--rounds", "5"], check=True)
     return 0

@@ -30,25 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from s2swclip.inference.local import predict_files
-from s2swclip.inference.ray_engine import predict_ray
+from s2swclip.inference.ray_engine import RayEngine, RaySettings
 from s2swclip.inference.spec import ScorerSpec
-
-
-def make_images(folder: Path, n: int, side: int, seed: int = 0) -> list[Path]:
-    """``n`` JPEG photos-like noise images, ``side`` x ``3 side / 4``."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        base = rng.integers(0, 256, (side * 3 // 4 // 8, side // 8, 3), dtype=np.uint8)
-        img = Image.fromarray(base).resize((side, side * 3 // 4), Image.BICUBIC)
-        paths.append(folder / f"{i:05d}.jpg")
-        img.save(paths[-1], quality=90)
-    return paths
+from s2swclip.specs import RunOptions
+from watch_latency import make_images  # this folder is on sys.path when run as a script
 
 
 def _rates(out: Path, start: float, total: float, n: int) -> tuple[float, float, float]:
@@ -92,8 +78,8 @@ def main() -> None:
         init_s = time.perf_counter() - t
 
         def ray_run(workers: int, cpus: float):
-            return lambda out: predict_ray(spec, [inputs], out, batch_size=args.batch_size, workers=workers,
-                                           cpus_per_worker=cpus, shard_rows=args.batch_size, progress=False)
+            engine = RayEngine(spec, RaySettings(workers=workers, cpus_per_worker=cpus, shard_rows=args.batch_size))
+            return lambda out: engine.run([inputs], out, RunOptions(batch_size=args.batch_size, progress=False))
 
         import torch
 

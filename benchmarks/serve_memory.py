@@ -112,11 +112,16 @@ def measure(side: int = 6000, files: int = 16, requests: int = 2, inflight_mpx: 
             "scored": sum(1 for r in rows if r.get("ok")), "health": sorted(set(health)),
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End the server process: SIGTERM, then SIGKILL after 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def main() -> None:

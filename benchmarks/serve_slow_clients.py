@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from serve_memory import _free_port, _status  # the serve process's memory, a loopback port
+from serve_memory import _free_port, _status, stop  # the serve process's memory, a loopback port, its end
 
 TOKEN = "bench-token"
 
@@ -129,11 +129,7 @@ def measure(uploads: int, upload_mb: float, slow: int, inflight_mb: float, heade
                 "uploads_sent_mb": round(uploads * upload_mb), "peak_rss_rise_mb": round(rise / 1e6),
                 "uploads_answered_503": busy, "slow_heads": slow, "header_timeout_s": header_timeout, **heads}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def main() -> None:

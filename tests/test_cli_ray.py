@@ -95,15 +95,16 @@ def test_unreachable_ray_address_is_one_error_line_quickly(tmp_path):
                            str(tmp_path / "o"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", *TINY],
                           env=env, capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - t
-    assert_user_error(proc.returncode, proc.stderr, f"cannot reach a Ray cluster at --ray-address 127.0.0.1:{port}",
-                       "ray start --head")
+    assert_user_error(proc.returncode, proc.stderr, f"cannot reach a Ray cluster at ray_address 127.0.0.1:{port}, ",
+                      "(--ray-address); start one with 'ray start --head'")
     assert elapsed < 60, elapsed  # imports included; the connection attempt itself is bounded by 5 s
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("argv, needles", [
     (["--workers", "2"], ["--workers only apply with --engine ray"]),
-    (["--engine", "ray", "--device", "cuda"], ["--device cuda with --engine ray", "--gpus-per-worker"]),
+    (["--engine", "ray", "--device", "cuda"], ["device cuda with the Ray engine (--device): give the workers GPUs with gpus_per_worker",
+                                              "(--gpus-per-worker)"]),
     (["--engine", "ray", "--gpus-per-worker", "1", "--device", "cuda:1"], ["Ray assigns each worker its GPUs"]),
     (["--engine", "ray", "--gpus-per-worker", "-1"], ["--gpus-per-worker", "must be >= 0"]),
     (["--engine", "ray", "--ray-address", "nonsense"], ["is not HOST:PORT"]),
@@ -140,3 +141,13 @@ def test_a_resume_whose_model_inputs_changed_is_refused_naming_what_changed(caps
     code, out, err = run_cli(capsys, *argv)
     assert_user_error(code, err, "holds results of a different run: prompts changed since")
     assert sorted((tmp_path / "ray" / "results").glob("part-*.parquet")) == shards
+
+
+def test_local_engine_thread_options_are_refused_with_the_ray_engine(capsys, tmp_path):
+    for flags, needle in ((["--threads", "2"], "--threads only apply with the local engine"),
+                          (["--decode-workers", "3"], "--decode-workers only apply with the local engine"),
+                          (["--threads", "1", "--decode-workers", "1"], "--threads and --decode-workers only")):
+        code, _, err = run_cli(capsys, "predict", str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "ray",
+                               "--backbone", "S2SW-Tiny-4L", "--weights", "none", *flags)
+        assert_user_error(code, err, needle)
+    assert not (tmp_path / "o").exists()

@@ -159,3 +159,32 @@ def test_records_carry_the_digest_of_the_bytes_decoded(tmp_path):
     plain = list(pipe.run([(str(good), "a.png")]))
     assert plain[0].sha256 is None and plain[0].score == pytest.approx(recs[0].score, abs=1e-7)
     pipe.close()
+
+
+def test_default_workers_feed_an_accelerator_with_every_core(monkeypatch):
+    """On the CPU the workers take at most 4 cores from the model; next to a GPU decoding and
+    overlays are the bottleneck, so every core this process may use works (capped)."""
+    import os
+
+    from s2swclip.inference import pipeline
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert pipeline.default_workers() == 4
+    assert pipeline.default_workers("cpu") == pipeline.default_workers("CPU") == 4
+    assert pipeline.default_workers("cuda:0") == 16
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
+    assert pipeline.default_workers("cuda") == pipeline.MAX_ACCELERATOR_WORKERS == 16
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert pipeline.default_workers("cpu") == pipeline.default_workers("cuda") == 2
+
+    class OnGpu(CountingScorer):
+        device = "cuda:0"
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert InferencePipeline(OnGpu()).decode_workers == 16
+    assert InferencePipeline(CountingScorer()).decode_workers == 4
+    assert InferencePipeline(OnGpu(), decode_workers=3).decode_workers == 3
+
+
+def test_a_detector_scorer_tells_its_device(tiny_detector):
+    assert DetectorScorer(tiny_detector).device == "cpu"

@@ -121,3 +121,34 @@ def test_serve_answers_504_when_a_batch_runs_past_the_inference_timeout(onnx_exp
         r = client.post("/v1/predict", files=[("files", (png.name, png.read_bytes(), "image/png"))])
         assert r.status_code == 504 and "--inference-timeout 1 s" in r.json()["detail"], r.text
         assert client.get("/v1/health").status_code == 200  # the service itself goes on
+
+
+def test_ray_workers_build_the_exported_model_with_the_inference_timeout(onnx_export, export_images, tmp_path):
+    """``predict --engine ray --model DIR --inference-timeout S``: each worker builds its model from
+    the spec, so the spec carries the limit (not part of the run's identity: a resume with another
+    limit is the same run)."""
+    from s2swclip.inference.spec import ScorerSpec
+
+    d = hostile_copy(onnx_export[0], tmp_path / "loop", endless_loop())
+    spec = ScorerSpec.exported(d, inference_timeout=1.0)
+    assert spec == ScorerSpec.exported(d, inference_timeout=300.0)
+    model = spec.build()
+    assert model.inference_timeout == 1.0
+    with pytest.raises(InferenceTimeout, match="did not finish within --inference-timeout 1 s"):
+        model.predict(_x(1))
+    assert ScorerSpec.exported(d).build().inference_timeout == 300.0
+
+
+def test_serve_with_a_model_that_never_ends_stops_at_its_warm_up_with_one_line(onnx_export, tmp_path, capsys):
+    """The warm-up batch runs before the server starts: a looping graph ends ``serve`` with one
+    error line naming --inference-timeout, not a failed start-up with a traceback."""
+    import socket
+
+    d = hostile_copy(onnx_export[0], tmp_path / "loop", endless_loop())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.monotonic()
+    user_error(capsys, ["serve", "--model", str(d), "--inference-timeout", "1", "--port", str(port)],
+               "did not finish within --inference-timeout 1 s")
+    assert time.monotonic() - t < 60

@@ -31,7 +31,7 @@ def test_serve_arguments_build_the_app(tmp_path):
         assert r.status_code == 200
         row = r.json()["results"][0]
         assert row["anomalous"] == (row["score"] > 0.25)
-        assert client.get("/v1/health").json()["images_scored"] == 2  # warm-up + this one
+        assert client.get("/v1/health").json()["images_scored"] == 1  # the warm-up ran before the app (cli.serve.warm_up)
     assert len(list((tmp_path / "out" / "uploads").iterdir())) == 1
 
 

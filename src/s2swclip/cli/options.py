@@ -36,6 +36,12 @@ FLAGS: dict[str, str | None] = {
     "classes": "--classes", "items": "--data", "max_batches": "--max-batches", "num_workers": "--workers",
     "cache_features": "--cache-features", "cache_dtype": "--cache-dtype", "feature_cache": "--cache-dtype",
     "detector_options": None,
+    # outputs, the few-shot protocol (test), exported models, the watch command
+    "out_dir": "--out", "seeds": "--shot-seed", "model": "--model", "inference_timeout": "--inference-timeout",
+    "on_anomaly": "--on-anomaly",
+    # fields of the library only (DetectorConfig, TrainConfig): no flag sets them
+    "feature_layers": None, "dpam_layers": None, "few_shot_layers": None, "few_shot_stream": None, "betas": None,
+    "pairwise_hinge": None,
 }
 #: the model options of :func:`add_model_args`, fields of :class:`~s2swclip.specs.DetectorSpec`
 MODEL_FIELDS = ("backbone", "weights", "prompts", "image_size", "device", "precision", "preset", "cache_dir")
@@ -231,6 +237,22 @@ def threshold_of(args, recorded: float | None) -> float | None:
     return args.threshold if args.threshold is not None else recorded
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of a scoring run that ``predict`` and ``watch`` share (fields of
+    :class:`~s2swclip.specs.RunOptions`, the threads, the few-shot mode, an exported model)."""
+    from .types import batch_count, mega
+
+    p.add_argument("--batch-size", type=batch_count, default=8)
+    p.add_argument("--max-mpx", type=mega, default=40.0,
+                   help="refuse images larger than this many megapixels (default 40)")
+    p.add_argument("--no-overlays", action="store_true")
+    add_heatmap_arg(p)
+    p.add_argument("--quiet", action="store_true")
+    add_threads_arg(p)
+    add_few_shot_args(p)
+    add_exported_arg(p)
+
+
 # ------------------------------------------------------------------------------ CPU threads
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
@@ -239,7 +261,7 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
                         "decodes on the other core)")
     p.add_argument("--decode-workers", type=positive_int, default=None,
                    help="threads that decode images and write overlays beside the model (default: the cores, "
-                        "2 to 4); a GPU needs about its images/s divided by one core's decoding rate")
+                        "2 to 4; next to a GPU every core, at most 16: see docs/usage.md, 'Feeding a GPU')")
 
 
 def default_torch_threads(cores: int | None = None) -> int:

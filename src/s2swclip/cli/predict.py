@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import S2SWError, safe_text
-from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, check_exported_args, detector,
-                      detector_spec, exported_model, threshold_of, torch_threads, add_threads_arg)
-from .types import batch_count, finite, float_range, fraction, int_range, mega
+from .options import (add_model_args, add_run_args, check_exported_args, detector, detector_spec, exported_model,
+                      threshold_of, torch_threads)
+from .types import finite, float_range, fraction, int_range
 
 
 def add_parser(sub) -> None:
@@ -25,15 +25,7 @@ def add_parser(sub) -> None:
                         "which bounds the expected false-positive rate on new good images by --fpr")
     p.add_argument("--fpr", type=fraction, default=0.01,
                    help="false-positive rate allowed on good images when calibrating (default 0.01)")
-    p.add_argument("--batch-size", type=batch_count, default=8)
-    p.add_argument("--max-mpx", type=mega, default=40.0,
-                   help="refuse images larger than this many megapixels (default 40)")
-    p.add_argument("--no-overlays", action="store_true")
-    add_heatmap_arg(p)
-    p.add_argument("--quiet", action="store_true")
-    add_threads_arg(p)
-    add_few_shot_args(p)
-    add_exported_arg(p)
+    add_run_args(p)
     p.add_argument("--profile", metavar="NAME", help="score with this product profile (its bank, few-shot weight "
                                                     "and threshold; the model options default to its own)")
     p.add_argument("--profiles", metavar="DIR", help="the profiles folder of --profile")
@@ -144,6 +136,11 @@ def _refuse_ray_options(args) -> None:
 def _predict_ray(args) -> int:
     if args.profile is not None:
         raise S2SWError("--profile runs with the local engine: drop --engine ray")
+    local_only = [flag for flag, value in (("--threads", args.threads), ("--decode-workers", args.decode_workers))
+                  if value is not None]
+    if local_only:
+        raise S2SWError(f"{' and '.join(local_only)} only apply with the local engine: with --engine ray, "
+                        f"decoding runs in Ray's CPU tasks and each scoring actor uses --cpus-per-worker threads")
     from ..inference.inputs import collect_inputs
     from ..inference.ray_engine import RayEngine, RaySettings
     from ..inference.spec import ScorerSpec
@@ -154,7 +151,7 @@ def _predict_ray(args) -> int:
         check_exported_args(args)
         if args.gpus_per_worker:
             raise S2SWError(f"--model {args.model} runs on the CPU (ONNX Runtime / OpenVINO); drop --gpus-per-worker")
-        spec = ScorerSpec.exported(args.model)
+        spec = ScorerSpec.exported(args.model, inference_timeout=args.inference_timeout)
         # else the threshold recorded at export, as with the local engine
         recorded = load_manifest(args.model, verify_files=False).threshold if args.threshold is None else None
     else:

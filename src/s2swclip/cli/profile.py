@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
         v.add_argument("--profiles", required=True, metavar="DIR", help="the profiles folder")
         if model:
             add_model_args(v)
+            v.add_argument("--model", metavar="DIR", help="an exported model folder: not possible for a profile "
+                                                          "(its references are fixed at export; docs/profiles.md)")
             v.add_argument("--max-mpx", type=positive, default=40.0, help="largest image, in megapixels")
         v.set_defaults(func=cmd_profile, verb=name)
         return v
@@ -102,6 +104,15 @@ def detector_for_profile(args, manifest: dict | None):
                          preset=chosen["preset"], cache_dir=chosen["cache_dir"], untrained_ok=True, **options)
 
 
+def exported_model_refusal(folder) -> str:
+    """Why a profile cannot be built on an exported model (``--model DIR``): one line."""
+    return (f"--model {folder}: a profile cannot use an exported model: the torch-free runtime has no few-shot "
+            f"reference path (an export's references are constants of its scoring head, fixed at export: "
+            f"s2swclip.json 'references'), so it cannot build the profile's bank; build the profile on the "
+            f"PyTorch backbone (--backbone, --weights, --prompts), or export a model with its references "
+            f"('s2swclip export --reference DIR') and serve it with 'serve --model'")
+
+
 def open_store(args, detector=None, must_exist: bool = True):
     from ..profiles import ProfileStore
 
@@ -126,6 +137,8 @@ def cmd_profile(args) -> int:
         open_store(args).delete(args.name)
         print(f"profile {args.name} deleted")
         return 0
+    if getattr(args, "model", None) is not None:
+        raise S2SWError(exported_model_refusal(args.model))
     limit = getattr(args, "max_references", DEFAULT_MAX_REFERENCES)
     images = read_good_images(args.images, limit)
     if args.verb == "create":

@@ -73,7 +73,7 @@ def serve_settings(args, recorded_threshold: float | None = None):
                          max_upload_bytes=int(args.max_upload_mb * 1e6), max_pixels=int(args.max_mpx * 1e6),
                          max_inflight_pixels=int(args.max_inflight_mpx * 1e6),
                          max_inflight_bytes=int(args.max_inflight_mb * 1e6),
-                         upload_idle_timeout_s=args.upload_timeout, warmup=True, heatmap_scale=args.heatmap_scale)
+                         upload_idle_timeout_s=args.upload_timeout, warmup=False, heatmap_scale=args.heatmap_scale)
 
 
 def build_serve_app(args):
@@ -84,13 +84,32 @@ def build_serve_app(args):
     security = SecuritySettings(token=resolve_token(args.token), host=args.host,
                                 allow_hosts=tuple(args.allow_host or ()))
     if args.profiles is not None and args.model is not None:
-        raise S2SWError(f"--profiles needs the PyTorch detector (profiles share its backbone); "
-                        f"drop --model {args.model}")
+        from .profile import exported_model_refusal
+
+        raise S2SWError(f"--profiles needs the PyTorch detector (profiles share its backbone): "
+                        f"{exported_model_refusal(args.model)}")
     settings = serve_settings(args)  # checked before the (slow) model load
     model = exported_model(args) if args.model is not None else detector(args)
+    warm_up(model)
     if settings.threshold is None and getattr(model, "threshold", None) is not None:
         settings = serve_settings(args, model.threshold)  # the one recorded at export
     return create_app(model, settings, security=security, profiles=_profiles_service(args, model))
+
+
+def warm_up(model) -> None:
+    """One dummy batch before the server starts, so the first request is not slow, and a model
+    that cannot score (a graph that never ends: ``--inference-timeout``; a runtime failure) ends
+    the command with one error line instead of a failed server start-up."""
+    import numpy as np
+
+    if hasattr(model, "score"):  # an exported model: stay torch-free
+        scorer = model
+    else:
+        from ..inference.scorers import as_scorer
+
+        scorer = as_scorer(model)
+    size = int(scorer.image_size)
+    scorer.score(np.zeros((1, 3, size, size), np.float32))
 
 
 def _profiles_service(args, model):

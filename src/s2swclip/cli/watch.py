@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 from ..errors import S2SWError
-from .options import (add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, add_threads_arg,
-                      check_exported_args, exported_model, load_detector_of, set_references, torch_threads,
-                      threshold_of, weights_arg)
-from .types import batch_count, finite, fraction, mega, non_negative, positive, positive_int
+from .options import (add_model_args, add_run_args, check_exported_args, exported_model, load_detector_of,
+                      set_references, torch_threads, threshold_of, weights_arg)
+from .types import finite, fraction, non_negative, positive, positive_int
 
 
 def add_parser(sub) -> None:
@@ -45,15 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--on-anomaly-timeout", type=positive, default=30.0, help="seconds CMD may run (default 30)")
     p.add_argument("--exit-when-idle", type=non_negative, metavar="SECONDS",
                    help="exit after SECONDS with nothing to do (scripts, tests); default: watch until SIGTERM/Ctrl-C")
-    p.add_argument("--batch-size", type=batch_count, default=8)
     p.add_argument("--max-queue", type=positive_int, default=256, help="files taken into work at a time (default 256)")
-    p.add_argument("--max-mpx", type=mega, default=40.0, help="refuse images larger than this many megapixels")
-    p.add_argument("--no-overlays", action="store_true")
-    add_heatmap_arg(p)
-    p.add_argument("--quiet", action="store_true")
-    add_threads_arg(p)
-    add_few_shot_args(p)
-    add_exported_arg(p)
+    add_run_args(p)
     p.set_defaults(func=cmd_watch)
 
 

@@ -23,6 +23,11 @@ class ScorerBase:
     image_size: int
     map_scale: float | None = None
 
+    @property
+    def device(self) -> str | None:
+        """Where the model runs (``cpu``, ``cuda:0``, an exported model's engine device), or None."""
+        return self._device()
+
     def score(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``pixels`` float32 [B, 3, S, S] CLIP-normalised -> (scores [B], maps [B, S, S])."""
         raise NotImplementedError

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import S2SWError
@@ -48,18 +48,20 @@ class ScorerSpec:
         return DetectorScorerSpec(spec.absolute())
 
     @staticmethod
-    def exported(model_dir: str | os.PathLike) -> ExportedScorerSpec:
+    def exported(model_dir: str | os.PathLike, *, inference_timeout: float | None = 300.0) -> ExportedScorerSpec:
         """A model exported by ``s2swclip export`` (:func:`s2swclip.deploy.runtime.load_exported`, on the
         CPU, torch-free). The folder is made absolute, and the SHA-256 of its ``s2swclip.json``
         (which lists every model file's SHA-256) is recorded, so that a resumed run with a model
         exported again into the same folder is told apart (None when the folder has no manifest:
-        :meth:`check` says what is wrong)."""
+        :meth:`check` says what is wrong). ``inference_timeout``: seconds one batch may take in
+        each worker's runtime (None: no limit; see :func:`~s2swclip.deploy.runtime.load_exported`);
+        not part of the run's identity."""
         from ..deploy.runtime.manifest import MANIFEST_NAME, file_record
 
         folder = os.path.abspath(os.path.expanduser(os.fspath(model_dir)))
         manifest = os.path.join(folder, MANIFEST_NAME)
         digest = file_record(manifest)["sha256"] if os.path.isfile(manifest) else None
-        return ExportedScorerSpec(folder, digest)
+        return ExportedScorerSpec(folder, digest, inference_timeout=inference_timeout)
 
     def replace(self, **changes: Any) -> ScorerSpec:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -175,6 +177,7 @@ class ExportedScorerSpec(ScorerSpec):
     model: str
     manifest_sha256: str | None
     device: str = "cpu"  # type: ignore[assignment]
+    inference_timeout: float | None = field(default=300.0, compare=False)
     kind = "exported"
 
     def replace(self, **changes: Any) -> ExportedScorerSpec:
@@ -189,17 +192,17 @@ class ExportedScorerSpec(ScorerSpec):
         from ..deploy.runtime.manifest import read_manifest
 
         if self.device != "cpu":
-            raise S2SWError(f"--model {self.model} runs on the CPU (ONNX Runtime / OpenVINO): give its workers "
-                            f"no GPUs")
+            raise S2SWError(f"model {self.model} runs on the CPU, in ONNX Runtime or OpenVINO: give its workers "
+                            f"no GPUs, gpus_per_worker 0", fields=["model", "gpus_per_worker"])
         read_manifest(self.model)  # sizes and SHA-256 of every model file
 
     def build(self):
         from ..deploy.runtime import load_exported
 
-        model = load_exported(self.model)
+        model = load_exported(self.model, inference_timeout=self.inference_timeout)
         if self.digests().get("manifest") != self.manifest_sha256:
-            raise S2SWError(f"--model {self.model} changed since this run was planned (exported again?); "
-                            f"run the command again")
+            raise S2SWError(f"model {self.model} changed since this run was planned, exported again perhaps; "
+                            f"run the command again", fields=["model"])
         return model
 
     def describe(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from .backbone import S2SWBackbone
 from .checkpoint import PromptCheckpoint, load_prompts
 from .config import PRECISIONS, DetectorConfig, get_preset
@@ -30,9 +30,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise S2SWError(f"invalid device {device!r}: use cpu, cuda, cuda:N or auto") from None
+        raise S2SWError(f"invalid device {device!r}: use cpu, cuda, cuda:N or auto", fields=["device"]) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise S2SWError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise S2SWError(f"device {device!r} requested but CUDA is not available; use device 'cpu'",
+                        fields=["device"])
     return dev
 
 
@@ -94,52 +95,68 @@ def load_detector(
     """
     dev = resolve_device(device)
     check_precision(precision, dev)
+    ckpt = prompts if isinstance(prompts, PromptCheckpoint) else (
+        load_prompts(prompts) if prompts is not None else None)
+    config = _detector_config(backbone, ckpt, preset=preset, image_size=image_size,
+                              precision=precision, options=options)
+    clip, info = create_clip(backbone, weights, quick_gelu=quick_gelu, cache_dir=cache_dir, seed=seed)
+    _check_backbone_fits(clip, config, info["backbone"])
+    bb = S2SWBackbone(clip, feature_layers=config.feature_layers, dpam_layers=config.dpam_layers,
+                      layer_aliasing=config.layer_aliasing, global_ln_post=config.global_ln_post,
+                      round_deep_prompts=config.round_deep_prompts)
+    learner = _prompt_learner(bb, config, ckpt, seed, info["backbone"])
+    if ckpt is None and not untrained_ok:
+        log.warning("no prompt checkpoint given: prompts are untrained (random), so scores are "
+                    "not meaningful; pass a prompt checkpoint as prompts=PATH")
+    provenance = dict(info, prompts=None if ckpt is None else ckpt.path,
+                      prompts_format=None if ckpt is None else ckpt.kind)
+    det = S2SWDetector(bb, learner, config, provenance=provenance)
+    return det.to(dev).eval()
+
+
+def _detector_config(backbone: str, ckpt: PromptCheckpoint | None, *, preset: str | None,
+                     image_size: int | None, precision: str, options: dict[str, Any]) -> DetectorConfig:
+    """The detector's configuration, in order of precedence: ``options``, ``image_size`` and
+    ``precision``, the prompt checkpoint's structure (and the backbone adaptation it was trained
+    with), the ``preset``, the backbone config's own defaults, :class:`DetectorConfig`'s."""
     config = DetectorConfig().replace(**backbone_detector_defaults(backbone))  # usually none
     if preset is not None:
         config = config.replace(**get_preset(preset).test)
     if image_size is not None:
         config = config.replace(image_size=int(image_size))
     config = config.replace(precision=precision, **options)
+    if ckpt is None:
+        return config
+    pc = ckpt.config
+    config = config.replace(n_ctx=int(pc["n_ctx"]), depth=int(pc["depth"]), deep_tokens=int(pc["deep_tokens"]))
+    # prompts trained with a non-default backbone adaptation are used with the same one
+    trained_with = ckpt.meta.get("detector_config", {})
+    inherited = {k: trained_with[k] for k in STRUCTURAL_OPTIONS if k in trained_with and k not in options}
+    if inherited:
+        config = config.replace(**inherited)
+    trained_on = ckpt.meta.get("backbone")
+    if trained_on and trained_on != str(backbone):
+        log.warning("prompt checkpoint %s was trained with backbone %s, used here with %s",
+                    ckpt.path, trained_on, backbone)
+    return config
 
-    ckpt = prompts if isinstance(prompts, PromptCheckpoint) else (
-        load_prompts(prompts) if prompts is not None else None)
-    if ckpt is not None:
-        pc = ckpt.config
-        config = config.replace(n_ctx=int(pc["n_ctx"]), depth=int(pc["depth"]),
-                                deep_tokens=int(pc["deep_tokens"]))
-        # prompts trained with a non-default backbone adaptation are used with the same one
-        trained_with = ckpt.meta.get("detector_config", {})
-        inherited = {k: trained_with[k] for k in STRUCTURAL_OPTIONS if k in trained_with and k not in options}
-        if inherited:
-            config = config.replace(**inherited)
-        trained_on = ckpt.meta.get("backbone")
-        if trained_on and trained_on != str(backbone):
-            log.warning("prompt checkpoint %s was trained with backbone %s, used here with %s",
-                        ckpt.path, trained_on, backbone)
 
-    clip, info = create_clip(backbone, weights, quick_gelu=quick_gelu, cache_dir=cache_dir, seed=seed)
+def _check_backbone_fits(clip, config: DetectorConfig, backbone_name: str) -> None:
+    """Refuse (:class:`S2SWError` naming the field) a configuration the backbone cannot serve:
+    feature or DPAM layers beyond its depth, few-shot layers likewise, an image smaller than one
+    patch or beyond what its position embedding can be interpolated to."""
     n_blocks = len(clip.visual.transformer.resblocks)
     layers = config.feature_layers
     if max(layers) > n_blocks or config.dpam_layers > n_blocks:
-        raise S2SWError(f"backbone {info['backbone']} has {n_blocks} vision layers, but "
-                        f"feature_layers={list(layers)} / dpam_layers={config.dpam_layers} ask for more")
+        raise S2SWError(f"backbone {backbone_name} has {n_blocks} vision layers, but "
+                        f"feature_layers={list(layers)} / dpam_layers={config.dpam_layers} ask for more",
+                        fields=("feature_layers", "dpam_layers"))
     _check_few_shot_options(config, n_blocks)
     patch = int(clip.visual.conv1.kernel_size[0])
     if config.image_size < patch:
-        raise S2SWError(f"image size {config.image_size} is smaller than the backbone's {patch}-pixel "
-                        f"patches: no tokens to score; use e.g. --image-size 518")
-    check_image_size_fits(clip, config.image_size, info["backbone"])
-    bb = S2SWBackbone(clip, feature_layers=layers, dpam_layers=config.dpam_layers,
-                      layer_aliasing=config.layer_aliasing, global_ln_post=config.global_ln_post,
-                      round_deep_prompts=config.round_deep_prompts)
-    learner = _prompt_learner(bb, config, ckpt, seed, info["backbone"])
-    if ckpt is None and not untrained_ok:
-        log.warning("no prompt checkpoint given: prompts are untrained (random), so scores are "
-                    "not meaningful; pass prompts=PATH (--prompts PATH)")
-    provenance = dict(info, prompts=None if ckpt is None else ckpt.path,
-                      prompts_format=None if ckpt is None else ckpt.kind)
-    det = S2SWDetector(bb, learner, config, provenance=provenance)
-    return det.to(dev).eval()
+        raise S2SWError(f"image_size {config.image_size} is smaller than the backbone's {patch}-pixel "
+                        f"patches: no tokens to score; use e.g. 518", fields=("image_size",))
+    check_image_size_fits(clip, config.image_size, backbone_name)
 
 
 def _prompt_learner(bb: S2SWBackbone, config: DetectorConfig, ckpt: PromptCheckpoint | None, seed: int,
@@ -155,7 +172,7 @@ def _prompt_learner(bb: S2SWBackbone, config: DetectorConfig, ckpt: PromptCheckp
                                 vocabulary=vocabulary, generator=gen)
     except ValueError as e:  # prompts that do not fit this backbone's text context
         source = f"prompt checkpoint {ckpt.path}" if ckpt is not None else "the prompt options"
-        raise S2SWError(f"{source} cannot be used with backbone {backbone_name}: {e}") from None
+        raise S2SWError(f"{source} cannot be used with backbone {backbone_name}: {first_line(e)}") from None
     if ckpt is not None:
         ckpt.apply(learner)
     return learner
@@ -207,7 +224,7 @@ MAX_GRID_FACTOR = 4
 def check_image_size_fits(clip, image_size: int, backbone: str) -> None:
     """Refuse an image size beyond the position-embedding interpolation limit
     (:data:`MAX_GRID_FACTOR` x the native grid) or whose attention over one image would not fit
-    in the available memory. One :class:`S2SWError` line naming ``--image-size``."""
+    in the available memory. One :class:`S2SWError` line naming ``image_size``."""
     from ..arrays import available_memory
 
     visual = clip.visual
@@ -215,15 +232,15 @@ def check_image_size_fits(clip, image_size: int, backbone: str) -> None:
     native = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))
     grid, limit = int(image_size) // patch, MAX_GRID_FACTOR * native
     if grid > limit:
-        raise S2SWError(f"--image-size {image_size} gives a {grid}x{grid} patch grid, more than {MAX_GRID_FACTOR}x "
-                        f"the {native}x{native} position table of backbone {backbone}; use at most --image-size "
-                        f"{limit * patch}")
+        raise S2SWError(f"image_size {image_size} gives a {grid}x{grid} patch grid, more than {MAX_GRID_FACTOR}x "
+                        f"the {native}x{native} position table of backbone {backbone}; use at most image_size "
+                        f"{limit * patch}", fields=["image_size"])
     tokens = grid * grid + 1
     width = int(visual.positional_embedding.shape[1])
     heads = int(getattr(visual.transformer.resblocks[0].attn, "num_heads", 1))
     need = 4 * (3 * heads * tokens * tokens + 16 * tokens * width)  # scores, softmax, a copy; activations
     free = available_memory()
     if free is not None and need > free:
-        raise S2SWError(f"--image-size {image_size}: one image needs about {need / 2**30:.1f} GiB in the backbone "
+        raise S2SWError(f"image_size {image_size}: one image needs about {need / 2**30:.1f} GiB in the backbone "
                         f"({tokens} tokens), but only {free / 2**30:.1f} GiB of memory is available; use a smaller "
-                        f"--image-size")
+                        f"image_size", fields=["image_size"])

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from .portable import portable
 
 __all__ = [
@@ -345,58 +345,17 @@ def load_bank(path: str | os.PathLike, *, embed_dim: int, patch_size: int, num_l
                         f"a folder of images)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            names = list(f.keys())
-            if metadata.get("format") != FORMAT_TAG:
-                raise S2SWError(f"{path} is not a references file: a safetensors file without the "
-                                f"'{FORMAT_TAG}' format tag (write one with det.save_references)")
-            version = metadata.get("format_version")
-            if version != str(FORMAT_VERSION):
-                raise _invalid(path, f"format version {str(version)[:20]!r}; this s2swclip reads version "
-                                     f"{FORMAT_VERSION} (update s2swclip)")
-            backbone = _meta_value(path, metadata, "backbone")
-            fingerprint = _meta_value(path, metadata, "weights_fingerprint")
-            if not isinstance(backbone, str) or not isinstance(fingerprint, str):
-                raise _invalid(path, "'backbone' and 'weights_fingerprint' must be strings")
-            image_size = _int_value(path, "image_size", _meta_value(path, metadata, "image_size"), patch_size)
-            k = _int_value(path, "num_references", _meta_value(path, metadata, "num_references"), 1)
-            layers = _meta_value(path, metadata, "layers")
-            if (not isinstance(layers, list) or not layers or len(set(map(str, layers))) != len(layers)
-                    or not all(type(x) is int and 1 <= x <= num_layers for x in layers)):
-                raise _invalid(path, f"'layers' must be distinct layer numbers in 1..{num_layers}, "
-                                     f"got {str(layers)[:60]}")
-            stream = _meta_value(path, metadata, "stream")
-            if stream not in FEW_SHOT_STREAMS:
-                raise _invalid(path, f"'stream' must be one of {', '.join(FEW_SHOT_STREAMS)}, got {str(stream)[:20]!r}")
-            coreset = _meta_value(path, metadata, "coreset")
-            if coreset is not None and (type(coreset) not in (int, float) or not 0 < coreset <= 1):
-                raise _invalid(path, f"'coreset' must be null or a fraction in (0, 1], got {str(coreset)[:20]!r}")
-            meta = _meta_value(path, metadata, "meta")
-            if not isinstance(meta, dict):
-                raise _invalid(path, "'meta' must be a JSON object")
-            expected = [f"layer_{x}" for x in layers]
-            if sorted(names) != sorted(expected):
-                raise _invalid(path, f"it holds tensors {sorted(names)[:6]}, expected {expected}")
-            # the declared image count must be what the tensors hold: K * G^2 patch rows (a coreset
-            # keeps ceil(fraction * K * G^2)), checked from the header, before reading any data
-            tokens = k * (image_size // patch_size) ** 2
-            rows = tokens if coreset is None else coreset_size(tokens, float(coreset))
-            for name in expected:
-                sl = f.get_slice(name)
-                shape, dtype = sl.get_shape(), sl.get_dtype()
-                if dtype not in _FLOAT_DTYPES:
-                    raise _invalid(path, f"{name} has dtype {dtype}, expected one of {', '.join(_FLOAT_DTYPES)}")
-                if len(shape) != 2 or shape[1] != embed_dim or shape[0] != rows:
-                    raise _invalid(path, f"{name} has shape {list(shape)}, expected [{rows}, {embed_dim}]: "
-                                         f"{k} references at {image_size} px"
-                                         + ("" if coreset is None else f", coreset {coreset:g}")
-                                         + " (the declared num_references does not match the tensors)")
+            head = _bank_metadata(path, f.metadata() or {}, patch_size, num_layers)
+            expected = [f"layer_{x}" for x in head["layers"]]
+            if sorted(f.keys()) != sorted(expected):
+                raise _invalid(path, f"it holds tensors {sorted(f.keys())[:6]}, expected {expected}")
+            _check_bank_shapes(path, f, expected, head, patch_size, embed_dim)
             banks = [f.get_tensor(name) for name in expected]
     except S2SWError:
         raise
     except Exception as e:  # safetensors reports a bad file in several types
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise S2SWError(f"cannot read references file {path}: not a valid safetensors file ({first})") from None
+        raise S2SWError(f"cannot read references file {path}: not a valid safetensors file "
+                        f"({first_line(e)})") from None
     for name, bank in zip(expected, banks):
         if not bool(torch.isfinite(bank).all()):
             raise _invalid(path, f"{name} holds NaN or infinite values")
@@ -404,5 +363,62 @@ def load_bank(path: str | os.PathLike, *, embed_dim: int, patch_size: int, num_l
         if float((norms - 1).abs().max()) > _NORM_TOLERANCE:
             raise _invalid(path, f"{name} rows are not unit vectors (norms {float(norms.min()):.3g}.."
                                  f"{float(norms.max()):.3g})")
-    return BankFile(banks, tuple(layers), stream, k, image_size, None if coreset is None else float(coreset),
-                    backbone, fingerprint, meta)
+    coreset = head["coreset"]
+    return BankFile(banks, tuple(head["layers"]), head["stream"], head["k"], head["image_size"],
+                    None if coreset is None else float(coreset), head["backbone"], head["fingerprint"],
+                    head["meta"])
+
+
+def _bank_metadata(path: Path, metadata: dict[str, str], patch_size: int, num_layers: int) -> dict[str, Any]:
+    """The validated header of the references file ``path`` (its safetensors metadata): format
+    tag and version, backbone, weights fingerprint, image size, image count, layers, stream,
+    coreset, meta. Every problem is an :class:`S2SWError` naming the file and the key."""
+    if metadata.get("format") != FORMAT_TAG:
+        raise S2SWError(f"{path} is not a references file: a safetensors file without the "
+                        f"'{FORMAT_TAG}' format tag (write one with det.save_references)")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise _invalid(path, f"format version {str(version)[:20]!r}; this s2swclip reads version "
+                             f"{FORMAT_VERSION} (update s2swclip)")
+    backbone = _meta_value(path, metadata, "backbone")
+    fingerprint = _meta_value(path, metadata, "weights_fingerprint")
+    if not isinstance(backbone, str) or not isinstance(fingerprint, str):
+        raise _invalid(path, "'backbone' and 'weights_fingerprint' must be strings")
+    image_size = _int_value(path, "image_size", _meta_value(path, metadata, "image_size"), patch_size)
+    k = _int_value(path, "num_references", _meta_value(path, metadata, "num_references"), 1)
+    layers = _meta_value(path, metadata, "layers")
+    if (not isinstance(layers, list) or not layers or len(set(map(str, layers))) != len(layers)
+            or not all(type(x) is int and 1 <= x <= num_layers for x in layers)):
+        raise _invalid(path, f"'layers' must be distinct layer numbers in 1..{num_layers}, "
+                             f"got {str(layers)[:60]}")
+    stream = _meta_value(path, metadata, "stream")
+    if stream not in FEW_SHOT_STREAMS:
+        raise _invalid(path, f"'stream' must be one of {', '.join(FEW_SHOT_STREAMS)}, got {str(stream)[:20]!r}")
+    coreset = _meta_value(path, metadata, "coreset")
+    if coreset is not None and (type(coreset) not in (int, float) or not 0 < coreset <= 1):
+        raise _invalid(path, f"'coreset' must be null or a fraction in (0, 1], got {str(coreset)[:20]!r}")
+    meta = _meta_value(path, metadata, "meta")
+    if not isinstance(meta, dict):
+        raise _invalid(path, "'meta' must be a JSON object")
+    return dict(backbone=backbone, fingerprint=fingerprint, image_size=image_size, k=k, layers=layers,
+                stream=stream, coreset=coreset, meta=meta)
+
+
+def _check_bank_shapes(path: Path, f, names: Sequence[str], head: dict[str, Any], patch_size: int,
+                       embed_dim: int) -> None:
+    """The declared image count must be what the tensors hold: K * G^2 patch rows (a coreset
+    keeps ceil(fraction * K * G^2)) of ``embed_dim`` floats, checked from the header of the open
+    safetensors file ``f`` before any tensor data is read."""
+    k, image_size, coreset = head["k"], head["image_size"], head["coreset"]
+    tokens = k * (image_size // patch_size) ** 2
+    rows = tokens if coreset is None else coreset_size(tokens, float(coreset))
+    for name in names:
+        sl = f.get_slice(name)
+        shape, dtype = sl.get_shape(), sl.get_dtype()
+        if dtype not in _FLOAT_DTYPES:
+            raise _invalid(path, f"{name} has dtype {dtype}, expected one of {', '.join(_FLOAT_DTYPES)}")
+        if len(shape) != 2 or shape[1] != embed_dim or shape[0] != rows:
+            raise _invalid(path, f"{name} has shape {list(shape)}, expected [{rows}, {embed_dim}]: "
+                                 f"{k} references at {image_size} px"
+                                 + ("" if coreset is None else f", coreset {coreset:g}")
+                                 + " (the declared num_references does not match the tensors)")

@@ -11,6 +11,7 @@ _WHERE = {name: "manifest" for name in ("InvalidName", "OverLimit", "ProfileExis
                                         "DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES")}
 _WHERE.update({name: "runtime" for name in ("LiveProfiles", "Profile", "ProfileScorer", "bank_bytes_per_reference")})
 _WHERE.update({name: "store" for name in ("GoodImage", "ProfileStore")})
+_WHERE["DiskSync"] = "sync"
 
 __all__ = sorted(_WHERE)
 

@@ -124,9 +124,13 @@ class LiveProfiles:
         with self._lock:
             return self._profiles.get(name)
 
-    def put(self, profile: Profile) -> None:
+    def put(self, profile: Profile, *, unless_newer: bool = False) -> None:
+        """Serve ``profile``; ``unless_newer``: not if a later version of it is served already
+        (one loaded from disk meanwhile)."""
         with self._lock:
-            self._profiles[profile.name] = profile
+            old = self._profiles.get(profile.name)
+            if not (unless_newer and old is not None and old.version > profile.version):
+                self._profiles[profile.name] = profile
 
     def remove(self, name: str) -> None:
         with self._lock:

@@ -163,14 +163,22 @@ class ProfileStore:
             raise S2SWError(f"profile {name!r}: its pointer {pointer} is invalid (not written by s2swclip)")
         return version, self.root / name / folder
 
+    def current_version(self, name: str) -> int:
+        """The version the pointer of profile ``name`` names (its manifest is not read)."""
+        return self._current(name)[0]
+
     def show(self, name: str) -> dict:
         """The validated manifest of profile ``name`` (its current version)."""
+        return self._show(name)[0]
+
+    def _show(self, name: str) -> tuple[dict, Path]:
+        """(manifest, folder) of the current version, from one reading of the pointer."""
         version, folder = self._current(name)
         m = self._read_manifest(name, folder)
         if m["version"] != version or m["name"] != name:
             raise S2SWError(f"profile {name!r}: manifest {folder / MANIFEST_NAME} says "
                             f"{m['name']!r} version {m['version']}, the pointer version {version}")
-        return m
+        return m, folder
 
     def _read_manifest(self, name: str, folder: Path) -> dict:
         path = folder / MANIFEST_NAME
@@ -186,8 +194,7 @@ class ProfileStore:
         this detector's backbone, weights and settings, image hashes as recorded."""
         if self.detector is None:
             raise ValueError("loading a profile needs the detector")
-        m = self.show(name)
-        folder = self._current(name)[1]
+        m, folder = self._show(name)  # one pointer read: another process may switch it meanwhile
         self.detector_for(name, m)
         for entry in m["images"]:
             path = folder / entry["file"]

@@ -195,7 +195,7 @@ async def _predict(request: Request, threshold: float | None = None, overlay: bo
     if profile is not None:
         from .profiles_routes import predict_profile
 
-        found = predict_profile(service.profiles, profile)
+        found = await predict_profile(service.profiles, profile)
         if isinstance(found, JSONResponse):
             return found
         scorer, traced = found

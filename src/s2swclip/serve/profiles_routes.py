@@ -37,8 +37,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..data.images import decode_for_model
 from ..errors import S2SWError
-from ..profiles import (GoodImage, InvalidName, LiveProfiles, OverLimit, Profile, ProfileExists, ProfileNotFound,
-                        ProfileScorer, ProfileStore, check_name)
+from ..profiles import (DiskSync, GoodImage, InvalidName, LiveProfiles, OverLimit, Profile, ProfileExists,
+                        ProfileNotFound, ProfileScorer, ProfileStore, check_name)
 from .upload import UploadError, read_multipart
 
 log = logging.getLogger(__name__)
@@ -81,36 +81,49 @@ class ProfilesService:
 
     def __init__(self, store: ProfileStore):
         self.store = store
-        loaded, self.problems = store.load_all()
-        self.live = LiveProfiles(loaded)
-        self._scorers: dict[tuple[str, int], ProfileScorer] = {}
-        self._thumbs: dict[tuple[str, int], list[str]] = {}
+        self.problems: dict[str, str] = {}
+        self.live = LiveProfiles()
+        self.sync = DiskSync(store, self.live, self.problems)  # changes made by other processes
+        self.sync.refresh()
+        self._scorers: dict[str, ProfileScorer] = {}  # name -> scorer of the served Profile object
+        self._thumbs: dict[str, tuple[Profile, list[str]]] = {}
         self._lock = threading.Lock()
         self.progress: dict[str, dict] = {}
         self.build_limiter = anyio.CapacityLimiter(1)
 
+    async def refresh(self, name: str | None = None) -> None:
+        """Load what another process changed on disk (``name``: that profile only; see
+        :class:`~s2swclip.profiles.sync.DiskSync`): the check is a few ``stat`` calls, a load
+        runs off the event loop."""
+        stale = self.sync.stale(name)
+        if stale:
+            await run_in_threadpool(self.sync.update, stale)
+
     def scorer(self, name: str) -> ProfileScorer | None:
-        """The scorer of the served version of ``name`` (one object per version, so requests for
-        the same profile share micro-batches); None when there is no such profile."""
+        """The scorer of the served version of ``name`` (one object per served
+        :class:`Profile`, so requests for the same profile share micro-batches); None when there
+        is no such profile."""
         profile = self.live.get(name)
         if profile is None:
             return None
-        key = (profile.name, profile.version)
         with self._lock:
-            if key not in self._scorers:
-                self._scorers = {k: v for k, v in self._scorers.items() if k[0] != name}
-                self._scorers[key] = self.store.scorer(profile)
-            return self._scorers[key]
+            found = self._scorers.get(name)
+            if found is None or found.profile is not profile:
+                found = self._scorers[name] = self.store.scorer(profile)
+            return found
 
     def serve(self, profile: Profile) -> None:
-        self.live.put(profile)
+        """Serve ``profile``, just written by this service (unless a later version of it was
+        loaded from disk meanwhile)."""
+        self.live.put(profile, unless_newer=True)
         self.problems.pop(profile.name, None)
+        self.sync.mark(profile)
 
     def thumbnails(self, profile: Profile) -> list[str]:
-        key = (profile.name, profile.version)
         with self._lock:
-            if key in self._thumbs:
-                return self._thumbs[key]
+            cached = self._thumbs.get(profile.name)
+            if cached is not None and cached[0] is profile:
+                return cached[1]
         folder = self.store.root / profile.name / f"v{profile.version:06d}"
         thumbs = []
         for entry in profile.manifest["images"]:
@@ -120,8 +133,7 @@ class ProfilesService:
             d.preview.save(buf, format="PNG")
             thumbs.append(base64.b64encode(buf.getvalue()).decode("ascii"))
         with self._lock:
-            self._thumbs = {k: v for k, v in self._thumbs.items() if k[0] != profile.name}
-            self._thumbs[key] = thumbs
+            self._thumbs[profile.name] = (profile, thumbs)
         return thumbs
 
     def limits(self) -> dict:
@@ -201,11 +213,13 @@ def _add_read_routes(router: APIRouter, service: ProfilesService) -> None:
     """GET /v1/profiles, /v1/profiles/{name}, /v1/profiles/{name}/progress."""
     @router.get("", summary="The profiles this service holds")
     async def list_profiles():
+        await service.refresh()
         return {"profiles": [p.summary() for p in service.live.all()], "unusable": dict(service.problems),
                 "limits": service.limits()}
 
     @router.get("/{name}", summary="One profile: manifest, bank size, reference thumbnails")
     async def show_profile(name: str):
+        await service.refresh(name)
         profile = service.live.get(name)
         if profile is None:
             return _error(404, f"no profile named {name[:64]!r}")
@@ -241,6 +255,7 @@ def _add_change_routes(router: APIRouter, service: ProfilesService, read_form) -
 
     @router.post("/{name}/references", summary="Add good images to a profile", openapi_extra=_ADD_BODY)
     async def add_references(name: str, request: Request):
+        await service.refresh(name)
         if service.live.get(name) is None:
             return _error(404, f"no profile named {name[:64]!r}")
         try:
@@ -255,6 +270,7 @@ def _add_change_routes(router: APIRouter, service: ProfilesService, read_form) -
     @router.post("/{name}/calibration", summary="Threshold from good images at a false-positive rate",
                  openapi_extra=_CALIBRATE_BODY)
     async def calibrate(name: str, request: Request):
+        await service.refresh(name)
         if service.live.get(name) is None:
             return _error(404, f"no profile named {name[:64]!r}")
         try:
@@ -271,6 +287,7 @@ def _add_change_routes(router: APIRouter, service: ProfilesService, read_form) -
 
     @router.delete("/{name}", summary="Delete a profile")
     async def delete_profile(name: str):
+        await service.refresh(name)
         if service.live.get(name) is None and name not in service.problems:
             return _error(404, f"no profile named {name[:64]!r}")
         try:
@@ -279,6 +296,7 @@ def _add_change_routes(router: APIRouter, service: ProfilesService, read_form) -
             return _error(_status_of(e), str(e))
         service.live.remove(name)
         service.problems.pop(name, None)
+        service.sync.forget(name)
         return {"deleted": name}
 
 
@@ -289,8 +307,11 @@ def _detail(service: ProfilesService, profile: Profile, thumbnails: bool = False
     return body
 
 
-def predict_profile(service: ProfilesService | None, name: str):
-    """``(scorer, extra response fields)`` for ``/v1/predict?profile=name``, or a 404 answer."""
+async def predict_profile(service: ProfilesService | None, name: str):
+    """``(scorer, extra response fields)`` for ``/v1/predict?profile=name`` (its current version
+    on disk: see :meth:`ProfilesService.refresh`), or a 404 answer."""
+    if service is not None:
+        await service.refresh(name)
     scorer = None if service is None else service.scorer(name)
     if scorer is None:
         where = "" if service is not None else " (this service has no profiles: start it with --profiles DIR)"

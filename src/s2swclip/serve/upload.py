@@ -12,7 +12,7 @@ import math
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import AsyncIterable, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator
 
 
 class UploadError(Exception):
@@ -86,66 +86,14 @@ async def read_multipart(content_type: str | None, content_length: str | None,
     malformed; 408 when no data arrives for ``idle_timeout_s`` seconds or the body takes
     longer than ``total_timeout_s`` seconds in all (a stalled or trickling client).
     """
-    from python_multipart.multipart import MultipartParser, parse_options_header
+    from python_multipart.multipart import MultipartParser
 
     for name, value in (("idle_timeout_s", idle_timeout_s), ("total_timeout_s", total_timeout_s)):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be a positive number of seconds, got {value}")
-    ctype, params = parse_options_header(content_type or "")
-    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        raise UploadError(400, "send the images as multipart/form-data (form field 'files'), e.g. "
-                               "curl -F files=@a.png -F files=@b.png URL")
-    if content_length is not None:
-        try:
-            announced = int(content_length)
-        except ValueError:
-            raise UploadError(400, f"invalid Content-Length header {content_length!r}") from None
-        if announced > max_bytes:
-            raise UploadError(413, f"request body is {_mb(announced)}, more than the limit of "
-                                   f"{_mb(max_bytes)} (--max-upload-mb); send fewer or smaller images")
-
-    parts: list[Part] = []
-    current: dict = {}
-    headers: dict[str, str] = {}
-    state = {"field": b"", "value": b""}
-
-    def on_part_begin():
-        headers.clear()
-
-    def on_header_field(data, start, end):
-        state["field"] += data[start:end]
-
-    def on_header_value(data, start, end):
-        state["value"] += data[start:end]
-
-    def on_header_end():
-        headers[state["field"].decode("latin-1").lower()] = state["value"].decode("utf-8", "replace")
-        state["field"], state["value"] = b"", b""
-
-    def on_headers_finished():
-        _, disp = parse_options_header(headers.get("content-disposition", ""))
-        name = disp.get(b"name", b"").decode("utf-8", "replace")
-        fname = disp.get(b"filename")
-        part = Part(name=name, filename=None if fname is None else fname.decode("utf-8", "replace"),
-                    content_type=headers.get("content-type"))
-        parts.append(part)
-        current["part"] = part
-        if len(parts) > max_parts:
-            raise UploadError(413, f"too many files in one request (more than {max_parts}); "
-                                   f"split the upload into several requests")
-
-    def on_part_data(data, start, end):
-        current["part"].data += data[start:end]
-
-    callbacks = {
-        "on_part_begin": on_part_begin,
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data,
-    }
-    parser = MultipartParser(params[b"boundary"], callbacks)
+    boundary = _check_request_headers(content_type, content_length, max_bytes)
+    collector = _PartCollector(max_parts)
+    parser = MultipartParser(boundary, collector.callbacks())
     received = 0
     try:
         async with aclosing(_timed_chunks(stream, idle_timeout_s, total_timeout_s)) as chunks:
@@ -162,4 +110,67 @@ async def read_multipart(content_type: str | None, content_length: str | None,
         raise
     except Exception as exc:  # python_multipart's parse errors
         raise UploadError(400, f"malformed multipart body ({exc})") from None
-    return parts
+    return collector.parts
+
+
+def _check_request_headers(content_type: str | None, content_length: str | None, max_bytes: int) -> bytes:
+    """The multipart boundary of a request with these headers; :class:`UploadError` 400 when it
+    is not multipart/form-data or its Content-Length is not a number, 413 when it announces
+    more than ``max_bytes``."""
+    from python_multipart.multipart import parse_options_header
+
+    ctype, params = parse_options_header(content_type or "")
+    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+        raise UploadError(400, "send the images as multipart/form-data (form field 'files'), e.g. "
+                               "curl -F files=@a.png -F files=@b.png URL")
+    if content_length is not None:
+        try:
+            announced = int(content_length)
+        except ValueError:
+            raise UploadError(400, f"invalid Content-Length header {content_length!r}") from None
+        if announced > max_bytes:
+            raise UploadError(413, f"request body is {_mb(announced)}, more than the limit of "
+                                   f"{_mb(max_bytes)} (--max-upload-mb); send fewer or smaller images")
+    return params[b"boundary"]
+
+
+class _PartCollector:
+    """The streaming parser's callbacks: collects the parts (name, file name, content type,
+    bytes) and refuses (413) a part beyond ``max_parts`` as soon as its headers end."""
+
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
+        self.parts: list[Part] = []
+        self._headers: dict[str, str] = {}
+        self._field = b""
+        self._value = b""
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"on_part_begin": self._headers.clear, "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value, "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished, "on_part_data": self._on_part_data}
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[self._field.decode("latin-1").lower()] = self._value.decode("utf-8", "replace")
+        self._field, self._value = b"", b""
+
+    def _on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, disp = parse_options_header(self._headers.get("content-disposition", ""))
+        fname = disp.get(b"filename")
+        self.parts.append(Part(name=disp.get(b"name", b"").decode("utf-8", "replace"),
+                               filename=None if fname is None else fname.decode("utf-8", "replace"),
+                               content_type=self._headers.get("content-type")))
+        if len(self.parts) > self.max_parts:
+            raise UploadError(413, f"too many files in one request (more than {self.max_parts}); "
+                                   f"split the upload into several requests")
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1].data += data[start:end]
