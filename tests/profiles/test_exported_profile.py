@@ -116,10 +116,16 @@ def test_service_scores_exported_profiles_sharing_one_loaded_export(capsys, expo
             assert {row["filename"]: row["score"] for row in body["results"]} == pytest.approx(want, rel=0, abs=1e-6)
         assert service.scorer("a").model is service.scorer("b").model and service.store.exports.loads == 1
         assert client.get("/v1/profiles/a").json()["references"] == 0
-    # the folder exported again: both profiles are reported unusable by name and skipped
+    # the folder exported again while a service holds the profiles (loaded, not yet scored with)
+    served = ProfilesService(ProfileStore(root, onnx_detector))
     _reexport(export, tmp_path, threshold=0.01)
+    with TestClient(create_app(onnx_detector, profiles=served, max_upload_bytes=2_000_000), base_url=URL) as client:
+        assert client.post("/v1/predict?profile=a", files=parts).status_code == 404
+        unusable = client.get("/v1/profiles").json()["unusable"]
+        assert list(unusable) == ["a"] and "profile 'a'" in unusable["a"] and "exported again" in unusable["a"]
+    # and at a service's start: both reported unusable by name and skipped
     service = ProfilesService(ProfileStore(root, onnx_detector))
-    assert sorted(service.problems) == ["a", "b"] and "profile 'a'" in service.problems["a"]
+    assert sorted(service.problems) == ["a", "b"] and "profile 'b'" in service.problems["b"]
     with TestClient(create_app(onnx_detector, profiles=service, max_upload_bytes=2_000_000), base_url=URL) as client:
         assert sorted(client.get("/v1/profiles").json()["unusable"]) == ["a", "b"]
-        assert client.post("/v1/predict?profile=a", files=parts).status_code == 404
+        assert client.post("/v1/predict?profile=b", files=parts).status_code == 404
