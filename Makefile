@@ -31,15 +31,11 @@ demo: $(STAMP)
 NUMERIC_TESTS := tests/model tests/export/test_forms.py tests/export/test_graph.py
 OTHER_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
-# The tests that load OpenVINO, ONNX Runtime and Ray still run in a pytest process of their own:
-# one process with everything once crashed (SIGSEGV) in training code. A focused reproduction
-# (scripts/repro_native_runtimes.py) did not crash; CONTRIBUTING.md says what remains to check
-# before the two runs become one.
-ISOLATED_TESTS := tests/export tests/runtime tests/inference/test_ray_engine.py tests/test_cli_ray.py
-
+# One pytest process runs the whole suite (PyTorch, OpenVINO, ONNX Runtime and Ray in one process;
+# CONTRIBUTING.md, "One process", says what was checked), then the numerical tests under the other
+# kernel set, then the torch-free runtime in a fresh virtualenv.
 test: $(STAMP) browser-deps
-	$(PY) -m pytest $(addprefix --ignore=,$(ISOLATED_TESTS))
-	$(PY) -m pytest $(ISOLATED_TESTS)
+	$(PY) -m pytest
 	$(OTHER_KERNELS) $(PY) -m pytest -q -p no:randomly $(NUMERIC_TESTS)
 	scripts/check_runtime_install.sh $(PY)
 

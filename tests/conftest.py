@@ -45,10 +45,11 @@ def own_detector(tiny_detector):
     return copy.deepcopy(tiny_detector)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray instance (2 CPUs, no dashboard) for the whole session, started by the first
-    test that needs it; yields its GCS address."""
+    """A local Ray instance (2 CPUs, no dashboard) for the tests of one module (one start per
+    module that needs it, about 7 s); yields its GCS address. Shut down after the module, so that
+    Ray's threads and processes never run beside the rest of the suite in the one pytest process."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("pyarrow")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")

@@ -92,7 +92,8 @@ def test_offline_tag_says_what_to_download(monkeypatch):
     with pytest.raises(S2SWError) as e:
         s2swclip.load_detector("ViT-L-14-336", "openai", None)
     msg = str(e.value)
-    assert "ViT-L-14-336px.pt" in msg and "--weights" in msg and "\n" not in msg
+    assert "ViT-L-14-336px.pt" in msg and "pass it as weights=PATH" in msg and "\n" not in msg
+    assert "--" not in msg and e.value.fields == ("weights",)  # the library names its argument, not a flag
 
 
 def test_weights_for_another_backbone(weights_files):

@@ -107,13 +107,13 @@ def test_weights_unavailable_offline(capsys, tmp_path, images, monkeypatch):
 
     monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"))
-    assert_user_error(code, err, "ViT-L-14-336px.pt", "--weights PATH")
+    assert_user_error(code, err, "ViT-L-14-336px.pt", "pass it as weights=PATH (--weights)")
 
 
 def test_unusable_image_size(capsys, tmp_path, images):
     code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--backbone",
                         "S2SW-Tiny-24L", "--weights", "none", "--image-size", "10")
-    assert_user_error(code, err, "image_size 10", "(--image-size)")
+    assert_user_error(code, err, "image_size 10 is smaller than the backbone's 14-pixel patches (--image-size)")
 
 
 def test_missing_weights_file(capsys, tmp_path, images):
@@ -254,8 +254,8 @@ def test_predict_reports_other_files_and_fifos_by_name_and_never_blocks(tmp_path
 
 
 @pytest.mark.parametrize("size,needles", [
-    ("100000", ["--image-size 100000", "7142x7142 patch grid", "at most --image-size 1344"]),
-    ("30000", ["--image-size 30000", "at most --image-size 1344"]),
+    ("100000", ["image_size 100000 gives a 7142x7142 patch grid", "(--image-size); use at most image_size 1344"]),
+    ("30000", ["image_size 30000", "(--image-size); use at most image_size 1344"]),
 ])
 def test_an_image_size_beyond_the_position_table_is_one_line(capsys, tmp_path, images, size, needles):
     code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--quiet",
@@ -271,5 +271,5 @@ def test_an_image_size_beyond_the_memory_is_one_line(capsys, tmp_path, images, m
     monkeypatch.setattr(s2swclip.arrays, "available_memory", lambda: 2**29)
     code, _, err = run_cli(capsys, "predict", str(images), "--out", str(tmp_path / "o"), "--quiet",
                            "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "1344")
-    assert_user_error(code, err, "--image-size 1344: one image needs about 1.0 GiB", "9217 tokens",
+    assert_user_error(code, err, "image_size 1344 (--image-size): one image needs about 1.0 GiB", "9217 tokens",
                       "only 0.5 GiB")

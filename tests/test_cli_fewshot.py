@@ -87,7 +87,7 @@ def test_predict_with_a_references_file(capsys, tmp_path, refs):
     # made at another image size: one clear line
     code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(out), "--reference", str(bank),
                         "--backbone", "S2SW-Tiny-24L", "--weights", "none", "--image-size", "224")
-    assert_user_error(code, err, str(bank), "112 px", "--image-size 112")
+    assert_user_error(code, err, str(bank), "112 px", "matching image_size 112 (--image-size)")
     code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(out), "--reference", str(bank), "--shots", "1", *TINY)
     assert_user_error(code, err, "--shots", "references file")
 
@@ -98,8 +98,10 @@ def test_predict_with_a_references_file(capsys, tmp_path, refs):
     (["--coreset", "0.5"], ["--coreset", "--reference"]),
     (["--reference", "{refs}", "--few-shot-weight", "1.5"], ["--few-shot-weight", "[0, 1]"]),
     (["--reference", "{refs}", "--coreset", "0"], ["--coreset", "(0, 1]"]),
-    (["--reference", "{refs}", "--shots", "5"], ["holds 3 image(s), fewer than --shots 5"]),
-    (["--reference", "{refs}", "--max-references", "2"], ["holds 3 images", "more than --max-references 2"]),
+    (["--reference", "{refs}", "--shots", "5"], ["holds 3 images, fewer than shots 5 (--reference, --shots)"]),
+    (["--reference", "{refs}", "--max-references", "2"],
+     ["holds 3 images", "more than max_references 2 (--reference, --max-references); "
+                        "pick fewer with shots K (--shots)"]),
     (["--reference", "{missing}"], ["input not found"]),
     (["--reference", "{empty}"], ["no images found"]),
     (["--reference", "{broken}"], ["reference image unusable", "bad.png"]),
@@ -127,7 +129,8 @@ def test_a_reference_bank_beyond_the_available_memory_is_refused_before_reading(
     monkeypatch.setattr(references, "decode_for_model", lambda *a, **k: decoded.append(a))
     code, _, err = run_cli(capsys, "predict", str(refs), "--out", str(tmp_path / "out"), "--reference", str(refs),
                            *TINY)
-    assert_user_error(code, err, "3 images need about", "GiB of memory is available", "--shots")
+    assert_user_error(code, err, "3 images need about", "GiB of memory is available",
+                      "use fewer with shots K (--shots)")
     assert decoded == []  # refused before any image was read
 
 
@@ -207,14 +210,14 @@ def test_test_without_train_split_uses_and_excludes_test_normals(capsys, tmp_pat
     assert entry["split"] == "test" and set(entry["files"]) <= normals
     assert entry["evaluated"] == 6 - 2
     code, _, err = run_cli(capsys, "test", "--data", str(root), "--out", str(out), "--shots", "4", "--quiet", *TINY)
-    assert_user_error(code, err, "class", "3 normal test image(s)", "fewer than --shots 4")
+    assert_user_error(code, err, "class", "3 normal test image(s)", "fewer than shots 4 (--shots); lower shots")
 
 
 def test_test_flag_mistakes(capsys, tmp_path, dataset):
     for argv, needle in ((["--shot-seed", "1"], "--shot-seed"), (["--few-shot-weight", "1"], "--few-shot-weight"),
                          (["--shots", "2", "--shot-seed", "1", "1"], "distinct seeds"),
                          (["--shots", "2", "--shot-seed", "-1"], "--shot-seed"),
-                         (["--shots", "9"], "fewer than --shots 9")):
+                         (["--shots", "9"], "fewer than shots 9 (--shots)")):
         code, _, err = run_cli(capsys, "test", "--data", str(dataset), "--out", str(tmp_path / "r"), "--quiet",
                             *argv, *TINY)
         assert_user_error(code, err, needle)

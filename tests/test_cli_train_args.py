@@ -106,7 +106,7 @@ def test_unwritable_out_folder_is_refused_before_any_work(capsys, tmp_path):
 def test_out_where_nothing_can_be_created_is_refused_before_the_model_loads(capsys, data):
     # even root cannot create a folder in /proc; the unknown backbone shows no model was loaded
     code, err = _train(capsys, data, "/proc/s2swclip-train-out", *TINY, "--backbone", "no-such-model")
-    _assert_one_error(code, err, "--out /proc/s2swclip-train-out", "choose another folder")
+    _assert_one_error(code, err, "out_dir /proc/s2swclip-train-out (--out)", "choose another folder")
     assert not os.path.exists("/proc/s2swclip-train-out")
 
 

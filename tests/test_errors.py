@@ -37,6 +37,14 @@ FLAGS = {"batch_size": "--batch-size", "items": "--data", "lr": "--lr", "detecto
      "lr was 0.1, now 1.0 (--lr); detector_options was {}, now {'a': 1}); choose another --out"),
     ("invalid lr 'x': choose a number", ["lr", "unknown_field"], "invalid lr 'x' (--lr): choose a number"),
     ("no fields here", [], "no fields here"),
+    # several fields in one clause: their flags together, once each
+    ("lr 0.1 and batch_size 0 do not go together; lower lr", ["lr", "batch_size", "lr"],
+     "lr 0.1 and batch_size 0 do not go together (--lr, --batch-size); lower lr (--lr)"),
+    # a ':' inside a value (host:port, cuda:1) ends no clause; ': ' does
+    ("batch_size host:8 is not a number: use digits", ["batch_size"],
+     "batch_size host:8 is not a number (--batch-size): use digits"),
+    # each field is looked for after the previous one, flag or not
+    ("lr of detector_options: lr 2", ["detector_options", "lr"], "lr of detector_options: lr 2 (--lr)"),
 ])
 def test_with_flags(message, fields, expected):
     e = S2SWError(message, fields=fields)

@@ -340,14 +340,17 @@ def test_a_disk_without_the_space_is_refused_before_training(data, tmp_path, mon
     with pytest.raises(S2SWError) as e:
         train(data, out, epochs=1, cache_features=cache, **SMALL)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"--cache-features {cache}: the cache needs 0.00") and (
-        "has only 0.001 GB free" in msg and "--cache-dtype fp16" in msg), msg
+    assert "\n" not in msg and msg.startswith(f"cache_features {cache}: the cache needs 0.00") and (
+        "has only 0.001 GB free" in msg and "set cache_dtype fp16 to halve the size;" in msg), msg
+    shown = e.value.with_flags(CLI_FLAGS)  # what the command line shows
+    assert shown.startswith(f"cache_features {cache} (--cache-features): ") and (
+        "set cache_dtype fp16 to halve the size (--cache-dtype);" in shown), shown
     assert not cache.exists() and not (out / "train_state.safetensors").exists()
 
 
 def test_memory_without_the_space_is_refused(data, tmp_path, monkeypatch):
     monkeypatch.setattr(fc, "available_memory", lambda: 1000)
-    with pytest.raises(S2SWError, match=r"^--cache-features memory: the cache needs .* memory has only"):
+    with pytest.raises(S2SWError, match=r"^cache_features memory: the cache needs .* memory has only"):
         train(data, tmp_path / "run", epochs=1, cache_features="memory", **SMALL)
 
 
@@ -363,7 +366,7 @@ def test_the_expected_size_is_reported_first(data, tmp_path):
 
 def test_a_data_pipeline_not_declared_deterministic_is_refused(data, tmp_path, monkeypatch):
     monkeypatch.setattr(AnomalyDataset, "deterministic", False)
-    with pytest.raises(S2SWError, match="--cache-features needs a deterministic data pipeline"):
+    with pytest.raises(S2SWError, match="^cache_features needs a deterministic data pipeline"):
         train(data, tmp_path / "run", epochs=1, cache_features="memory", **SMALL)
     train(data, tmp_path / "plain", epochs=1, max_batches=1, **SMALL)  # without a cache: fine
 
@@ -384,7 +387,7 @@ def test_cache_options_are_checked_before_any_work(tmp_path, kw, needle):
 
 def test_a_cache_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(S2SWError, match="--cache-features .*file.* is an existing file"):
+    with pytest.raises(S2SWError, match="^cache_features .*file.* is an existing file"):
         train(tmp_path / "no-data", tmp_path / "out", cache_features=tmp_path / "file", **SMALL)
 
 

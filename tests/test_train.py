@@ -277,7 +277,7 @@ def test_a_malformed_state_is_one_clear_line_and_runs_nothing(small, tmp_path, m
     with pytest.raises(S2SWError) as e:
         read_state(state)
     msg = str(e.value)
-    assert msg.startswith(f"cannot resume from {state}: ") and msg.endswith("choose another --out")
+    assert msg.startswith(f"cannot resume from {state}: ") and msg.endswith("choose another out_dir")
     assert "\n" not in msg and "\x1b" not in msg and len(msg) < 400, msg
     assert not (tmp_path / "MARKER_FROM_PICKLE").exists()
 
@@ -290,7 +290,7 @@ def test_resume_refuses_a_malformed_or_pickled_state_before_any_work(small, tmp_
         out.mkdir()
         (out / name).write_bytes(pickle.dumps({"optimizer": _Marker()}))
         with pytest.raises(S2SWError, match=rf"^cannot resume from {re.escape(str(out / name))}: .*"
-                                            r"(not a safetensors file|pickle format).*choose another --out$"):
+                                            r"(not a safetensors file|pickle format).*choose another out_dir$"):
             train(data, out, epochs=1, resume=True, **SMALL)
         assert os.listdir(out) == [name] and not (tmp_path / "MARKER_FROM_PICKLE").exists()
 

@@ -17,8 +17,9 @@ import re
 from typing import Iterable, Mapping
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# where a field's clause ends in a message: the next ';', ':' or ')' (or the end)
-_CLAUSE_END = re.compile(r"[;:)]")
+# where a field's clause ends in a message: the next ';', ': ' or ')' (or the end); a ':' inside a
+# value (cuda:1, HOST:PORT, a URL) does not end it
+_CLAUSE_END = re.compile(r";|:(?=\s|$)|\)")
 
 
 class S2SWError(Exception):
@@ -34,19 +35,27 @@ class S2SWError(Exception):
 
     def with_flags(self, flags: Mapping[str, str | None]) -> str:
         """The message with `` (FLAG)`` after the clause that names each field that has a flag in
-        ``flags`` (a clause ends at the next ``;``, ``:`` or ``)``): ``batch_size must be a
-        positive integer, got 0`` becomes ``... got 0 (--batch-size)``."""
+        ``flags`` (a clause ends at the next ``;``, ``: `` or ``)``): ``batch_size must be a
+        positive integer, got 0`` becomes ``... got 0 (--batch-size)``. The fields are looked for
+        in their order, each after the previous one; the flags of fields named in one clause are
+        shown together, ``(--reference, --shots)``."""
         text, start = str(self), 0
+        at_clause_ends: dict[int, list[str]] = {}
         for name in self.fields:
-            flag = flags.get(name)
             # the field as a word of the message: after a space or '(' (not inside a path)
             m = re.compile(rf"(?<![^\s(]){re.escape(name)}(?![^\s,:;)=])").search(text, start)
-            if not flag or m is None:
+            if m is None:
+                continue
+            start = m.end()
+            flag = flags.get(name)
+            if not flag:
                 continue
             end = _CLAUSE_END.search(text, m.end())
-            at = end.start() if end else len(text)
-            text = f"{text[:at]} ({flag}){text[at:]}"
-            start = at + len(flag) + 3
+            shown = at_clause_ends.setdefault(end.start() if end else len(text), [])
+            if flag not in shown:
+                shown.append(flag)
+        for at in sorted(at_clause_ends, reverse=True):
+            text = f"{text[:at]} ({', '.join(at_clause_ends[at])}){text[at:]}"
         return text
 
 
@@ -98,4 +107,4 @@ def check_number(name: str, value: object, lo: float | None = None, hi: float | 
 
 
 class InferenceTimeout(S2SWError):
-    """A model call that did not finish within its time limit (``--inference-timeout``)."""
+    """A model call that did not finish within its time limit (``inference_timeout``)."""

@@ -49,34 +49,36 @@ def atomic_write_text(path: str | os.PathLike, text: str, make_parents: bool = T
     atomic_write_bytes(path, text.encode("utf-8"), make_parents)
 
 
-def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+def check_output_dir(path: str | os.PathLike, field: str = "out_dir") -> Path:
     """Refuse an output folder that is an existing file or cannot be created or written, before
-    any work is done and without creating anything. Returns the path."""
+    any work is done and without creating anything. Returns the path. ``field``: the argument
+    that gave the folder, named by the :class:`S2SWError` (in its ``fields``)."""
     out = Path(os.path.expanduser(os.fspath(path)))
     if out.exists() and not out.is_dir():
-        raise S2SWError(f"{flag} {out} is an existing file, not a folder: choose a folder")
+        raise S2SWError(f"{field} {out} is an existing file, not a folder: choose a folder", fields=[field])
     existing = out
     while not existing.exists():
         if existing.parent == existing:
             break
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise S2SWError(f"cannot create {flag} {out}: {existing} is a file, not a folder")
+        raise S2SWError(f"cannot create {field} {out}: {existing} is a file, not a folder", fields=[field])
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise S2SWError(f"cannot write to {flag} {out}: {existing} is not writable; choose another folder")
-    _probe_folder(existing, out, flag)
+        raise S2SWError(f"cannot write to {field} {out}: {existing} is not writable; choose another folder",
+                        fields=[field])
+    _probe_folder(existing, out, field)
     return out
 
 
-def _probe_folder(existing: Path, out: Path, flag: str) -> None:
+def _probe_folder(existing: Path, out: Path, field: str) -> None:
     """Create and remove an empty folder in ``existing``: permissions alone do not tell (root may
     write anywhere, yet not under /proc or on a read-only mount). Leaves nothing behind."""
     probe = existing / f".s2swclip-probe-{secrets.token_hex(4)}"
     try:
         probe.mkdir()
     except OSError as err:
-        raise S2SWError(f"cannot create {flag} {out}: {first_line(err)} in {existing}; "
-                        f"choose another folder") from None
+        raise S2SWError(f"cannot create {field} {out}: {first_line(err)} in {existing}; "
+                        f"choose another folder", fields=[field]) from None
     probe.rmdir()
 
 

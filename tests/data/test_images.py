@@ -83,7 +83,7 @@ def test_errors_are_one_line_with_a_code(tmp_path, case, code):
         assert str(p) in str(e.value)
 
 
-@pytest.mark.parametrize("side,message", [(12000, r"more than the limit of 40,000,000 \(--max-mpx\)"),
+@pytest.mark.parametrize("side,message", [(12000, r"more than the limit max_pixels 40,000,000; downscale"),
                                           (60000, "too large to decode safely")])
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_huge_header_refused_before_allocating(side, message, monkeypatch):

@@ -39,7 +39,8 @@ def test_too_few_images_warn_and_use_the_largest(caplog):
     assert "cannot guarantee" in caplog.text and "at least 99" in caplog.text
 
 
-@pytest.mark.parametrize("scores,fpr,msg", [([], 0.1, "at least one"), ([0.1], 0.0, "--fpr"), ([0.1], 1.0, "--fpr"),
+@pytest.mark.parametrize("scores,fpr,msg", [([], 0.1, "at least one"), ([0.1], 0.0, "^fpr must be"),
+                                            ([0.1], 1.0, "^fpr must be"),
                                             ([float("nan")], 0.1, "NaN")])
 def test_bad_calibration_input(scores, fpr, msg):
     with pytest.raises(S2SWError, match=msg):

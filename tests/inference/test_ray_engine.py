@@ -239,7 +239,8 @@ def test_a_worker_that_cannot_load_the_model_is_one_error(cluster, data, tmp_pat
     with pytest.raises(S2SWError) as err:
         predict_ray(spec, [imgs / "crack"], tmp_path / "out", overlays=False, progress=False)
     msg = str(err.value)
-    assert msg.startswith("scoring worker: ") and "no-such-tag" in msg and "\n" not in msg
+    assert msg.startswith("scoring worker: weights 'no-such-tag' is neither a file") and "\n" not in msg, msg
+    assert err.value.fields == ("weights",)  # kept from the worker's error: the command line shows --weights
     assert committed_paths(tmp_path / "out") == set()
 
 

@@ -174,7 +174,8 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert_user_error(*_run(capsys, inp, tmp_path / "file" / "out"), "file")
     if Path("/proc/self").is_dir():  # /proc refuses new folders even to root
-        assert_user_error(*_run(capsys, inp, "/proc/s2swclip-no-such-folder/out"), "cannot create --out")
+        assert_user_error(*_run(capsys, inp, "/proc/s2swclip-no-such-folder/out"),
+                          "cannot create out_dir /proc/s2swclip-no-such-folder/out (--out): ")
     assert_user_error(*_run(capsys, inp, out, "--sort"), "--sort needs")
     assert_user_error(*_run(capsys, inp, out, "--on-anomaly", "notify 'unclosed"), "--on-anomaly", "cannot be split")
     # a ledger written with another threshold

@@ -394,7 +394,7 @@ def test_load_checks_backbone_size_layers(saved_bank):
     _one_line_error(lambda: other.load_references(path), "other backbone weights")
     other = copy.deepcopy(det)
     other.config = other.config.replace(image_size=336)
-    _one_line_error(lambda: other.load_references(path), "224 px images", "336 px", "--image-size 224")
+    _one_line_error(lambda: other.load_references(path), "224 px images", "336 px", "matching image_size 224")
     other = copy.deepcopy(det)
     other.config = other.config.replace(few_shot_layers=(12, 24))
     _one_line_error(lambda: other.load_references(path), "layers [6, 12, 18, 24]", "[12, 24]")

@@ -166,7 +166,7 @@ def test_too_many_pixels(fake_detector):
     with client_for(app) as client:
         r = client.post("/v1/predict", files=files_field(("huge.png", png_bytes(64, 64))))
         assert r.status_code == 413
-        assert "4,096 pixels" in r.json()["detail"] and "--max-mpx" in r.json()["detail"]
+        assert "4,096 pixels" in r.json()["detail"] and "max_pixels 1,000" in r.json()["detail"]
         r = client.post("/v1/predict", files=files_field(("small.png", png_bytes(30, 30)), ("huge.png", png_bytes(64, 64))))
         assert r.status_code == 200
         rows = r.json()["results"]

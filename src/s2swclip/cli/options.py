@@ -36,6 +36,12 @@ FLAGS: dict[str, str | None] = {
     "classes": "--classes", "items": "--data", "max_batches": "--max-batches", "num_workers": "--workers",
     "cache_features": "--cache-features", "cache_dtype": "--cache-dtype", "feature_cache": "--cache-dtype",
     "detector_options": None,
+    # outputs, the few-shot protocol (test), exported models, the watch command
+    "out_dir": "--out", "seeds": "--shot-seed", "model": "--model", "inference_timeout": "--inference-timeout",
+    "on_anomaly": "--on-anomaly",
+    # fields of the library only (DetectorConfig, TrainConfig): no flag sets them
+    "feature_layers": None, "dpam_layers": None, "few_shot_layers": None, "few_shot_stream": None, "betas": None,
+    "pairwise_hinge": None,
 }
 #: the model options of :func:`add_model_args`, fields of :class:`~s2swclip.specs.DetectorSpec`
 MODEL_FIELDS = ("backbone", "weights", "prompts", "image_size", "device", "precision", "preset", "cache_dir")

@@ -102,9 +102,12 @@ def warm_up(model) -> None:
     the command with one error line instead of a failed server start-up."""
     import numpy as np
 
-    from ..inference.scorers import as_scorer
+    if hasattr(model, "score"):  # an exported model: stay torch-free
+        scorer = model
+    else:
+        from ..inference.scorers import as_scorer
 
-    scorer = as_scorer(model)
+        scorer = as_scorer(model)
     size = int(scorer.image_size)
     scorer.score(np.zeros((1, 3, size, size), np.float32))
 

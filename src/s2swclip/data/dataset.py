@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from .images import (_SIXTEEN_BIT_MODES, OPENAI_MEAN, OPENAI_STD, check_image_size, exif_upright, open_image,
                      preprocess, to_rgb)
 
@@ -132,7 +132,7 @@ def read_meta(meta_path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as exc:
         raise S2SWError(f"meta.json is not valid JSON: {path} (line {exc.lineno}: {exc.msg}) — {fix}.") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise S2SWError(f"cannot read meta.json {path} ({exc}) — {fix}.") from None
+        raise S2SWError(f"cannot read meta.json {path} ({first_line(exc)}) — {fix}.") from None
     if not isinstance(data, dict) or not data:
         raise S2SWError(f'meta.json {path} must be an object {{"train": {{class: [items]}}, "test": {{...}}}} — {fix}.')
     out: dict = {}

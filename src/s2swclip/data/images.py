@@ -21,12 +21,12 @@ import io
 import os
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import NotRegularFileError, open_regular
 
 __all__ = [
@@ -87,8 +87,8 @@ class ImageError(S2SWError):
     :mod:`s2swclip.inference.uris`).
     """
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
+    def __init__(self, code: str, message: str, *, fields: Iterable[str] = ()):
+        super().__init__(message, fields=fields)
         self.code = code
 
 
@@ -204,7 +204,7 @@ def _open_lazy(source, what: str, prefix: str) -> Image.Image:
                                                    f"file; it was not read") from None
         except OSError as exc:
             raise ImageError("unreadable", f"{prefix}cannot open {what} file {path}: "
-                                           f"{exc.strerror or exc}") from None
+                                           f"{first_line(exc)}") from None
     try:
         return Image.open(fp, formats=_DECODABLE_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -224,9 +224,8 @@ def _load(im: Image.Image, what: str, where: str, prefix: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageError("too_many_pixels", f"{prefix}{what}{where} is too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure means a corrupt file
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageError("corrupt", f"{prefix}cannot read {what}{where}: corrupt or truncated "
-                                    f"{fmt} file ({msg})") from None
+                                    f"{fmt} file ({first_line(exc)})") from None
     if im.width < 1 or im.height < 1:
         raise ImageError("corrupt", f"{prefix}{what}{where} has no pixels ({im.width}x{im.height})")
     return im
@@ -403,7 +402,8 @@ def decode_for_model(source: str | os.PathLike | bytes, image_size: int, *,
         n = im.width * im.height
         if max_pixels is not None and n > max_pixels:
             raise ImageError("too_many_pixels", f"image{where} is {im.width}x{im.height} = {n:,} pixels, "
-                                                f"more than the limit of {max_pixels:,} (--max-mpx); downscale it first")
+                                                f"more than the limit max_pixels {max_pixels:,}; downscale it first",
+                                                fields=["max_pixels"])
         with (budget.hold(n) if budget is not None else _NO_HOLD):
             _load(im, "image", where, "")
             fmt = (im.format or "").lower()

@@ -61,7 +61,7 @@ class ReferencePlan:
         keep = [i for i in indices if i not in self.excluded.get(cls, ())]
         if not keep:
             raise S2SWError(f"class {cls}: no test image left to evaluate after taking {self.shots} "
-                            f"references from its normal test images; lower --shots")
+                            f"references from its normal test images; lower shots", fields=["shots"])
         self.evaluated[cls] = len(keep)
         return keep
 
@@ -86,7 +86,7 @@ def draw_references(test_ds, shots: int, seed: int) -> ReferencePlan:
     from ..data.dataset import AnomalyDataset, read_meta
 
     if shots < 1 or seed < 0:
-        raise S2SWError(f"--shots must be >= 1 and --shot-seed >= 0, got {shots} and {seed}")
+        raise S2SWError(f"shots must be >= 1 and the seed >= 0, got {shots} and {seed}", fields=["shots"])
     train_split = read_meta(test_ds.meta_path).get("train", {})
     present = [c for c in test_ds.classes if c in train_split]
     train_ds = (AnomalyDataset(test_ds.root, "train", test_ds.image_size, present, test_ds.meta_path)
@@ -104,7 +104,7 @@ def draw_references(test_ds, shots: int, seed: int) -> ReferencePlan:
                      "(excluded from the evaluation)", cls)
         if len(candidates) < shots:
             raise S2SWError(f"class {cls} has {len(candidates)} normal {ds.split} image(s) in "
-                            f"{test_ds.meta_path}, fewer than --shots {shots}; lower --shots")
+                            f"{test_ds.meta_path}, fewer than shots {shots}; lower shots", fields=["shots"])
         picked = _draw(candidates, shots, seed, cls)
         sources[cls] = (ds, picked)
         if ds is test_ds:

@@ -191,7 +191,7 @@ def evaluate_few_shot(det, data_root: str | Path, *, shots: int, seeds: Sequence
 
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
-        raise S2SWError(f"--shot-seed needs distinct seeds, got {seeds}")
+        raise S2SWError(f"seeds must be one or more distinct seeds, got {seeds}", fields=["seeds"])
     if len(seeds) == 1:
         return evaluate_dataset(det, data_root, out_dir=out_dir, hook=FewShotHook(shots, seeds[0]), **kwargs)
     runs = []

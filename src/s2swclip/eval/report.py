@@ -24,7 +24,7 @@ import os
 import warnings
 from typing import Any, Mapping
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import atomic_write_text
 from .metrics import AUPRO_METHODS, METRIC_KEYS
 
@@ -187,13 +187,13 @@ def write_report(report: Mapping[str, Any], out_dir: str) -> dict:
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as err:
-        raise S2SWError(f"cannot create report directory {out_dir}: {err.strerror}") from None
+        raise S2SWError(f"cannot create report directory {out_dir}: {first_line(err)}") from None
     paths = {"json": os.path.join(out_dir, "report.json"), "csv": os.path.join(out_dir, "report.csv")}
     try:
         atomic_write_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
         atomic_write_text(paths["csv"], to_csv(report))
     except OSError as err:
-        raise S2SWError(f"cannot write report into {out_dir}: {err.strerror}") from None
+        raise S2SWError(f"cannot write report into {out_dir}: {first_line(err)}") from None
     return paths
 
 
@@ -205,7 +205,7 @@ def load_report(path: str) -> dict:
     except FileNotFoundError:
         raise S2SWError(f"report file not found: {path}") from None
     except (OSError, json.JSONDecodeError) as err:
-        raise S2SWError(f"cannot read report {path}: {err}") from None
+        raise S2SWError(f"cannot read report {path}: {first_line(err)}") from None
     if not isinstance(data, dict):
         raise S2SWError(f"{path} is not a report (expected a JSON object)")
     _check_report(data)

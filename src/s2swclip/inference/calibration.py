@@ -57,7 +57,7 @@ def conformal_threshold(normal_scores: Iterable[float], fpr: float = 0.01) -> Ca
     Raises :class:`S2SWError` when there is no score or ``fpr`` is not in (0, 1).
     """
     if isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not 0.0 < float(fpr) < 1.0:
-        raise S2SWError(f"--fpr must be a number in (0, 1), got {fpr!r}")
+        raise S2SWError(f"fpr must be a number in (0, 1), got {fpr!r}", fields=["fpr"])
     s = np.sort(np.asarray(list(normal_scores), dtype=np.float64))
     if s.size == 0:
         raise S2SWError("calibration needs at least one known-good image that could be scored")

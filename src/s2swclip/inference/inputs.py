@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data.images import IMAGE_EXTENSIONS, ImageError, is_image_name
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from .uris import is_uri, list_uri, read_uri_bytes, uri_filesystem
 
 __all__ = ["MANIFEST_EXTENSIONS", "InputEntry", "collect_inputs", "display_names", "is_manifest_name",
@@ -67,7 +67,7 @@ def _walk(folder: str, out: list[InputEntry], others: list[InputEntry] | None = 
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
-        out.append(InputEntry(folder, f"cannot list folder {folder}: {exc.strerror or exc}"))
+        out.append(InputEntry(folder, f"cannot list folder {folder}: {first_line(exc)}"))
         return
     for e in entries:
         if e.name.startswith("."):
@@ -135,7 +135,7 @@ def _open_text(manifest: str):
     try:
         return open(manifest, encoding="utf-8-sig", newline="")
     except OSError as exc:
-        raise S2SWError(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
+        raise S2SWError(f"cannot read manifest {manifest}: {first_line(exc)}") from None
 
 
 def _manifest_paths(manifest: str) -> list[str]:
@@ -157,9 +157,9 @@ def _manifest_paths(manifest: str) -> list[str]:
             raise S2SWError(f"manifest {manifest} is not UTF-8 text ({exc.reason}); write one path "
                             f"per line in UTF-8") from None
         except csv.Error as exc:
-            raise S2SWError(f"manifest {manifest} is not valid CSV ({exc})") from None
+            raise S2SWError(f"manifest {manifest} is not valid CSV ({first_line(exc)})") from None
         except OSError as exc:
-            raise S2SWError(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
+            raise S2SWError(f"cannot read manifest {manifest}: {first_line(exc)}") from None
 
 
 def _parquet_paths(manifest: str) -> list[str]:
@@ -180,7 +180,7 @@ def _parquet_paths(manifest: str) -> list[str]:
                             f"{', '.join(pf.schema_arrow.names)})")
         column = pf.read(columns=["path"]).column("path")
     except (OSError, pa.ArrowException) as exc:
-        raise S2SWError(f"cannot read the Parquet manifest {manifest}: {str(exc).splitlines()[0]}") from None
+        raise S2SWError(f"cannot read the Parquet manifest {manifest}: {first_line(exc)}") from None
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise S2SWError(f"manifest {manifest}: column 'path' holds {column.type}, not text")
     return [p.strip() for p in column.to_pylist() if p is not None and p.strip()]

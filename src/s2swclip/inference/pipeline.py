@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import ImageError, PixelBudget, decode_for_model
+from ..errors import first_line
 from ..specs import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS
 from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes, store_of
 
@@ -259,7 +260,7 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
     except IsADirectoryError:
         raise ImageError("unreadable", f"{where} is a folder, not an image file") from None
     except OSError as e:
-        raise ImageError("unreadable", f"cannot read {where}: {e.strerror or e}") from None
+        raise ImageError("unreadable", f"cannot read {where}: {first_line(e)}") from None
     if len(data) > max_bytes:
         raise ImageError("too_many_pixels", f"{where} is larger than {max_bytes:,} bytes; downscale it first")
     return data

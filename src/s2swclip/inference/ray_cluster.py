@@ -8,7 +8,7 @@ import logging
 import socket
 from typing import Any
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 
 __all__ = ["check_reachable", "check_resources", "data_context", "ray_session", "worker_error"]
 
@@ -24,8 +24,8 @@ def _parse_address(address: str) -> tuple[str, int] | None:
     hostport = address.split("://", 1)[1] if address.startswith("ray://") else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise S2SWError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto "
-                        f"(the address 'ray start --head' prints, e.g. 10.0.0.5:6379)")
+        raise S2SWError(f"ray_address {address!r} is not HOST:PORT, ray://HOST:PORT or auto; use the "
+                        f"address 'ray start --head' prints, e.g. 10.0.0.5:6379", fields=["ray_address"])
     return host.strip("[]"), int(port)
 
 
@@ -38,9 +38,9 @@ def check_reachable(address: str) -> None:
         with socket.create_connection(target, timeout=_CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise S2SWError(f"cannot reach a Ray cluster at --ray-address {address} ({exc.strerror or exc}); "
+        raise S2SWError(f"cannot reach a Ray cluster at ray_address {address}, {first_line(exc)}; "
                         f"start one with 'ray start --head' and pass the address it prints, or leave "
-                        f"--ray-address out to run on this machine") from None
+                        f"ray_address out to run on this machine", fields=["ray_address"]) from None
 
 
 @contextlib.contextmanager
@@ -51,10 +51,10 @@ def ray_session(address: str | None, local_cpus: int | None):
     try:
         import ray
     except ImportError:
-        raise S2SWError("--engine ray needs Ray: pip install 's2swclip[ray]'") from None
+        raise S2SWError("the Ray engine needs Ray: pip install 's2swclip[ray]'") from None
     if ray.is_initialized():
         if address is not None:
-            log.info("using the Ray this program already initialised, not --ray-address %s", address)
+            log.info("using the Ray this program already initialised, not ray_address %s", address)
         yield ray, False
         return
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -63,8 +63,9 @@ def ray_session(address: str | None, local_cpus: int | None):
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at --ray-address {address}" if address else "a local Ray instance"
-        raise S2SWError(f"cannot start or join {where}: {str(exc).splitlines()[0]}") from None
+        where = f"the Ray cluster at ray_address {address}" if address else "a local Ray instance"
+        raise S2SWError(f"cannot start or join {where}: {first_line(exc)}",
+                        fields=["ray_address"] if address else []) from None
     try:
         yield ray, address is None
     finally:
@@ -105,8 +106,9 @@ def check_resources(ray, owned_local: bool, workers: int, cpus: float, gpus: flo
     msg = (f"{workers} worker(s) x {cpus:g} CPU and {gpus:g} GPU, plus 1 CPU for decoding, need "
            f"{need_cpu:g} CPUs and {need_gpu:g} GPUs; the cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
     if owned_local:
-        raise S2SWError(f"{msg}: use fewer --workers, a smaller --cpus-per-worker (e.g. 0.5) or "
-                        f"--gpus-per-worker, or a cluster (--ray-address)")
+        raise S2SWError(f"{msg}: use fewer workers; a smaller cpus_per_worker, e.g. 0.5; a smaller "
+                        f"gpus_per_worker; or a cluster, ray_address",
+                        fields=["workers", "cpus_per_worker", "gpus_per_worker", "ray_address"])
     log.warning("%s; waiting for the cluster to provide them", msg)
 
 
@@ -117,7 +119,8 @@ def worker_error(exc: BaseException) -> S2SWError | None:
     while c is not None and id(c) not in seen:
         seen.add(id(c))
         if isinstance(c, S2SWError):
-            first = str(c.args[0] if c.args else c).splitlines()[0]
-            return S2SWError(f"scoring worker: {first}")
+            # Ray's RayTaskError(S2SWError) reads as Ray's traceback: the message is its first argument
+            message = S2SWError(*c.args[:1]) if c.args else c
+            return S2SWError(f"scoring worker: {first_line(message, limit=1000)}", fields=getattr(c, "fields", ()))
         c = getattr(c, "cause", None) or c.__cause__ or c.__context__
     return None

@@ -290,12 +290,12 @@ def _worker_spec(spec: ScorerSpec, gpus: float) -> ScorerSpec:
     device = str(spec.device)
     if gpus > 0:
         if device.startswith("cuda:"):
-            raise S2SWError(f"--device {device}: Ray assigns each worker its GPUs (--gpus-per-worker); "
-                            f"use --device cuda")
+            raise S2SWError(f"device {device}: Ray assigns each worker its GPUs, gpus_per_worker; "
+                            f"use device cuda", fields=["device", "gpus_per_worker", "device"])
         return spec.replace(device="cuda")
     if device != "cpu":
-        raise S2SWError(f"--device {device} with --engine ray: give the workers GPUs with --gpus-per-worker "
-                        f"(e.g. 1, or 0.5 for two workers per GPU)")
+        raise S2SWError(f"device {device} with the Ray engine: give the workers GPUs with gpus_per_worker, "
+                        f"e.g. 1, or 0.5 for two workers per GPU", fields=["device", "gpus_per_worker"])
     return spec
 
 

@@ -44,7 +44,7 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
         image_size: S, the model input side.
         shots: use the first ``shots`` images (sorted by path); None: all of them.
         max_pixels: refuse larger images (from the header, before decoding).
-        max_references: refuse more images than this (``--max-references``), before reading any.
+        max_references: refuse more images than this, before reading any.
         bytes_per_image: the memory one reference takes until the bank is built (see
             :func:`reference_bytes_per_image`): more images than the available memory holds are
             refused before reading any.
@@ -57,9 +57,11 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
     entries = collect_inputs([source], images_only=True)
     if shots is not None:
         if shots < 1:
-            raise S2SWError(f"--shots must be at least 1, got {shots}")
+            raise S2SWError(f"shots must be at least 1, got {shots}", fields=["shots"])
         if len(entries) < shots:
-            raise S2SWError(f"--reference {source} holds {len(entries)} image(s), fewer than --shots {shots}")
+            raise S2SWError(f"reference {source} holds {len(entries)} image{'' if len(entries) == 1 else 's'}, "
+                            f"fewer than shots {shots}",
+                            fields=["reference", "shots"])
         entries = entries[:shots]
     _check_reference_memory(source, len(entries), max_references, bytes_per_image)
     pixels = np.empty((len(entries), 3, image_size, image_size), np.float32)
@@ -69,21 +71,22 @@ def read_reference_images(source: str | os.PathLike, image_size: int, *, shots: 
         try:
             pixels[i] = decode_for_model(entry.path, image_size, preview_side=1, max_pixels=max_pixels).pixels
         except ImageError as e:
-            raise S2SWError(f"reference image unusable: {e} (remove it from {source})") from None
+            raise S2SWError(f"reference image unusable: {e}; remove it from {source}", fields=e.fields) from None
     return ReferenceImages(pixels, [e.path for e in entries])
 
 
 def _check_reference_memory(source, count: int, max_references: int | None, bytes_per_image: int | None) -> None:
     need = None if bytes_per_image is None else count * int(bytes_per_image)
-    shown = "" if need is None else f" (about {need / 2**30:.1f} GiB until the bank is built)"
+    shown = "" if need is None else f", about {need / 2**30:.1f} GiB until the bank is built,"
     if max_references is not None and count > max_references:
-        raise S2SWError(f"--reference {source} holds {count} images{shown}, more than --max-references "
-                        f"{max_references}; pick fewer (--shots K, a --coreset keeps memory down afterwards) "
-                        f"or raise --max-references")
+        raise S2SWError(f"reference {source} holds {count} images{shown}, more than max_references "
+                        f"{max_references}; pick fewer with shots K; a coreset keeps memory down afterwards; "
+                        f"or raise max_references", fields=["reference", "max_references", "shots", "coreset"])
     free = available_memory()
     if need is not None and free is not None and need > free:
-        raise S2SWError(f"--reference {source}: {count} images need about {need / 2**30:.1f} GiB until the bank "
-                        f"is built, but only {free / 2**30:.1f} GiB of memory is available; use fewer (--shots K)")
+        raise S2SWError(f"reference {source}: {count} images need about {need / 2**30:.1f} GiB until the bank "
+                        f"is built, but only {free / 2**30:.1f} GiB of memory is available; use fewer with shots K",
+                        fields=["reference", "shots"])
 
 
 def reference_bytes_per_image(det) -> int:
@@ -111,7 +114,8 @@ def apply_references(det, source: str | os.PathLike, *, shots: int | None = None
     path = os.path.expanduser(os.fspath(source))
     if os.path.isfile(path) and path.endswith(".safetensors"):
         if shots is not None:
-            raise S2SWError(f"--shots selects images of a folder; {path} is a references file")
+            raise S2SWError(f"shots selects images of a folder, but reference {path} is a references file",
+                            fields=["shots", "reference"])
         det.load_references(path)
         return [os.path.abspath(path)]
     refs = read_reference_images(source, det.config.image_size, shots=shots, max_pixels=max_pixels,

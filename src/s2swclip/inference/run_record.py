@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import read_regular_file
 
 __all__ = ["MAX_RECORD_BYTES", "check_run_record", "load_run_record"]
@@ -62,12 +62,11 @@ def _reject_constant(name: str):
 def load_run_record(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a run record; :class:`S2SWError` naming the file and the field."""
     path = Path(path)
-    fix = f"delete the folder {path.parent} to start over, or choose another --out"
+    fix = f"delete the folder {path.parent} to start over, or choose another out_dir"
     try:
         raw = read_regular_file(path, MAX_RECORD_BYTES)
         if len(raw) > MAX_RECORD_BYTES:
             raise ValueError(f"it is larger than {MAX_RECORD_BYTES} bytes")
         return check_run_record(json.loads(raw, parse_constant=_reject_constant))
     except (OSError, ValueError, RecursionError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
-        raise S2SWError(f"cannot use {path}: {reason}; {fix}") from None
+        raise S2SWError(f"cannot use {path}: {first_line(exc)}; {fix}", fields=["out_dir"]) from None

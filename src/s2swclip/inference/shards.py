@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import atomic_write_bytes, atomic_write_text, remove_temporaries
 from .calibration import Calibration
 from .local import RESULT_FIELDS
@@ -51,7 +51,7 @@ def require_pyarrow():
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise S2SWError("--engine ray needs Ray Data and pyarrow: pip install 's2swclip[ray]'") from None
+        raise S2SWError("the Ray engine needs Ray Data and pyarrow: pip install 's2swclip[ray]'") from None
     return pa, pq
 
 
@@ -80,7 +80,7 @@ def _read_shard(path: Path, columns: Sequence[str] | None = None):
     try:
         return pq.read_table(path, columns=columns, schema=result_schema())
     except (OSError, pa.ArrowException) as exc:
-        raise S2SWError(f"results shard {path} cannot be read ({str(exc).splitlines()[0]}); delete it "
+        raise S2SWError(f"results shard {path} cannot be read ({first_line(exc)}); delete it "
                         f"to score its images again") from None
 
 
@@ -91,7 +91,8 @@ def read_results(out_dir: str | os.PathLike):
     results = Path(out_dir) / RESULTS
     shards = _shards(results) if results.is_dir() else []
     if not shards:
-        raise S2SWError(f"no results under {results}: run 's2swclip predict ... --engine ray --out {out_dir}'")
+        raise S2SWError(f"no results under {results}: score the inputs into out_dir {out_dir} with the Ray "
+                        f"engine first", fields=["out_dir"])
     table = pa.concat_tables([_read_shard(s) for s in shards])
     return table.sort_by("path")
 
@@ -133,7 +134,7 @@ class ResultsFolder:
         except OSError:
             self._lock.close()
             raise S2SWError(f"another run is writing to {self.out}; wait for it to finish, or choose "
-                            f"another --out") from None
+                            f"another out_dir", fields=["out_dir"]) from None
         # what a crashed run did not finish writing: shards, the run record, overlays
         remove_temporaries(self.results, _OWN_FILES)
         if (self.out / "overlays").is_dir():
@@ -149,22 +150,23 @@ class ResultsFolder:
         if not path.exists():
             if _shards(self.results):
                 raise S2SWError(f"{self.results} holds result shards but no {RUN_RECORD}: it was not "
-                                f"written by this program; choose another --out")
+                                f"written by this program; choose another out_dir", fields=["out_dir"])
             return None
         rec = load_run_record(path)  # checked: types, finite threshold, a complete calibration
         old = rec["settings"]
         if rec.get("format") != _FORMAT:
             raise S2SWError(f"{path} was written by another version (format {rec.get('format')!r}); "
-                            f"choose another --out")
+                            f"choose another out_dir", fields=["out_dir"])
         changed = _first_difference(old, self.settings)
         if changed is not None:
             key, was, now = changed
             if key.startswith("digests."):
                 raise S2SWError(f"{self.out} holds results of a different run: {key[8:]} changed since (content "
                                 f"sha256 {str(was)[:12]} there, {str(now)[:12]} now); rerun with the same "
-                                f"files to resume it, or choose another --out")
+                                f"files to resume it, or choose another out_dir", fields=["out_dir"])
             raise S2SWError(f"{self.out} holds results of a different run ({key}: {was!r} there, {now!r} now); "
-                            f"rerun with the same settings to resume it, or choose another --out")
+                            f"rerun with the same settings to resume it, or choose another out_dir",
+                            fields=["out_dir"])
         return rec
 
     def write_record(self, threshold: float | None, calibration: Calibration | None) -> None:

@@ -192,8 +192,8 @@ class ExportedScorerSpec(ScorerSpec):
         from ..deploy.runtime.manifest import read_manifest
 
         if self.device != "cpu":
-            raise S2SWError(f"--model {self.model} runs on the CPU (ONNX Runtime / OpenVINO): give its workers "
-                            f"no GPUs")
+            raise S2SWError(f"model {self.model} runs on the CPU, in ONNX Runtime or OpenVINO: give its workers "
+                            f"no GPUs, gpus_per_worker 0", fields=["model", "gpus_per_worker"])
         read_manifest(self.model)  # sizes and SHA-256 of every model file
 
     def build(self):
@@ -201,8 +201,8 @@ class ExportedScorerSpec(ScorerSpec):
 
         model = load_exported(self.model, inference_timeout=self.inference_timeout)
         if self.digests().get("manifest") != self.manifest_sha256:
-            raise S2SWError(f"--model {self.model} changed since this run was planned (exported again?); "
-                            f"run the command again")
+            raise S2SWError(f"model {self.model} changed since this run was planned, exported again perhaps; "
+                            f"run the command again", fields=["model"])
         return model
 
     def describe(self) -> dict[str, Any]:

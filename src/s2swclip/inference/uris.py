@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Iterable
 
 from ..data.images import ImageError, is_image_name
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 
 __all__ = ["MAX_REMOTE_BYTES", "is_uri", "list_uri", "read_uri_bytes", "store_of", "unreachable_stores",
            "uri_filesystem"]
@@ -72,7 +72,7 @@ def _root(scheme: str, authority: str):
     try:
         fs, path = pafs.FileSystem.from_uri(f"{scheme}://{authority}/")
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError/... for unusable URIs
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         if "Unrecognized filesystem type" in reason:
             raise ImageError("unsupported_uri", f"unsupported URI scheme {scheme}:// (pyarrow reads s3://, gs://, "
                                                 f"hdfs://, file://, ...): {scheme}://{authority}/") from None
@@ -150,14 +150,14 @@ def _info(fs, path: str, uri: str):
     try:
         return fs.get_file_info(path)
     except OSError as exc:
-        raise S2SWError(f"cannot read {uri}: {exc}") from None
+        raise S2SWError(f"cannot read {uri}: {first_line(exc)}") from None
 
 
 def _select(fs, pafs, base: str, uri: str):
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     except OSError as exc:
-        raise S2SWError(f"cannot list {uri}: {exc}") from None
+        raise S2SWError(f"cannot list {uri}: {first_line(exc)}") from None
     return [i for i in infos if i.type == pafs.FileType.File]
 
 
@@ -169,7 +169,7 @@ def _probe(uri: str) -> ImageError | None:
     except ImageError as exc:
         return exc
     except Exception as exc:  # noqa: BLE001 - pyarrow's OSError/ArrowException for a store out of reach
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         return ImageError("unreadable", f"cannot reach {store_of(uri)}/: {reason}")
     return None
 
@@ -222,7 +222,7 @@ def read_uri_bytes(uri: str, max_bytes: int = MAX_REMOTE_BYTES, what: str = "ima
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow: OSError, ArrowInvalid (a malformed path), ...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageError("unreadable", f"cannot read {what} file {uri}: {reason}") from None
     if len(data) > max_bytes:
         raise ImageError("unreadable", f"{what} file {uri} is more than the limit of {max_bytes:,} bytes "

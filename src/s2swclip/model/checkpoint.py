@@ -56,8 +56,8 @@ class PromptCheckpoint:
             for family, (prefix, suffix, eot) in self.fixed.items():
                 learner.load_fixed_embeddings(family, prefix, suffix, eot)
         except (KeyError, ValueError) as e:
-            raise S2SWError(f"prompt checkpoint {self.path} does not fit this backbone: {e} "
-                            f"(was it trained with another --backbone?)") from None
+            raise S2SWError(f"prompt checkpoint {self.path} does not fit this backbone: {first_line(e)}; "
+                            f"was it trained with another backbone?", fields=["backbone"]) from None
 
 
 def save_prompts(path: str | os.PathLike, learner: PromptLearner, meta: dict[str, Any] | None = None) -> None:
@@ -246,8 +246,8 @@ _DEEP_PREFIX = "compound_prompts_text."
 def _load_authors(path: Path) -> PromptCheckpoint:
     if is_torchscript_archive(path):
         raise S2SWError(f"{path} is a TorchScript archive (a model such as OpenAI's CLIP .pt), not "
-                        f"a prompt checkpoint: pass it with --weights, and as --prompts a file "
-                        f"written by 's2swclip train' or the authors' .pth")
+                        f"a prompt checkpoint: pass it as the weights; as the prompts, pass a file "
+                        f"written by 's2swclip train' or the authors' .pth", fields=["weights", "prompts"])
     try:
         obj = torch_load_tensors(path)
     except UnreadableFile as e:

@@ -437,19 +437,20 @@ class S2SWDetector(nn.Module):
                       num_layers=len(bb.clip.visual.transformer.resblocks))
         mine = str(self.provenance.get("backbone"))
         checks = (
-            (f.backbone == mine, f"backbone {f.backbone}", f"this detector's is {mine}", "--backbone"),
+            (f.backbone == mine, f"the backbone {f.backbone}", f"this detector's is {mine}", "backbone",
+             f"backbone {f.backbone}"),
             (f.weights_fingerprint == self.weights_fingerprint(), "other backbone weights",
-             "this detector's weights differ", "--weights"),
+             "this detector's weights differ", "weights", "weights"),
             (f.image_size == c.image_size, f"{f.image_size} px images", f"this detector uses {c.image_size} px",
-             f"--image-size {f.image_size}"),
+             "image_size", f"image_size {f.image_size}"),
             (f.layers == tuple(c.few_shot_layers), f"layers {list(f.layers)}",
-             f"this detector uses {list(c.few_shot_layers)}", f"few_shot_layers={tuple(f.layers)}"),
+             f"this detector uses {list(c.few_shot_layers)}", "few_shot_layers", f"few_shot_layers={tuple(f.layers)}"),
             (f.stream == c.few_shot_stream, f"the {f.stream} stream", f"this detector uses {c.few_shot_stream}",
-             f"few_shot_stream={f.stream!r}"),
+             "few_shot_stream", f"few_shot_stream={f.stream!r}"),
         )
-        for ok, theirs, ours, fix in checks:
+        for ok, theirs, ours, field, fix in checks:
             if not ok:
                 raise S2SWError(f"references file {path} was made with {theirs}, but {ours}: rebuild it "
-                                f"from the images, or load it with the matching setting ({fix})")
+                                f"from the images, or load it with the matching {fix}", fields=[field])
         f.banks = [b.to(self.device, self._bank_dtype()).contiguous() for b in f.banks]
         return f

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from .backbone import S2SWBackbone
 from .checkpoint import PromptCheckpoint, load_prompts
 from .config import PRECISIONS, DetectorConfig, get_preset
@@ -30,9 +30,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise S2SWError(f"invalid device {device!r}: use cpu, cuda, cuda:N or auto") from None
+        raise S2SWError(f"invalid device {device!r}: use cpu, cuda, cuda:N or auto", fields=["device"]) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise S2SWError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise S2SWError(f"device {device!r} requested but CUDA is not available; use device 'cpu'",
+                        fields=["device"])
     return dev
 
 
@@ -106,7 +107,7 @@ def load_detector(
     learner = _prompt_learner(bb, config, ckpt, seed, info["backbone"])
     if ckpt is None and not untrained_ok:
         log.warning("no prompt checkpoint given: prompts are untrained (random), so scores are "
-                    "not meaningful; pass prompts=PATH (--prompts PATH)")
+                    "not meaningful; pass a prompt checkpoint as prompts=PATH")
     provenance = dict(info, prompts=None if ckpt is None else ckpt.path,
                       prompts_format=None if ckpt is None else ckpt.kind)
     det = S2SWDetector(bb, learner, config, provenance=provenance)
@@ -171,7 +172,7 @@ def _prompt_learner(bb: S2SWBackbone, config: DetectorConfig, ckpt: PromptCheckp
                                 vocabulary=vocabulary, generator=gen)
     except ValueError as e:  # prompts that do not fit this backbone's text context
         source = f"prompt checkpoint {ckpt.path}" if ckpt is not None else "the prompt options"
-        raise S2SWError(f"{source} cannot be used with backbone {backbone_name}: {e}") from None
+        raise S2SWError(f"{source} cannot be used with backbone {backbone_name}: {first_line(e)}") from None
     if ckpt is not None:
         ckpt.apply(learner)
     return learner
@@ -223,7 +224,7 @@ MAX_GRID_FACTOR = 4
 def check_image_size_fits(clip, image_size: int, backbone: str) -> None:
     """Refuse an image size beyond the position-embedding interpolation limit
     (:data:`MAX_GRID_FACTOR` x the native grid) or whose attention over one image would not fit
-    in the available memory. One :class:`S2SWError` line naming ``--image-size``."""
+    in the available memory. One :class:`S2SWError` line naming ``image_size``."""
     from ..arrays import available_memory
 
     visual = clip.visual
@@ -231,15 +232,15 @@ def check_image_size_fits(clip, image_size: int, backbone: str) -> None:
     native = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))
     grid, limit = int(image_size) // patch, MAX_GRID_FACTOR * native
     if grid > limit:
-        raise S2SWError(f"--image-size {image_size} gives a {grid}x{grid} patch grid, more than {MAX_GRID_FACTOR}x "
-                        f"the {native}x{native} position table of backbone {backbone}; use at most --image-size "
-                        f"{limit * patch}")
+        raise S2SWError(f"image_size {image_size} gives a {grid}x{grid} patch grid, more than {MAX_GRID_FACTOR}x "
+                        f"the {native}x{native} position table of backbone {backbone}; use at most image_size "
+                        f"{limit * patch}", fields=["image_size"])
     tokens = grid * grid + 1
     width = int(visual.positional_embedding.shape[1])
     heads = int(getattr(visual.transformer.resblocks[0].attn, "num_heads", 1))
     need = 4 * (3 * heads * tokens * tokens + 16 * tokens * width)  # scores, softmax, a copy; activations
     free = available_memory()
     if free is not None and need > free:
-        raise S2SWError(f"--image-size {image_size}: one image needs about {need / 2**30:.1f} GiB in the backbone "
+        raise S2SWError(f"image_size {image_size}: one image needs about {need / 2**30:.1f} GiB in the backbone "
                         f"({tokens} tokens), but only {free / 2**30:.1f} GiB of memory is available; use a smaller "
-                        f"--image-size")
+                        f"image_size", fields=["image_size"])

@@ -96,11 +96,11 @@ def _load_failure_reason(e: Exception) -> str:
         return "the file is empty or truncated"
     if "zip archive" in text:
         return "it is a corrupt zip archive (truncated, or not written by PyTorch)"
-    first = text.splitlines()[0] if text else ""
+    first = first_line(e) if text.strip() else ""
     if (isinstance(e, (pickle.UnpicklingError, KeyError)) or not first
             or re.search(r"weights.only", first, re.I)):  # KeyError: an unknown legacy-format magic
         return "it is not a PyTorch tensor file"
-    return f"{type(e).__name__}: {first[:200]}"
+    return f"{type(e).__name__}: {first}"
 
 
 # ------------------------------------------------------------------------- TorchScript archives

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import read_regular_file
 from .torchfiles import (UnreadableFile, is_torchscript_archive, read_torchscript_state_dict,
                          torch_load_tensors)
@@ -57,7 +57,7 @@ def resolve_model_config(backbone: str) -> tuple[str, dict[str, Any]]:
                 raise ValueError(f"it is larger than {_MAX_CONFIG_BYTES} bytes")
             cfg = json.loads(raw)
         except (OSError, ValueError, RecursionError) as e:
-            raise S2SWError(f"backbone config {path} is not valid JSON: {e}") from None
+            raise S2SWError(f"backbone config {path} is not valid JSON: {first_line(e)}") from None
         if isinstance(cfg, dict) and "model_cfg" in cfg:  # open_clip local-dir/hub layout
             cfg = cfg["model_cfg"]
         _check_config(cfg, str(path))
@@ -163,8 +163,8 @@ def _check_parameter_memory(values: dict[str, int], mlp_ratio: float, where: str
 def _download_hint(name: str, tag: str, pcfg: dict) -> str:
     where = pcfg.get("url") or (f"https://huggingface.co/{pcfg['hf_hub'].rstrip('/')}"
                                 if pcfg.get("hf_hub") else "the model's release page")
-    return (f"could not get the {name} weights '{tag}' (offline?): download them from {where} "
-            f"and pass the file with --weights PATH (weights=PATH in Python)")
+    return (f"could not download the {name} '{tag}' file (offline?): download it from {where} "
+            f"and pass it as weights=PATH")
 
 
 def fetch_pretrained(name: str, tag: str, cache_dir: str | None = None) -> tuple[str, dict]:
@@ -174,14 +174,14 @@ def fetch_pretrained(name: str, tag: str, cache_dir: str | None = None) -> tuple
     pcfg = open_clip.get_pretrained_cfg(name, tag)
     if not pcfg:
         tags = open_clip.list_pretrained_tags_by_model(name)
-        raise S2SWError(f"weights {tag!r} is neither a file nor a pretrained tag of {name} "
-                        f"(tags: {', '.join(tags) or 'none'}); pass a weights file path instead")
+        raise S2SWError(f"weights {tag!r} is neither a file nor a pretrained tag of {name}; pass a weights "
+                        f"file path or one of its tags: {', '.join(tags) or 'none'}", fields=["weights"])
     try:
         path = open_clip.download_pretrained(pcfg, cache_dir=cache_dir)
     except Exception:  # network errors come in many types; all mean the same to the user
-        raise S2SWError(_download_hint(name, tag, pcfg)) from None
+        raise S2SWError(_download_hint(name, tag, pcfg), fields=["weights"]) from None
     if not path or not os.path.isfile(path):
-        raise S2SWError(_download_hint(name, tag, pcfg))
+        raise S2SWError(_download_hint(name, tag, pcfg), fields=["weights"])
     return path, pcfg
 
 
@@ -224,8 +224,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors reports a bad file in several types
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnreadableFile(f"not a valid safetensors file ({first[:200]})") from None
+        raise UnreadableFile(f"not a valid safetensors file ({first_line(e)})") from None
 
 
 def create_clip(
@@ -261,10 +260,10 @@ def create_clip(
             weights_path = str(wpath)
         elif wpath.suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in str(weights):
             raise S2SWError(f"weights file not found: {wpath} (pass an existing file, a pretrained "
-                            f"tag such as 'openai', or none for random weights)")
+                            f"tag such as 'openai', or none for random weights)", fields=["weights"])
         elif Path(os.path.expanduser(str(backbone))).suffix == ".json":
             raise S2SWError(f"weights {weights!r} is a pretrained tag, but the backbone is a config "
-                            f"file; pass a weights file with --weights PATH")
+                            f"file; pass a weights file as weights=PATH", fields=["weights"])
         else:
             weights_path, pcfg = fetch_pretrained(name, str(weights), cache_dir)
     if quick_gelu is None:
@@ -284,8 +283,7 @@ def create_clip(
         try:
             model = open_clip.CLIP(**cfg)
         except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as e:
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise S2SWError(f"backbone config {name} cannot build a CLIP model ({type(e).__name__}: {first}); "
+            raise S2SWError(f"backbone config {name} cannot build a CLIP model ({type(e).__name__}: {first_line(e)}); "
                             f"check its fields against open_clip's model configs") from None
     if weights_path is not None:
         sd = load_weights_file(weights_path)
@@ -300,8 +298,8 @@ def create_clip(
                 f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                 for label, keys in (("shape mismatch", bad), ("missing", missing),
                                     ("unexpected", unexpected)) if keys)
-            raise S2SWError(f"weights {weights_path} do not fit backbone {name} ({detail}); "
-                            f"pass the matching --backbone")
+            raise S2SWError(f"weights {weights_path} do not fit backbone {name}: {detail}; "
+                            f"pass the matching backbone", fields=["backbone"])
         model.load_state_dict(sd, strict=True)
     model.eval().requires_grad_(False)
     info = {"backbone": name, "weights": str(weights) if weights is not None else None,

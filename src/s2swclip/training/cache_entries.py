@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import first_line
 from ..fileio import NotRegularFileError, atomic_write_at, open_folder_beneath, read_regular_file
 
 ENTRY_FORMAT = "s2swclip-image-features"
@@ -109,7 +110,7 @@ class EntryFiles:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise BadEntry(f"is in a shard folder that is a symbolic link or not a folder ({e.strerror or e})") from None
+            raise BadEntry(f"is in a shard folder that is a symbolic link or not a folder ({first_line(e)})") from None
         try:
             data = read_regular_file(f"{entry}.safetensors", limit, follow_links=False, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -117,7 +118,7 @@ class EntryFiles:
         except NotRegularFileError as e:
             raise BadEntry(f"is {e.kind}, not a regular file") from None
         except OSError as e:
-            raise BadEntry(f"cannot be read ({e.strerror or e})") from None
+            raise BadEntry(f"cannot be read ({first_line(e)})") from None
         finally:
             os.close(dir_fd)
         if len(data) > limit:

@@ -65,7 +65,7 @@ from typing import Any, Sequence
 import torch
 
 from ..arrays import available_memory
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import atomic_write_at, check_output_dir, read_regular_file
 from .cache_entries import (_ENTRY_ERRNOS, _TORCH_DTYPES, ENTRY_FORMAT, ENTRY_VERSION, BadEntry, EntryFiles,  # noqa: F401
                             Layout, _crc32)
@@ -281,8 +281,8 @@ class FeatureCache:
                 g = g.detach().to("cpu", want).clone()
                 distinct = tuple(d.detach().to("cpu", want).clone() for d in distinct)
                 if not (torch.isfinite(g).all() and all(torch.isfinite(d).all() for d in distinct)):
-                    raise S2SWError(f"image features overflow {self.dtype} in the feature cache "
-                                    f"(--cache-dtype); use fp32")
+                    raise S2SWError(f"image features overflow {self.dtype} in the feature cache; use "
+                                    f"cache_dtype fp32", fields=["cache_dtype"])
                 rows[pos] = (g, distinct)
                 self._store(batch["entry"][pos], g, distinct)
         ordered = [rows[p] for p in range(len(batch["entry"]))]
@@ -316,11 +316,11 @@ class FeatureCache:
                 self._reported.add(entry)
                 logger.warning("feature cache entry %s cannot be stored (%s: a folder, link or other file is in "
                                "the way); its features are recomputed when needed", self.files.path(entry),
-                               e.strerror or e)
+                               first_line(e))
             elif not self._write_failed:
                 self._write_failed = True
                 logger.warning("cannot write feature cache entries to %s (%s); training goes on, "
-                               "recomputing the features that were not stored", self.where, e.strerror or e)
+                               "recomputing the features that were not stored", self.where, first_line(e))
 
     def flush(self) -> None:
         """Wait until every entry handed to the writer is on disk (or failed)."""
@@ -341,14 +341,16 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
         location: a folder, or ``"memory"``.
         dtype: ``fp32`` or ``fp16`` (entries' dtype).
 
-    Raises :class:`S2SWError` (naming ``--cache-features`` / ``--cache-dtype``) when the dataset
+    Raises :class:`S2SWError` (naming ``cache_features`` / ``cache_dtype``) when the dataset
     is not deterministic, the folder cannot be used, or the disk (memory) lacks the space.
     """
     if dtype not in CACHE_DTYPES:
-        raise S2SWError(f"invalid --cache-dtype {dtype!r}: choose one of {', '.join(CACHE_DTYPES)}")
+        raise S2SWError(f"invalid cache_dtype {dtype!r}: choose one of {', '.join(CACHE_DTYPES)}",
+                        fields=["cache_dtype"])
     if not getattr(dataset, "deterministic", False):
-        raise S2SWError(f"--cache-features needs a deterministic data pipeline, but {type(dataset).__name__} "
-                        f"does not declare one (random augmentation?); train without --cache-features")
+        raise S2SWError(f"cache_features needs a deterministic data pipeline, but {type(dataset).__name__} "
+                        f"does not declare one, random augmentation perhaps; train without cache_features",
+                        fields=["cache_features"])
     layout = probe_layout(det, dataset.image_size, dtype)
     key, description = run_key(det, dataset, dtype)
     n = len(dataset)
@@ -356,7 +358,7 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
         files, where = EntryFiles(None, key, layout), "memory"
         present, free = 0, available_memory()
     else:
-        folder = check_output_dir(location, "--cache-features")
+        folder = check_output_dir(location, "cache_features")
         files, where = EntryFiles(folder / key[:32], key, layout), str(folder)
         existing = files.root
         while not existing.exists() and existing.parent != existing:
@@ -364,7 +366,8 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
         try:
             present, free = files.count(), shutil.disk_usage(existing).free
         except OSError as e:
-            raise S2SWError(f"cannot use --cache-features {folder}: {e.strerror or e}; choose another folder") from None
+            raise S2SWError(f"cannot use cache_features {folder}: {first_line(e)}; choose another folder",
+                            fields=["cache_features"]) from None
     per = layout.entry_bytes
     need = per * max(0, n - present)
     summary = (f"feature cache ({where}, {dtype}): {per / 1e6:.2f} MB per image, {per * n / 1e9:.3f} GB for "
@@ -372,9 +375,10 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
                + ("" if free is None else f", {free / 1e9:.1f} GB free"))
     if free is not None and need + _SPACE_RESERVE > free:
         place = "memory" if files.root is None else f"the disk of {where}"
-        raise S2SWError(f"--cache-features {where}: the cache needs {need / 1e9:.3f} GB more but {place} has only "
-                        f"{free / 1e9:.3f} GB free; free some space, choose another folder, use --cache-dtype "
-                        f"fp16 (half the size) or train without --cache-features")
+        raise S2SWError(f"cache_features {where}: the cache needs {need / 1e9:.3f} GB more but {place} has only "
+                        f"{free / 1e9:.3f} GB free; free some space or choose another folder; set cache_dtype "
+                        f"fp16 to halve the size; or train without cache_features",
+                        fields=["cache_features", "cache_dtype"])
     if files.root is not None:
         try:
             dir_fd = files.folder(create=True)
@@ -384,7 +388,8 @@ def open_feature_cache(location: str | os.PathLike, dtype: str, det, dataset) ->
             finally:
                 os.close(dir_fd)
         except OSError as e:
-            raise S2SWError(f"cannot write to --cache-features {where}: {e.strerror or e}; choose another folder") from None
+            raise S2SWError(f"cannot write to cache_features {where}: {first_line(e)}; choose another folder",
+                            fields=["cache_features"]) from None
     return FeatureCache(files, description, where), summary
 
 

@@ -91,7 +91,7 @@ class RunSetup:
             raise S2SWError(f"cache_dtype {self.cache_dtype} applies to a feature cache; set cache_features "
                             f"to a folder or 'memory'", fields=["cache_dtype", "cache_features"])
         if self.cache_features is not None and str(self.cache_features) != MEMORY:
-            check_output_dir(self.cache_features, "--cache-features")
+            check_output_dir(self.cache_features, "cache_features")
 
 
 class RunLog:
@@ -343,7 +343,7 @@ def _build_detector(setup: RunSetup, cfg: TrainConfig, out_dir: Path, state: Tra
         if state is None:
             raise
         raise S2SWError(f"cannot resume from {state_path}: {first_line(e)}; delete it to start "
-                        f"afresh or choose another --out") from None
+                        f"afresh or choose another out_dir", fields=["out_dir"]) from None
 
 
 def _continue_from(run: TrainRun, state: TrainState) -> None:
@@ -355,14 +355,14 @@ def _continue_from(run: TrainRun, state: TrainState) -> None:
         diffs = [f"{k} was {v!r}, now {built[k]!r}" for k, v in recorded.items() if built[k] != v]
         raise S2SWError(f"cannot resume from {state_path}: it belongs to another run "
                         f"configuration (detector {'; '.join(diffs)}); resume with the same "
-                        f"options or choose another --out")
+                        f"options or choose another out_dir", fields=["out_dir"])
     try:
         run.optimizer.load_state_dict(indexed_optimizer_state(state.optimizer, run.names))
         run.shuffle_gen.set_state(state.rng["shuffle"])
         run.pair_gen.set_state(state.rng["pair"])
     except (ValueError, KeyError, RuntimeError) as e:
         raise S2SWError(f"cannot resume from {state_path}: {first_line(e)}; delete it to start "
-                        f"afresh or choose another --out") from None
+                        f"afresh or choose another out_dir", fields=["out_dir"]) from None
     run.history, run.records, run.start_epoch = list(state.history), list(state.records), state.epoch
     for written in write_exports(run.out_dir, run.det.prompts, state, only_if_stale=True):
         run.log(f"re-exported {written.name} from {STATE_NAME} (epoch {state.epoch})")

@@ -57,14 +57,14 @@ def resumable_state(out_dir: Path, fingerprint: dict[str, Any]) -> TrainState | 
         if legacy.exists():
             raise S2SWError(f"cannot resume from {legacy}: it is in the pickle format of older s2swclip "
                             f"versions, which is not read (a pickle can run code); delete it to start "
-                            f"afresh or choose another --out")
+                            f"afresh or choose another out_dir", fields=["out_dir"])
         return None
     state = read_state(path)
     diffs = differences(state.fingerprint, fingerprint)
     if diffs:
         raise S2SWError(f"cannot resume from {path}: it belongs to another run configuration "
                         f"({'; '.join(text for _, text in diffs)}); resume with the same options or "
-                        f"choose another --out", fields=[key for key, _ in diffs])
+                        f"choose another out_dir", fields=[*(key for key, _ in diffs), "out_dir"])
     return state
 
 
@@ -86,7 +86,8 @@ def prepare_out_dir(out_dir: Path) -> None:
         for leftover in remove_temporaries(out_dir, _COMMITTED):
             logger.info("removed %s, left by an interrupted write", leftover)
     except OSError as e:
-        raise S2SWError(f"cannot write to --out {out_dir}: {first_line(e)}; choose another folder") from None
+        raise S2SWError(f"cannot write to out_dir {out_dir}: {first_line(e)}; choose another folder",
+                        fields=["out_dir"]) from None
 
 
 def write_exports(out_dir: Path, learner: PromptLearner, state: TrainState,

@@ -108,7 +108,7 @@ def read_state(path: str | os.PathLike) -> TrainState:
         raise
     except Exception as e:  # safetensors, JSON and our own checks: all mean "not a usable state"
         raise S2SWError(f"cannot resume from {path}: {first_line(e)}; delete it to start afresh "
-                        f"or choose another --out") from None
+                        f"or choose another out_dir", fields=["out_dir"]) from None
 
 
 def _read(path: Path) -> TrainState:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-from ...errors import S2SWError
+from ...errors import S2SWError, first_line
 from .common import (
     _check_root, _child, _empty_error, _find_dir, _finish, _images, _item, _pair_masks, _stem,
     _subdirs, _warn_missing,
@@ -27,7 +27,7 @@ def _label_nonzero(path: str) -> bool:
         with Image.open(path) as im:
             return bool(np.any(np.asarray(im) > 0))
     except (OSError, ValueError) as exc:
-        raise S2SWError(f"cannot read label image {path} ({exc}) — re-extract the dataset.") from None
+        raise S2SWError(f"cannot read label image {path} ({first_line(exc)}) — re-extract the dataset.") from None
 
 
 def _label_suffix_items(root: str, folder: str, suffix: str, cls: str) -> list[dict]:

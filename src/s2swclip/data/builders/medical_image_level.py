@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from ...errors import S2SWError
+from ...errors import S2SWError, first_line
 from .common import _check_root, _child, _empty_error, _find_dir, _finish, _images, _item, _stem, _walk_dirs
 from .mvtec_style import _mvtec_base, _scan_mvtec_style
 
@@ -83,7 +83,7 @@ def _read_headct_labels(path: str) -> dict[int, int]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise S2SWError(f"HeadCT: cannot read {path} ({exc}) — use the original labels.csv.") from None
+        raise S2SWError(f"HeadCT: cannot read {path} ({first_line(exc)}) — use the original labels.csv.") from None
     out: dict[int, int] = {}
     for row in rows:
         if len(row) < 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 
-from ...errors import S2SWError
+from ...errors import S2SWError, first_line
 from .common import _check_root, _finish, _warn_missing
 
 __all__ = ["build_visa"]
@@ -44,7 +44,8 @@ def build_visa(root, *, write: bool = True, meta_path=None, split_csv: str | os.
             header = next(reader, None)
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise S2SWError(f"VisA: cannot read {csv_path} ({exc}) — replace it with the original 1cls.csv.") from None
+        raise S2SWError(f"VisA: cannot read {csv_path} ({first_line(exc)}) — replace it with the original "
+                        f"1cls.csv.") from None
     cols = [h.strip().lower() for h in (header or [])]
     need = ("object", "split", "label", "image")
     if any(c not in cols for c in need):

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ...errors import first_line
+
 __all__ = ["HookRunner", "SORT_FOLDERS", "move_or_copy", "verdict_folder"]
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def move_or_copy(src: str, dest_root: Path, name: str, sha256: str | None, copy:
             except OSError:
                 shutil.move(src, dest)
     except OSError as e:
-        log.warning("could not %s %s to %s: %s", "copy" if copy else "move", src, dest.parent, e.strerror or e)
+        log.warning("could not %s %s to %s: %s", "copy" if copy else "move", src, dest.parent, first_line(e))
         return None
     return dest
 
@@ -63,7 +65,7 @@ class HookRunner:
     def __init__(self, command: str, timeout: float = 30.0, max_queue: int = 1000):
         self.argv = shlex.split(command)
         if not self.argv:
-            raise ValueError("empty --on-anomaly command")
+            raise ValueError("empty on_anomaly command")
         self.timeout = float(timeout)
         self.queue: queue.Queue[str | None] = queue.Queue(max_queue)
         self.failed = self.ran = 0
@@ -75,7 +77,8 @@ class HookRunner:
             self.queue.put_nowait(result_json)
         except queue.Full:
             self.failed += 1
-            log.warning("--on-anomaly: %d runs already waiting; not run for %s", self.queue.maxsize, result_json[:200])
+            log.warning("on_anomaly command: %d runs already waiting; not run for %s", self.queue.maxsize,
+                        result_json[:200])
 
     def _loop(self) -> None:
         while True:
@@ -91,18 +94,19 @@ class HookRunner:
                                       stderr=err, timeout=self.timeout, check=False)
             except subprocess.TimeoutExpired:
                 self.failed += 1
-                log.warning("--on-anomaly %s ran longer than %g s and was stopped", self.argv[0], self.timeout)
+                log.warning("on_anomaly command %s ran longer than %g s and was stopped", self.argv[0], self.timeout)
                 return
             except OSError as e:
                 self.failed += 1
-                log.warning("--on-anomaly %s could not run: %s", self.argv[0], e.strerror or e)
+                log.warning("on_anomaly command %s could not run: %s", self.argv[0], first_line(e))
                 return
             self.ran += 1
             if proc.returncode != 0:
                 self.failed += 1
                 err.seek(max(0, err.seek(0, os.SEEK_END) - 400))
                 tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-                log.warning("--on-anomaly %s exited with status %d: %s", self.argv[0], proc.returncode, tail[0][:200])
+                log.warning("on_anomaly command %s exited with status %d: %s", self.argv[0], proc.returncode,
+                            tail[0][:200])
 
     def close(self) -> None:
         """Let the waiting runs finish (each within its time limit) and stop the thread."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ...errors import first_line
+
 __all__ = ["Candidate", "FileDetector", "is_temporary_name"]
 
 log = logging.getLogger(__name__)
@@ -157,7 +159,7 @@ class FileDetector:
                         elif entry.is_file():
                             yield entry
             except OSError as e:
-                log.warning("cannot list %s: %s", folder, e.strerror or e)
+                log.warning("cannot list %s: %s", folder, first_line(e))
 
     def _see(self, path: str, atomic: bool, now: float, st: os.stat_result | None = None) -> None:
         name = self._name(path)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ...errors import S2SWError
+from ...errors import S2SWError, first_line
 
 __all__ = ["LEDGER_NAME", "RESULTS_NAME", "Ledger", "Part", "ResultsLog"]
 
@@ -87,7 +87,8 @@ class Ledger:
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
-            raise S2SWError(f"cannot use the ledger {self.path}: {e}; choose another --out") from None
+            raise S2SWError(f"cannot use the ledger {self.path}: {first_line(e)}; choose another out_dir",
+                            fields=["out_dir"]) from None
         self._check_fingerprint(fingerprint)
 
     def close(self) -> None:
@@ -110,7 +111,7 @@ class Ledger:
             if old.get(key) != fingerprint.get(key):
                 raise S2SWError(f"{self.path} was written with another {key} ({_short(old.get(key))}, now "
                                 f"{_short(fingerprint.get(key))}): its results would mix with new ones; use the "
-                                f"same model and threshold, or another --out")
+                                f"same model and threshold, or another out_dir", fields=["out_dir"])
 
     @property
     def jsonl_offset(self) -> int:
@@ -186,7 +187,7 @@ class Ledger:
         size = log.size()
         if size < offset:
             raise S2SWError(f"{log.path} is shorter ({size} bytes) than {self.path} records ({offset} bytes): "
-                            f"it was edited or replaced; restore it or use another --out")
+                            f"it was edited or replaced; restore it or use another out_dir", fields=["out_dir"])
         done = []
         for line in log.lines_from(offset):
             try:
