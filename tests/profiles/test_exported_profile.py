@@ -89,6 +89,8 @@ def test_user_errors_on_exported_profiles(capsys, export, export_images, tmp_pat
     user_error(capsys, ["profile", "calibrate", "cast", export_images, "--profiles", root, "--model", export],
                "drop --model")
     user_error(capsys, ["profile", "create", "other", "--profiles", root], "no good images given")
+    user_error(capsys, ["predict", export_images, "--out", tmp_path / "o", "--profile", "cast", "--profiles", root,
+                        "--backbone", "S2SW-Tiny-24L"], f"--model {export} already fixes", "drop --backbone")
     # exported again into the same folder: refused naming the profile
     _reexport(export, tmp_path, threshold=0.01)
     assert load_exported(export).threshold == 0.01  # a valid export, only not the one recorded
