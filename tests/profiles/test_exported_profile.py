@@ -131,3 +131,26 @@ def test_service_scores_exported_profiles_sharing_one_loaded_export(capsys, expo
     with TestClient(create_app(onnx_detector, profiles=service, max_upload_bytes=2_000_000), base_url=URL) as client:
         assert sorted(client.get("/v1/profiles").json()["unusable"]) == ["a", "b"]
         assert client.post("/v1/predict?profile=b", files=parts).status_code == 404
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"exported": "relative/exp"}, "model 'exported' must be an absolute folder path"),
+    ({"exported_sha256": "abc"}, "model 'exported_sha256' is not a SHA-256"),
+    ({"image_size": 0}, "model 'image_size' must be >= 1"),
+])
+def test_a_hostile_exported_profile_manifest_is_refused_naming_the_field(change, needle):
+    from s2swclip.errors import S2SWError
+    from s2swclip.profiles.manifest import parse_manifest
+
+    m = {"format": "s2swclip-profile", "format_version": 1, "name": "cast", "version": 1, "created": "t",
+         "updated": "t", "few_shot_weight": 0.0, "threshold": None, "calibration": None, "images": [],
+         "model": {"exported": "/x/exp", "exported_sha256": "0" * 64, "image_size": 280},
+         "references": {"in_export": True, "count": 0}}
+    assert parse_manifest(json.dumps(m).encode(), "p.json", 32)["model"]["exported"] == "/x/exp"
+    m["model"].update(change)
+    with pytest.raises(S2SWError, match=needle):
+        parse_manifest(json.dumps(m).encode(), "p.json", 32)
+    m["model"] = {"exported": "/x/exp", "exported_sha256": "0" * 64, "image_size": 280}
+    m["images"] = [{"file": "images/000.png", "name": "a", "sha256": "0" * 64}]
+    with pytest.raises(S2SWError, match="a profile on an exported model has no images"):
+        parse_manifest(json.dumps(m).encode(), "p.json", 32)
