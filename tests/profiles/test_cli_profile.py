@@ -80,13 +80,3 @@ def test_serve_with_profiles(capsys, folders):
         assert [p["name"] for p in listed["profiles"]] == ["bolt"] and listed["limits"]["max_profiles"] == 3
         assert client.get("/v1/model").json()["profiles"] == {"max_profiles": 3, "max_references": 32}
     user_error(capsys, ["serve", "--model", folders, "--profiles", root], "--profiles needs the PyTorch detector")
-
-
-def test_profile_on_an_exported_model_is_refused_naming_the_field(capsys, folders):
-    """The torch-free runtime has no few-shot reference path (an export's bank is fixed in its
-    head), so a profile on ``--model DIR`` is one error line, before any image is read."""
-    root = folders / "profiles"
-    for verb in ("create", "add", "calibrate"):
-        user_error(capsys, ["profile", verb, "bolt", folders / "good", "--profiles", root, "--model", folders / "exp"],
-                   f"--model {folders / 'exp'}", "s2swclip.json 'references'", "fixed at export")
-    assert not (root / "bolt").exists()

@@ -101,6 +101,11 @@ def _profile_scorer(args):
         raise S2SWError(f"--profile {args.profile} already fixes the model, references and weight; drop "
                         f"{', '.join(clash)}")
     manifest = open_store(args).show(args.profile)
+    if "exported" in manifest["model"]:  # a profile on an exported model: torch-free (profiles.exported)
+        check_exported_args(argparse.Namespace(**dict(vars(args), model=manifest["model"]["exported"])))
+        store = open_store(args)
+        store.exports.inference_timeout = args.inference_timeout
+        return store.scorer(store.load(args.profile))
     store = open_store(args, detector_for_profile(args, manifest))
     return store.scorer(store.load(args.profile))
 

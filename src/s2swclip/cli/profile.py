@@ -35,12 +35,13 @@ def add_parser(sub) -> None:
         if name != "list":
             v.add_argument("name", help="profile name (letters, digits, '.', '_', '-')")
         if images:
-            v.add_argument("images", nargs="+", help="known-good images: files, folders or glob patterns")
+            v.add_argument("images", nargs="*" if name == "create" else "+",
+                           help="known-good images: files, folders or glob patterns")
         v.add_argument("--profiles", required=True, metavar="DIR", help="the profiles folder")
         if model:
             add_model_args(v)
-            v.add_argument("--model", metavar="DIR", help="an exported model folder: not possible for a profile "
-                                                          "(its references are fixed at export; docs/profiles.md)")
+            v.add_argument("--model", metavar="DIR", help="create: a profile on this exported model folder, with the "
+                                                          "references fixed in it at export (no good images)")
             v.add_argument("--max-mpx", type=positive, default=40.0, help="largest image, in megapixels")
         v.set_defaults(func=cmd_profile, verb=name)
         return v
@@ -105,12 +106,35 @@ def detector_for_profile(args, manifest: dict | None):
 
 
 def exported_model_refusal(folder) -> str:
-    """Why a profile cannot be built on an exported model (``--model DIR``): one line."""
-    return (f"--model {folder}: a profile cannot use an exported model: the torch-free runtime has no few-shot "
-            f"reference path (an export's references are constants of its scoring head, fixed at export: "
-            f"s2swclip.json 'references'), so it cannot build the profile's bank; build the profile on the "
-            f"PyTorch backbone (--backbone, --weights, --prompts), or export a model with its references "
-            f"('s2swclip export --reference DIR') and serve it with 'serve --model'")
+    """Why ``serve --model DIR --profiles DIR`` is refused: one line."""
+    return (f"--model {folder}: the service of a profiles folder runs the PyTorch detector (--backbone, --weights, "
+            f"--prompts); profiles made on an exported model ('profile create NAME --model DIR') are served by it too")
+
+
+def _create_on_export(args) -> int:
+    """``profile create NAME --model EXPORT_DIR``: a profile on an exported model (profiles.exported)."""
+    from ..profiles import exported
+    from .options import check_exported_args
+
+    if args.images:
+        raise S2SWError(f"--model {args.model}: the export's references are fixed (s2swclip.json 'references'); "
+                        f"drop the good images, or export again with 's2swclip export --reference DIR'")
+    check_exported_args(args)
+    if args.few_shot_weight is not None:
+        raise S2SWError(f"--few-shot-weight cannot be used with --model {args.model}: it is fixed at export")
+    if args.calibrate and args.threshold is not None:
+        raise S2SWError("give --threshold or --calibrate, not both")
+    cal = read_good_images([args.calibrate], args.max_references, "calibration image") if args.calibrate else []
+    store = open_store(args, must_exist=False)
+    p = exported.create(store, args.name, args.model, threshold=args.threshold, calibration_images=cal, fpr=args.fpr)
+    _print_exported(p)
+    return 0
+
+
+def _print_exported(p) -> None:
+    thr = "none" if p.threshold is None else f"{p.threshold:.6f}"
+    print(f"profile {p.name} version {p.version}: exported model {p.manifest['model']['exported']} "
+          f"({p.num_references} references in the export), threshold {thr}")
 
 
 def open_store(args, detector=None, must_exist: bool = True):
@@ -137,8 +161,17 @@ def cmd_profile(args) -> int:
         open_store(args).delete(args.name)
         print(f"profile {args.name} deleted")
         return 0
-    if getattr(args, "model", None) is not None:
-        raise S2SWError(exported_model_refusal(args.model))
+    if args.verb == "create" and args.model is not None:
+        return _create_on_export(args)
+    if args.model is not None:
+        raise S2SWError(f"--model {args.model}: the profile records its model; drop --model (only 'profile create' "
+                        f"takes one)")
+    if not args.images:
+        raise S2SWError("no good images given: a profile needs at least one (or --model EXPORT_DIR)")
+    if args.verb == "add":  # before any image is read
+        from ..profiles.exported import refuse_add
+
+        refuse_add(args.name, open_store(args).show(args.name))
     limit = getattr(args, "max_references", DEFAULT_MAX_REFERENCES)
     images = read_good_images(args.images, limit)
     if args.verb == "create":
@@ -150,6 +183,8 @@ def cmd_profile(args) -> int:
                          calibration_images=cal, fpr=args.fpr)
     else:
         manifest = open_store(args).show(args.name)
+        if "exported" in manifest["model"]:
+            return _change_exported(args, manifest, images)
         store = open_store(args, detector_for_profile(args, manifest))
         if args.verb == "add":
             p = store.add_references(args.name, images)
@@ -159,6 +194,17 @@ def cmd_profile(args) -> int:
     thr = "none" if p.threshold is None else f"{p.threshold:.6f}"
     print(f"profile {p.name} version {p.version}: {p.num_references} references "
           f"({p.nbytes / 2**20:.1f} MiB bank), few-shot weight {p.few_shot_weight}, threshold {thr}")
+    return 0
+
+
+def _change_exported(args, manifest: dict, images: list) -> int:
+    """``profile calibrate`` of a profile on an exported model: the images scored by the export
+    (``add`` was refused before: its references are fixed in the export)."""
+    from ..profiles import exported
+
+    p, calibration = exported.calibrate(open_store(args), args.name, images, fpr=args.fpr)
+    print(calibration.describe())
+    _print_exported(p)
     return 0
 
 

@@ -122,6 +122,23 @@ def _check_images(where: str, images: list, count: int) -> None:
             raise _bad(where, f"image {file} has a name longer than 255 characters")
 
 
+def _check_exported(where: str, model: dict, refs: dict) -> None:
+    """``model`` of a profile on an exported folder: its absolute path, the SHA-256 of its
+    ``s2swclip.json``, its image size; ``refs``: the export's references record (count 0: none)."""
+    path = _field(where, model, "exported", (str,))
+    if not path.startswith("/") or len(path) > 4096 or not path.isprintable():
+        raise _bad(where, "model 'exported' must be an absolute folder path")
+    if not _SHA256.fullmatch(_field(where, model, "exported_sha256", (str,))):
+        raise _bad(where, "model 'exported_sha256' is not a SHA-256 hex digest")
+    if _field(where, model, "image_size", (int,)) < 1:
+        raise _bad(where, "model 'image_size' must be >= 1")
+    count = _field(where, refs, "count", (int,))
+    if not 0 <= count <= 100_000:
+        raise _bad(where, f"references 'count' {count} is out of range")
+    if _field(where, refs, "in_export", (bool,)) is not True:
+        raise _bad(where, "references 'in_export' must be true for a profile on an exported model")
+
+
 def parse_manifest(data: bytes, where: str, max_references: int) -> dict:
     """Parse and validate manifest bytes read from ``where``; returns the manifest dict.
 
@@ -145,6 +162,16 @@ def parse_manifest(data: bytes, where: str, max_references: int) -> dict:
     for key in ("created", "updated"):
         _field(where, m, key, (str,))
     model = _field(where, m, "model", (dict,))
+    _number(where, m, "few_shot_weight", 0.0, 1.0)
+    _number(where, m, "threshold", -1e9, 1e9, optional=True)
+    cal = _field(where, m, "calibration", (dict,), optional=True)
+    if cal is not None:
+        _check_calibration(where, cal)
+    if "exported" in model:  # an exported model folder (profiles.exported): its references are in the export
+        _check_exported(where, model, _field(where, m, "references", (dict,)))
+        if _field(where, m, "images", (list,)):
+            raise _bad(where, "a profile on an exported model has no images")
+        return m
     for key in ("backbone", "weights_fingerprint", "few_shot_stream"):
         _field(where, model, key, (str,))
     _field(where, model, "prompts", (str,), optional=True)
@@ -156,11 +183,6 @@ def parse_manifest(data: bytes, where: str, max_references: int) -> dict:
     layers = _field(where, model, "few_shot_layers", (list,))
     if not layers or not all(type(x) is int for x in layers):
         raise _bad(where, "model 'few_shot_layers' must be a list of layer numbers")
-    _number(where, m, "few_shot_weight", 0.0, 1.0)
-    _number(where, m, "threshold", -1e9, 1e9, optional=True)
-    cal = _field(where, m, "calibration", (dict,), optional=True)
-    if cal is not None:
-        _check_calibration(where, cal)
     refs = _field(where, m, "references", (dict,))
     count = _field(where, refs, "count", (int,))
     if not 1 <= count <= max_references:

@@ -43,6 +43,7 @@ from ..errors import S2SWError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..inference.calibration import Calibration, conformal_threshold
 from ..model.references import ReferenceBank, save_bank
+from . import exported
 from .manifest import (DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES,  # noqa: F401 (re-exported)
                        FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, OverLimit, ProfileExists,
                        ProfileNotFound, check_name, now_iso, parse_manifest)
@@ -116,6 +117,7 @@ class ProfileStore:
         self._lock = threading.RLock()
         self._prompts_digest: tuple[str | None, str | None] = (None, None)
         self._siblings: dict = {}  # prompts SHA-256 -> detector sharing the backbone
+        self.exports = exported.ExportedModels()  # the exported models of profiles on one (profiles.exported)
 
     # ---------------------------------------------------------------------------- locking
     @contextlib.contextmanager
@@ -192,9 +194,11 @@ class ProfileStore:
     def load(self, name: str) -> Profile:
         """Profile ``name`` verified and ready to score: manifest valid, bank valid and made with
         this detector's backbone, weights and settings, image hashes as recorded."""
+        m, folder = self._show(name)  # one pointer read: another process may switch it meanwhile
+        if exported.is_exported(m):
+            return exported.load(self, name, m)
         if self.detector is None:
             raise ValueError("loading a profile needs the detector")
-        m, folder = self._show(name)  # one pointer read: another process may switch it meanwhile
         self.detector_for(name, m)
         for entry in m["images"]:
             path = folder / entry["file"]
@@ -226,7 +230,7 @@ class ProfileStore:
                 continue
             rows.append({"name": name, "version": m["version"], "references": m["references"]["count"],
                          "few_shot_weight": m["few_shot_weight"], "threshold": m.get("threshold"),
-                         "calibration": m.get("calibration"), "backbone": m["model"]["backbone"],
+                         "calibration": m.get("calibration"), "backbone": exported.model_label(m),
                          "created": m["created"], "updated": m["updated"]})
         return rows, problems
 
@@ -276,6 +280,7 @@ class ProfileStore:
     def add_references(self, name: str, images: Sequence[GoodImage], progress: Progress | None = None) -> Profile:
         """The next version of ``name`` with ``images`` added to its bank (a calibration made
         before stays, marked ``stale``: recalibrate)."""
+        exported.refuse_add(name, self.show(name))
         decoded = self._decode(images, "good image")
         with self._locked():
             old = self.load(name)
@@ -298,6 +303,8 @@ class ProfileStore:
                   progress: Progress | None = None) -> tuple[Profile, Calibration]:
         """The next version of ``name`` with its threshold from the split-conformal quantile of
         ``images``' scores (good images not among its references) at false-positive rate ``fpr``."""
+        if exported.is_exported(self.show(name)):
+            return exported.calibrate(self, name, images, fpr, progress)
         cal = self._decode(images, "calibration image")
         with self._locked():
             old = self.load(name)
@@ -366,7 +373,9 @@ class ProfileStore:
         return siblings[digest]
 
     def scorer(self, profile: Profile) -> ProfileScorer:
-        """The scorer of ``profile`` on the shared backbone (see :meth:`detector_for`)."""
+        """The scorer of ``profile`` on the shared backbone (:meth:`detector_for`) or its export."""
+        if exported.is_exported(profile.manifest):
+            return exported.ExportedProfileScorer(self.exports.get(profile.name, profile.manifest), profile)
         return ProfileScorer(self.detector_for(profile.name, profile.manifest), profile)
 
     def _model_record(self) -> dict:
@@ -377,7 +386,7 @@ class ProfileStore:
                 "image_size": int(c.image_size), "few_shot_layers": list(c.few_shot_layers),
                 "few_shot_stream": c.few_shot_stream, "coreset": c.coreset, "precision": c.precision}
 
-    def _decode(self, images: Sequence[GoodImage], what: str) -> list[_Decoded]:
+    def _decode(self, images: Sequence[GoodImage], what: str, size: int | None = None) -> list[_Decoded]:
         if not images:
             raise S2SWError(f"no {what}s given: a profile needs at least one")
         if len(images) > self.max_references:
@@ -386,7 +395,7 @@ class ProfileStore:
         for img in images:
             label = _safe_label(img.name)
             try:
-                d = decode_for_model(bytes(img.data), self.detector.config.image_size, preview_side=1,
+                d = decode_for_model(bytes(img.data), size or self.detector.config.image_size, preview_side=1,
                                      max_pixels=self.max_pixels, budget=self.budget)
             except ImageError as e:
                 raise S2SWError(f"{what} {label!r} unusable: {e}") from None
@@ -438,12 +447,9 @@ class ProfileStore:
                                  "images_sha256": [_sha256(d.data) for d in cal]})
 
     def _commit(self, m: dict, banks: list, files: list[tuple[dict, bytes]]) -> Profile:
-        """Write version ``m['version']`` of profile ``m['name']`` and switch to it (lock held)."""
-        det, c = self.detector, self.detector.config
+        """Write version ``m['version']`` of profile ``m['name']`` and switch to it (lock held);
+        ``banks`` None: a profile on an exported model (no bank)."""
         name, version = m["name"], m["version"]
-        bank = ReferenceBank()
-        bank.set([b.detach().cpu().contiguous() for b in banks], layers=c.few_shot_layers, stream=c.few_shot_stream,
-                 num_references=len(files), image_size=c.image_size, coreset=c.coreset)
         folder = self.root / name
         folder.mkdir(exist_ok=True)
         self._remove_leftovers(folder)  # the lock is held: any half-built or orphan version is a crash's
@@ -453,10 +459,8 @@ class ProfileStore:
         try:
             for entry, data in files:
                 atomic_write_bytes(tmp / entry["file"], data)
-            save_bank(tmp / "references.safetensors", bank, backbone=str(det.provenance.get("backbone")),
-                      weights_fingerprint=det.weights_fingerprint(), meta={"profile": name, "version": version})
-            m = dict(m, references={"file": "references.safetensors", "count": len(files),
-                                    "sha256": _sha256((tmp / "references.safetensors").read_bytes())})
+            if banks is not None:
+                m = self._save_bank(tmp / "references.safetensors", m, banks, len(files))
             atomic_write_text(tmp / MANIFEST_NAME, json.dumps(m, indent=2) + "\n")
             target = folder / f"v{version:06d}"
             os.rename(tmp, target)
@@ -466,8 +470,20 @@ class ProfileStore:
         atomic_write_text(folder / POINTER, json.dumps({"version": version, "folder": target.name}) + "\n")
         self._prune(folder, keep={target.name, f"v{version - 1:06d}"})
         log.info("profile %s: version %d written under %s", name, version, target)
+        if banks is None:
+            return exported.profile_of(m)
+        c = self.detector.config
         return Profile(name, version, m, tuple(banks), tuple(c.few_shot_layers), c.few_shot_stream,
                        int(c.image_size), float(m["few_shot_weight"]), m.get("threshold"))
+
+    def _save_bank(self, path: Path, m: dict, banks: list, count: int) -> dict:
+        det, c = self.detector, self.detector.config
+        bank = ReferenceBank()
+        bank.set([b.detach().cpu().contiguous() for b in banks], layers=c.few_shot_layers, stream=c.few_shot_stream,
+                 num_references=count, image_size=c.image_size, coreset=c.coreset)
+        save_bank(path, bank, backbone=str(det.provenance.get("backbone")),
+                  weights_fingerprint=det.weights_fingerprint(), meta={"profile": m["name"], "version": m["version"]})
+        return dict(m, references={"file": path.name, "count": count, "sha256": _sha256(path.read_bytes())})
 
     @staticmethod
     def _remove_leftovers(folder: Path) -> None:

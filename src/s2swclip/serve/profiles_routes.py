@@ -109,7 +109,12 @@ class ProfilesService:
         with self._lock:
             found = self._scorers.get(name)
             if found is None or found.profile is not profile:
-                found = self._scorers[name] = self.store.scorer(profile)
+                try:
+                    found = self._scorers[name] = self.store.scorer(profile)
+                except S2SWError as e:  # a profile's exported model folder changed since it was loaded
+                    self.live.remove(name)
+                    self.problems[name] = str(e)
+                    return None
             return found
 
     def serve(self, profile: Profile) -> None:
