@@ -250,15 +250,8 @@ def export_detector(
     started = time.perf_counter()
     out = check_export_request(format, precision, calibrate_dir, out_dir)
     check_threshold(threshold)
-    if det.config.precision != "fp32" or det.device.type != "cpu":
-        raise S2SWError("export needs a float32 detector on the CPU: load_detector(..., device='cpu', "
-                        "precision='fp32')")
+    _check_exportable(det, references)
     size = int(det.config.image_size)
-    if det.num_references and det.references.image_size != size:
-        raise S2SWError(f"the references are {det.references.image_size} px images, the export is for {size} px: "
-                        f"set the references at the detector's image size")
-    if references is not None and not det.num_references:
-        raise ValueError("references given, but the detector has none set")
     few_shot = references_record(det, references)
     if few_shot is not None:
         log.info("few-shot: %d reference image(s) baked into the head (weight %g, %d bank rows, %.1f MB)",
@@ -272,11 +265,7 @@ def export_detector(
         0).standard_normal((RANDOM_DRIFT_IMAGES, 3, size, size)).astype(np.float32)
 
     graph = DetectorGraph(det, size).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the folder is meant to be copied and served
+    tmp = _staging_folder(out)
     try:
         stages, files = _write_models(graph, tmp, format, precision, calibration)
         manifest = _manifest(det, tmp, format, precision, stages, files, threshold, few_shot)
@@ -298,6 +287,31 @@ def export_detector(
     if precision == "fp32" and (drift.max_abs_score > FP32_TOLERANCE["scores"] or drift.max_abs_map > FP32_TOLERANCE["maps"]):
         log.warning("the fp32 export differs from PyTorch by more than %s: %s", FP32_TOLERANCE, drift.describe())
     return ExportResult(out, manifest, drift, seconds)
+
+
+def _check_exportable(det: S2SWDetector, references: ReferenceSource | None) -> None:
+    """A float32 detector on the CPU, with its references (if any) at its own image size."""
+    if det.config.precision != "fp32" or det.device.type != "cpu":
+        raise S2SWError("export needs a float32 detector on the CPU: load_detector(..., device='cpu', "
+                        "precision='fp32')")
+    size = int(det.config.image_size)
+    if det.num_references and det.references.image_size != size:
+        raise S2SWError(f"the references are {det.references.image_size} px images, the export is for {size} px: "
+                        f"set the references at the detector's image size")
+    if references is not None and not det.num_references:
+        raise ValueError("references given, but the detector has none set")
+
+
+def _staging_folder(out: Path) -> Path:
+    """A new hidden folder beside ``out`` (same filesystem: renamed into place when complete),
+    with the umask's permissions (mkdtemp makes it private; an export is meant to be copied and
+    served)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
 
 
 def _manifest(det: S2SWDetector, tmp: Path, fmt: str, precision: str, stages: list[Stage], files: list[str],
