@@ -1,8 +1,8 @@
 """The library names its own arguments and fields in its messages, never command-line flags; the
 command line adds each field's flag (``cli/options.py`` ``FLAGS``, ``S2SWError.with_flags``).
 
-The source scan covers the library packages outside ``cli/`` (``deploy/``, ``serve/`` and
-``profiles/`` are checked by their own owners' tests); the behavioural tests make the same mistake
+The source scan covers the library packages outside ``cli/`` (``serve/`` is checked by its
+owner's tests); the behavioural tests make the same mistake
 through the Python API (the field) and the command line (the flag)."""
 
 import ast
@@ -18,7 +18,7 @@ from helpers import assert_user_error, run_cli, write_png  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "s2swclip"
 SCANNED = ("model", "data", "training", "eval", "inference", "viz", "demo.py", "fileio.py", "errors.py", "specs.py",
-           "arrays.py", "progress.py", "api.py")
+           "arrays.py", "progress.py", "api.py", "deploy", "profiles")
 FLAG = re.compile(r"(?<![\w-])--[a-z]")
 # (file, text) of strings that may hold a flag, each with why
 ALLOWED = {

@@ -15,16 +15,17 @@ def test_request_mistakes(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("s2swclip.model.factory.load_detector", no_model_load)
     out = str(tmp_path / "out")
     user_error(capsys, ["export", "--format", "openvino", "--precision", "int8", "--out", out, *TINY],
-                "--precision int8 needs --calibrate DIR")
+                "precision int8 needs calibrate_dir (--precision, --calibrate); give it a folder")
     user_error(capsys, ["export", "--format", "onnx", "--precision", "bf16", "--out", out, *TINY],
-                "--format openvino")
+                "precision bf16 is made with OpenVINO, ONNX exports are fp32 (--precision); "
+                "use format openvino (--format)")
     user_error(capsys, ["export", "--format", "tensorrt", "--out", out, *TINY], "--format", "invalid choice")
     user_error(capsys, ["export", "--format", "onnx", "--out", out, "--calibrate", str(tmp_path / "none"), *TINY],
-                "--calibrate", "not found")
+                "calibrate_dir (--calibrate):", "not found")
     user_error(capsys, ["export", "--format", "onnx", "--out", out, "--device", "cuda", *TINY], "--device")
     full = tmp_path / "full"
     write_pngs(full, 1)
-    user_error(capsys, ["export", "--format", "onnx", "--out", str(full), *TINY], "is not empty")
+    user_error(capsys, ["export", "--format", "onnx", "--out", str(full), *TINY], f"out_dir {full} is not empty (--out); export into a new or empty folder")
     (tmp_path / "file").write_text("x")
     user_error(capsys, ["export", "--format", "onnx", "--out", str(tmp_path / "file"), *TINY], "is an existing file")
     user_error(capsys, ["export", "--out", out, *TINY], "--format")
@@ -70,5 +71,5 @@ def test_ray_engine_model_mistakes(capsys, tmp_path):
     base = ["predict", "--engine", "ray", "--model", model, str(images), "--out", str(tmp_path / "out")]
     user_error(capsys, [*base, "--backbone", "ViT-B-16"], "drop --backbone")
     user_error(capsys, [*base, "--gpus-per-worker", "1"], "runs on the CPU", "drop --gpus-per-worker")
-    user_error(capsys, base, f"--model {model}: no such folder")
+    user_error(capsys, base, f"model {model} (--model): no such folder")
     assert not (tmp_path / "out").exists()

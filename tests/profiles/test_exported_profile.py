@@ -77,15 +77,15 @@ def test_create_show_predict_equals_the_export_and_calibrate(capsys, export, exp
 def test_user_errors_on_exported_profiles(capsys, export, export_images, tmp_path):
     root = tmp_path / "profiles"
     user_error(capsys, ["profile", "create", "cast", export_images, "--profiles", root, "--model", export],
-               f"--model {export}", "references are fixed", "export again")
+               f"model {export} (--model)", "references are fixed", "export again")
     user_error(capsys, ["profile", "create", "cast", "--profiles", root, "--model", tmp_path / "nothing"],
-               f"--model {tmp_path / 'nothing'}")
+               f"model {tmp_path / 'nothing'} (--model): no such folder")
     assert not (root / "cast").exists()
     assert run_cli(capsys, "profile", "create", "cast", "--profiles", root, "--model", export, "--threshold",
                    "0.25")[0] == 0
     assert json.loads(run_cli(capsys, "profile", "show", "cast", "--profiles", root)[1])["threshold"] == 0.25
     user_error(capsys, ["profile", "add", "cast", export_images, "--profiles", root],
-               "profile 'cast' uses the exported model", "fixed in the export", "s2swclip export --reference")
+               "profile 'cast' uses the exported model", "fixed in the export", "export the model again with the new references")
     user_error(capsys, ["profile", "calibrate", "cast", export_images, "--profiles", root, "--model", export],
                "drop --model")
     user_error(capsys, ["profile", "create", "other", "--profiles", root], "no good images given")

@@ -38,7 +38,7 @@ FLAGS: dict[str, str | None] = {
     "detector_options": None,
     # outputs, the few-shot protocol (test), exported models, the watch command
     "out_dir": "--out", "seeds": "--shot-seed", "model": "--model", "inference_timeout": "--inference-timeout",
-    "on_anomaly": "--on-anomaly",
+    "on_anomaly": "--on-anomaly", "format": "--format", "profiles": "--profiles", "max_profiles": "--max-profiles",
     # fields of the library only (DetectorConfig, TrainConfig): no flag sets them
     "feature_layers": None, "dpam_layers": None, "few_shot_layers": None, "few_shot_stream": None, "betas": None,
     "pairwise_hinge": None,

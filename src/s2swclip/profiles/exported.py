@@ -48,8 +48,8 @@ def refuse_add(name: str, m: dict) -> None:
     cannot be added to it."""
     if is_exported(m):
         raise S2SWError(f"profile {name!r} uses the exported model {m['model']['exported']}, whose references "
-                        f"are fixed in the export: export again with 's2swclip export --reference DIR' and make a "
-                        f"new profile on it ('profile create NAME --model DIR')")
+                        f"are fixed in the export: export the model again with the new references and make a new "
+                        f"profile on that export")
 
 
 def _manifest_digest(folder: str) -> str | None:
@@ -137,12 +137,9 @@ def _record(folder: str) -> tuple[dict, dict, float | None]:
 
     path = os.path.abspath(os.path.expanduser(folder))
     digest = _manifest_digest(path)
-    try:
-        man = load_manifest(path)  # every model file's digest checked
-    except S2SWError as e:
-        raise S2SWError(f"--model {folder}: {e}") from None
+    man = load_manifest(path)  # every model file's digest checked; its errors name the model field
     if digest is None or _manifest_digest(path) != digest:
-        raise S2SWError(f"--model {folder}: its s2swclip.json changed while it was read")
+        raise S2SWError(f"model {folder}: its s2swclip.json changed while it was read", fields=("model",))
     refs = man.references or {}
     model = {"exported": path, "exported_sha256": digest, "image_size": int(man.image_size), "format": man.format,
              "precision": man.precision, "backbone": (man.provenance or {}).get("backbone")}
@@ -163,8 +160,8 @@ def create(store, name: str, folder: str, *, threshold: float | None = None, cal
         if name in store.names():
             raise ProfileExists(f"profile {name!r} already exists under {store.root}: choose another name")
         if len(store.names()) >= store.max_profiles:
-            raise OverLimit(f"{store.root} holds {store.max_profiles} profiles already (--max-profiles); "
-                            f"delete one first")
+            raise OverLimit(f"{store.root} holds {store.max_profiles} profiles already, as many as max_profiles "
+                            f"allows; delete one first", fields=("max_profiles",))
         stamp = now_iso()
         weight = references["few_shot_weight"] if references["count"] else 0.0
         m = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, "name": name, "version": 1, "created": stamp,

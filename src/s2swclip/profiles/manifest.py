@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import S2SWError
 
-# limits of a profiles folder (serve --max-profiles / --max-references); torch-free, so the
+# limits of a profiles folder (max_profiles / max_references); torch-free, so the
 # command line's parser can show them without loading PyTorch
 DEFAULT_MAX_PROFILES = 20
 DEFAULT_MAX_REFERENCES = 32

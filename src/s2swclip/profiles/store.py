@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..data.images import ImageError, PixelBudget, decode_for_model
-from ..errors import S2SWError
+from ..errors import S2SWError, first_line
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..inference.calibration import Calibration, conformal_threshold
 from ..model.references import ReferenceBank, save_bank
@@ -104,12 +104,12 @@ class ProfileStore:
     def __init__(self, root: str | os.PathLike, detector=None, *, max_profiles: int = DEFAULT_MAX_PROFILES,
                  max_references: int = DEFAULT_MAX_REFERENCES, max_pixels: int | None = 40_000_000,
                  budget: PixelBudget | None = None, batch_size: int = 8):
-        for flag, value in (("--max-profiles", max_profiles), ("--max-references", max_references)):
+        for field, value in (("max_profiles", max_profiles), ("max_references", max_references)):
             if int(value) < 1:
-                raise S2SWError(f"{flag} must be at least 1, got {value}")
+                raise S2SWError(f"{field} must be at least 1, got {value}", fields=(field,))
         self.root = Path(os.path.expanduser(os.fspath(root)))
         if self.root.exists() and not self.root.is_dir():
-            raise S2SWError(f"--profiles {self.root} is a file, not a folder")
+            raise S2SWError(f"profiles {self.root} is a file, not a folder", fields=("profiles",))
         self.root.mkdir(parents=True, exist_ok=True)
         self.detector = detector
         self.max_profiles, self.max_references = int(max_profiles), int(max_references)
@@ -188,7 +188,7 @@ class ProfileStore:
             with open(path, "rb") as f:
                 data = f.read(MAX_MANIFEST_BYTES + 1)
         except OSError as e:
-            raise S2SWError(f"profile {name!r}: cannot read {path}: {e.strerror or e}") from None
+            raise S2SWError(f"profile {name!r}: cannot read {path}: {first_line(e)}") from None
         return parse_manifest(data, str(path), self.max_references)
 
     def load(self, name: str) -> Profile:
@@ -205,7 +205,7 @@ class ProfileStore:
             try:
                 digest = _sha256(path.read_bytes())
             except OSError as e:
-                raise S2SWError(f"profile {name!r}: cannot read {path}: {e.strerror or e}") from None
+                raise S2SWError(f"profile {name!r}: cannot read {path}: {first_line(e)}") from None
             if digest != entry["sha256"]:
                 raise S2SWError(f"profile {name!r}: {path} does not have the SHA-256 its manifest records")
         try:
@@ -265,8 +265,8 @@ class ProfileStore:
                 raise ProfileExists(f"profile {name!r} already exists under {self.root}: choose another name, or add "
                                 f"references to it")
             if len(self.names()) >= self.max_profiles:
-                raise OverLimit(f"{self.root} holds {self.max_profiles} profiles already (--max-profiles); "
-                                f"delete one first")
+                raise OverLimit(f"{self.root} holds {self.max_profiles} profiles already, as many as max_profiles "
+                                f"allows; delete one first", fields=("max_profiles",))
             stamp = now_iso()
             m = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, "name": name, "version": 1,
                  "created": stamp, "updated": stamp, "model": self._model_record(), "few_shot_weight": weight,
@@ -287,7 +287,7 @@ class ProfileStore:
             total = old.num_references + len(decoded)
             if total > self.max_references:
                 raise OverLimit(f"profile {name!r} has {old.num_references} references; {len(decoded)} more make "
-                                f"{total}, over the limit of {self.max_references} (--max-references)")
+                                f"{total}, more than max_references {self.max_references}", fields=("max_references",))
             if self.detector.config.coreset is None:  # the bank of K + n images is the two banks' rows
                 banks = [torch.cat([a, b]) for a, b in zip(old.banks, self._encode(decoded, progress))]
             else:  # a coreset is chosen from all tokens at once
@@ -341,7 +341,7 @@ class ProfileStore:
                 with open(path, "rb") as f:
                     self._prompts_digest = (path, hashlib.file_digest(f, "sha256").hexdigest())
             except OSError as e:
-                raise S2SWError(f"cannot read the prompt checkpoint {path}: {e.strerror or e}") from None
+                raise S2SWError(f"cannot read the prompt checkpoint {path}: {first_line(e)}") from None
         return self._prompts_digest[1]
 
     def detector_for(self, name: str, m: dict):
@@ -366,7 +366,7 @@ class ProfileStore:
                 with open(path, "rb") as f:
                     actual = hashlib.file_digest(f, "sha256").hexdigest()
             except OSError as e:
-                raise S2SWError(f"profile {name!r}: its prompts {path} cannot be read: {e.strerror or e}") from None
+                raise S2SWError(f"profile {name!r}: its prompts {path} cannot be read: {first_line(e)}") from None
             if actual != digest:
                 raise S2SWError(f"profile {name!r}: its prompts {path} changed since it was made (SHA-256 differs)")
             siblings[digest] = with_prompts(self.detector, path)
@@ -390,7 +390,8 @@ class ProfileStore:
         if not images:
             raise S2SWError(f"no {what}s given: a profile needs at least one")
         if len(images) > self.max_references:
-            raise OverLimit(f"{len(images)} {what}s, more than the limit of {self.max_references} (--max-references)")
+            raise OverLimit(f"{len(images)} {what}s, more than max_references {self.max_references}",
+                            fields=("max_references",))
         out = []
         for img in images:
             label = _safe_label(img.name)

@@ -115,25 +115,25 @@ def check_export_request(fmt: str, precision: str, calibrate_dir, out_dir) -> Pa
     """Everything about an export request that can be checked before loading the model: the
     format/precision pair, the calibration folder, a new or empty output folder. Returns it."""
     if fmt not in FORMATS:
-        raise S2SWError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise S2SWError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}", fields=("format",))
     if precision not in PRECISIONS:
-        raise S2SWError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise S2SWError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", fields=("precision",))
     if fmt == "onnx" and precision != "fp32":
-        raise S2SWError(f"--precision {precision} is made with OpenVINO; use --format openvino "
-                        "(ONNX exports are fp32)")
+        raise S2SWError(f"precision {precision} is made with OpenVINO, ONNX exports are fp32; use format openvino",
+                        fields=("precision", "format"))
     if precision == "int8" and calibrate_dir is None:
-        raise S2SWError("--precision int8 needs --calibrate DIR: a folder of normal images of your product "
-                        "for the quantisation statistics")
+        raise S2SWError("precision int8 needs calibrate_dir; give it a folder of normal images of your product "
+                        "for the quantisation statistics", fields=("precision", "calibrate_dir"))
     if calibrate_dir is not None:
         from ...inference.inputs import collect_inputs
 
         try:
             collect_inputs([calibrate_dir])
         except S2SWError as e:
-            raise S2SWError(f"--calibrate: {e}") from None
+            raise S2SWError(f"calibrate_dir: {e}", fields=("calibrate_dir", *e.fields)) from None
     out = check_output_dir(out_dir)
     if out.exists() and any(out.iterdir()):
-        raise S2SWError(f"--out {out} is not empty; export into a new (or empty) folder")
+        raise S2SWError(f"out_dir {out} is not empty; export into a new or empty folder", fields=("out_dir",))
     return out
 
 
@@ -151,7 +151,7 @@ def load_calibration(folder: str | os.PathLike, image_size: int, limit: int) -> 
         except ImageError as err:
             log.warning("calibration: skipped %s (%s)", e.path, err)
     if not arrays:
-        raise S2SWError(f"--calibrate {folder}: no readable image in this folder")
+        raise S2SWError(f"calibrate_dir {folder}: no readable image in this folder", fields=("calibrate_dir",))
     return np.stack(arrays)
 
 

@@ -34,8 +34,8 @@ class OnnxStage:
         try:
             self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ONNX Runtime raises its own exception types for bad files
-            raise S2SWError(f"--model {model.parent}: ONNX Runtime cannot load {model.name}: "
-                            f"{_first_line(e)}") from None
+            raise S2SWError(f"model {model.parent}: ONNX Runtime cannot load {model.name}: "
+                            f"{_first_line(e)}", fields=("model",)) from None
         _check_names(model, [i.name for i in self.session.get_inputs()], inputs,
                      [o.name for o in self.session.get_outputs()], outputs)
         self.inputs, self.outputs = inputs, outputs
@@ -90,8 +90,8 @@ class OpenVinoStage:
         try:
             compiled = core.compile_model(core.read_model(str(model), str(weights)), "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with long messages
-            raise S2SWError(f"--model {model.parent}: OpenVINO cannot load {model.name}: "
-                            f"{_first_line(e)}") from None
+            raise S2SWError(f"model {model.parent}: OpenVINO cannot load {model.name}: "
+                            f"{_first_line(e)}", fields=("model",)) from None
         _check_names(model, [n for p in compiled.inputs for n in p.get_names()], inputs,
                      [n for p in compiled.outputs for n in p.get_names()], outputs)
         self.compiled = compiled
@@ -133,8 +133,8 @@ def make_stage(folder: Path, fmt: str, stage, *, threads: int | None = None):
 def _check_names(model: Path, got_in: list[str], want_in: list[str], got_out: list[str], want_out: list[str]) -> None:
     missing = [n for n in want_in if n not in got_in] + [n for n in want_out if n not in got_out]
     if missing:
-        raise S2SWError(f"--model {model.parent}: {model.name} has no input/output named {missing[0]!r} "
-                        f"that s2swclip.json lists: the folder is inconsistent; export again")
+        raise S2SWError(f"model {model.parent}: {model.name} has no input/output named {missing[0]!r} "
+                        f"that s2swclip.json lists: the folder is inconsistent; export again", fields=("model",))
 
 
 def _first_line(e: BaseException) -> str:

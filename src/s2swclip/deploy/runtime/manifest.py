@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import S2SWError
+from ...errors import S2SWError, first_line
 
 __all__ = ["FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA", "SCHEMA_VERSION", "Manifest", "ManifestInput",
            "Stage", "check_manifest", "file_record", "load_manifest", "manifest_digest", "read_manifest",
@@ -231,40 +231,40 @@ def read_manifest(folder: str | os.PathLike, *, verify_files: bool = True) -> di
             malformed manifest, a file missing, of the wrong size or with another SHA-256).
     """
     root = Path(os.path.expanduser(os.fspath(folder)))
-    hint = "export a model with 's2swclip export --format onnx|openvino --out DIR'"
+    hint = "point it at a folder that the export wrote"
     if not root.is_dir():
-        raise S2SWError(f"--model {root}: no such folder; {hint}")
+        raise S2SWError(f"model {root}: no such folder; {hint}", fields=("model",))
     path = root / MANIFEST_NAME
     if not path.is_file():
-        raise S2SWError(f"--model {root}: no {MANIFEST_NAME} in this folder, so it is not an exported "
-                        f"s2swclip model; {hint}")
+        raise S2SWError(f"model {root}: no {MANIFEST_NAME} in this folder, so it is not an exported "
+                        f"s2swclip model; {hint}", fields=("model",))
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as e:
-        raise S2SWError(f"--model {root}: cannot read {MANIFEST_NAME} ({e.strerror or e})") from None
+        raise S2SWError(f"model {root}: cannot read {MANIFEST_NAME}: {first_line(e)}", fields=("model",)) from None
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise S2SWError(f"--model {root}: {MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; "
-                        f"it is not an s2swclip manifest")
+        raise S2SWError(f"model {root}: {MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; "
+                        f"it is not an s2swclip manifest", fields=("model",))
     try:
         data = check_manifest(json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
                                          parse_float=_finite_float))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise S2SWError(f"--model {root}: {MANIFEST_NAME} is not valid JSON; {hint}") from None
+        raise S2SWError(f"model {root}: {MANIFEST_NAME} is not valid JSON; {hint}", fields=("model",)) from None
     except ValueError as e:
-        raise S2SWError(f"--model {root}: invalid {MANIFEST_NAME}: {e}") from None
+        raise S2SWError(f"model {root}: invalid {MANIFEST_NAME}: {e}", fields=("model",)) from None
     _check_digest(root, data)
     for name, rec in data["files"].items():
         p = root / name
         if p.is_symlink() or not p.is_file():
-            raise S2SWError(f"--model {root}: model file {name} is missing (or not a regular file); "
-                            f"copy the whole exported folder")
+            raise S2SWError(f"model {root}: model file {name} is missing (or not a regular file); "
+                            f"copy the whole exported folder", fields=("model",))
         if p.stat().st_size != rec["bytes"]:
-            raise S2SWError(f"--model {root}: model file {name} has {p.stat().st_size} bytes, the manifest "
-                            f"says {rec['bytes']}: the folder is incomplete or corrupt; export again")
+            raise S2SWError(f"model {root}: model file {name} has {p.stat().st_size} bytes, the manifest "
+                            f"says {rec['bytes']}: the folder is incomplete or corrupt; export again", fields=("model",))
         if verify_files and file_record(p)["sha256"] != rec["sha256"]:
-            raise S2SWError(f"--model {root}: model file {name} does not match its SHA-256 in "
-                            f"{MANIFEST_NAME}: the folder is corrupt or was changed; export again")
+            raise S2SWError(f"model {root}: model file {name} does not match its SHA-256 in "
+                            f"{MANIFEST_NAME}: the folder is corrupt or was changed; export again", fields=("model",))
     return data
 
 
@@ -296,12 +296,12 @@ def _check_digest(root: Path, data: dict[str, Any]) -> None:
     """The manifest's own digest (exports made before it existed: a warning)."""
     recorded = data.get(DIGEST_FIELD)
     if recorded is None:
-        log.warning("--model %s: %s has no %s (exported by an older version): the manifest itself is not "
+        log.warning("model %s: %s has no %s (exported by an older version): the manifest itself is not "
                     "covered by a digest; export the model again to cover it", root, MANIFEST_NAME, DIGEST_FIELD)
         return
     if not isinstance(recorded, str) or recorded != manifest_digest(data):
-        raise S2SWError(f"--model {root}: {MANIFEST_NAME} does not match its {DIGEST_FIELD}: the manifest was "
-                        f"changed after export (or is corrupt); export the model again")
+        raise S2SWError(f"model {root}: {MANIFEST_NAME} does not match its {DIGEST_FIELD}: the manifest was "
+                        f"changed after export (or is corrupt); export the model again", fields=("model",))
 
 
 # ------------------------------------------------------------------------------ typed manifest

@@ -25,7 +25,7 @@ from .manifest import Manifest, load_manifest
 
 __all__ = ["DEFAULT_INFERENCE_TIMEOUT", "ExportedModel", "InferenceTimeout", "RuntimePrediction", "load_exported"]
 
-#: Seconds one batch may take in the runtime (``--inference-timeout``): a crafted graph can loop
+#: Seconds one batch may take in the runtime (``inference_timeout``): a crafted graph can loop
 #: for ever; a real one scores a batch in seconds to a minute on a CPU.
 DEFAULT_INFERENCE_TIMEOUT = 300.0
 _CANCEL_GRACE_S = 5.0  # after a timeout: how long a cancelled call gets to stop
@@ -85,9 +85,9 @@ class ExportedModel(ScorerBase):
                                                              for g, w in zip(got, shape)):
                 shown = "unknown" if got is None else "[" + ", ".join("?" if g is None else str(g) for g in got) + "]"
                 expected = "[" + ", ".join("B" if w is None else str(w) for w in shape) + "]"
-                raise S2SWError(f"--model {self.folder}: the model's {name} is {shown}, s2swclip.json (image_size "
+                raise S2SWError(f"model {self.folder}: the model's {name} is {shown}, s2swclip.json (image_size "
                                 f"{s}) needs {expected}: the manifest and the model files do not belong together; "
-                                f"export again")
+                                f"export again", fields=("model",))
 
     # ------------------------------------------------------------------------------ scoring
     def predict(self, images: np.ndarray) -> RuntimePrediction:
@@ -111,9 +111,9 @@ class ExportedModel(ScorerBase):
         scores, maps = (np.asarray(values[n], dtype=np.float32) for n in self.output_names)
         b = x.shape[0]
         if scores.size != b or maps.shape != (b, s, s):
-            raise S2SWError(f"--model {self.folder}: the model returned {self.output_names[0]} "
+            raise S2SWError(f"model {self.folder}: the model returned {self.output_names[0]} "
                             f"{list(scores.shape)} and {self.output_names[1]} {list(maps.shape)} for {b} image(s) "
-                            f"of {s} px, not [{b}] and [{b}, {s}, {s}]; export again")
+                            f"of {s} px, not [{b}] and [{b}, {s}, {s}]; export again", fields=("model",))
         return RuntimePrediction(scores.reshape(b), maps.reshape(b, s, s))
 
     def _run_stages(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,8 +125,9 @@ class ExportedModel(ScorerBase):
         """Run the stages in a worker thread with a deadline (:attr:`inference_timeout`); a
         runtime failure or a timeout is one :class:`S2SWError` line."""
         if self._stuck:
-            raise InferenceTimeout(f"--model {self.folder}: an earlier inference never stopped after "
-                                   f"--inference-timeout; restart the process (and check the exported model)")
+            raise InferenceTimeout(f"model {self.folder}: an earlier inference never stopped after its "
+                                   f"inference_timeout; restart the process and check the exported model",
+                                   fields=("model", "inference_timeout"))
         box: dict[str, Any] = {}
         done = threading.Event()
 
@@ -147,15 +148,16 @@ class ExportedModel(ScorerBase):
                 for stage in self.stages:
                     stage.cancel()
                 self._stuck = not done.wait(_CANCEL_GRACE_S)
-                raise InferenceTimeout(f"--model {self.folder}: a batch of {batch} image(s) did not finish within "
-                                       f"--inference-timeout {limit:g} s (a model graph that never ends?); raise "
-                                       f"--inference-timeout for a slow machine, else export the model again")
+                raise InferenceTimeout(f"model {self.folder}: a batch of {batch} image(s) did not finish within "
+                                       f"inference_timeout {limit:g} s; raise it for a slow machine, else "
+                                       f"export the model again: its graph may never end",
+                                       fields=("model", "inference_timeout"))
         if "error" in box:
             e = box["error"]
             if isinstance(e, S2SWError):
                 raise e
-            raise S2SWError(f"--model {self.folder}: the runtime failed on a batch of {batch} image(s): "
-                            f"{type(e).__name__}: {_first_line(e)}") from None
+            raise S2SWError(f"model {self.folder}: the runtime failed on a batch of {batch} image(s): "
+                            f"{type(e).__name__}: {_first_line(e)}", fields=("model",)) from None
         return box["values"]
 
     def predict_files(self, paths: Sequence[str | os.PathLike], *, batch_size: int = 8) -> RuntimePrediction:
@@ -228,11 +230,12 @@ def load_exported(folder: str | os.PathLike, *, threads: int | None = None, veri
     """
     if inference_timeout is not None and (isinstance(inference_timeout, bool) or not isinstance(
             inference_timeout, (int, float)) or not math.isfinite(inference_timeout) or inference_timeout <= 0):
-        raise S2SWError(f"--inference-timeout must be a positive number of seconds, got {inference_timeout!r}")
+        raise S2SWError(f"inference_timeout must be a positive number of seconds, got {inference_timeout!r}",
+                        fields=("inference_timeout",))
     manifest = load_manifest(folder, verify_files=verify_files)
     mean, std = list(manifest.input.mean), list(manifest.input.std)
     if not (np.allclose(mean, OPENAI_MEAN, rtol=0, atol=1e-7) and np.allclose(std, OPENAI_STD, rtol=0, atol=1e-7)):
-        raise S2SWError(f"--model {folder}: the model expects another input normalisation than CLIP's "
-                        f"(mean {mean}, std {std}); this version of the runtime only prepares CLIP inputs")
+        raise S2SWError(f"model {folder}: the model expects another input normalisation than CLIP's "
+                        f"(mean {mean}, std {std}); this version of the runtime only prepares CLIP inputs", fields=("model",))
     return ExportedModel(Path(os.path.expanduser(os.fspath(folder))), manifest, threads=threads,
                          inference_timeout=inference_timeout)
