@@ -182,3 +182,28 @@ def test_ray_settings():
         _worker_spec(spec, 1.0)
     assert flag_message(e.value) == ("device cuda:1 (--device): Ray assigns each worker its GPUs, gpus_per_worker "
                                      "(--gpus-per-worker); use device cuda (--device)")
+
+
+def test_exported_model_and_profile_settings(capsys, tmp_path):
+    """deploy/ and profiles/ name their fields too; the command line shows the flags."""
+    from s2swclip.deploy.runtime import load_exported
+    from s2swclip.profiles.store import ProfileStore
+
+    missing = tmp_path / "nothing"
+    with pytest.raises(S2SWError) as e:
+        load_exported(missing)
+    assert str(e.value).startswith(f"model {missing}: no such folder; ") and e.value.fields == ("model",)
+    with pytest.raises(S2SWError) as e:
+        load_exported(missing, inference_timeout=0)
+    assert flag_message(e.value) == ("inference_timeout must be a positive number of seconds, got 0 "
+                                     "(--inference-timeout)")
+    write_png(tmp_path / "a.png")
+    code, _, err = run_cli(capsys, "predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                           "--model", str(missing))
+    assert_user_error(code, err, f"error: model {missing} (--model): no such folder; ")
+    with pytest.raises(S2SWError) as e:
+        ProfileStore(tmp_path / "p", max_profiles=0)
+    assert flag_message(e.value) == "max_profiles must be at least 1, got 0 (--max-profiles)"
+    with pytest.raises(S2SWError) as e:
+        ProfileStore(tmp_path / "a.png")
+    assert flag_message(e.value) == f"profiles {tmp_path / 'a.png'} is a file, not a folder (--profiles)"
