@@ -77,7 +77,7 @@ def test_create_show_predict_equals_the_export_and_calibrate(capsys, export, exp
 def test_user_errors_on_exported_profiles(capsys, export, export_images, tmp_path):
     root = tmp_path / "profiles"
     user_error(capsys, ["profile", "create", "cast", export_images, "--profiles", root, "--model", export],
-               f"model {export} (--model)", "references are fixed", "export again")
+               f"--model {export}", "references are fixed", "export again")
     user_error(capsys, ["profile", "create", "cast", "--profiles", root, "--model", tmp_path / "nothing"],
                f"model {tmp_path / 'nothing'} (--model): no such folder")
     assert not (root / "cast").exists()

@@ -6,13 +6,15 @@ import sys
 
 from ..errors import S2SWError, safe_text
 from ..serve.limits import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT_BYTES
+from .options import FLAGS as OPTIONS_FLAGS
 from .options import add_exported_arg, add_few_shot_args, add_heatmap_arg, add_model_args, detector, exported_model, threshold_of
 from .profile import add_profiles_limits
 from .types import batch_count, finite, float_range, int_range, mega, port
 
 
-# the library's field names -> this command's flags (S2SWError.with_flags)
-FLAGS: dict[str, str | None] = {
+# the library's field names -> this command's flags (S2SWError.with_flags): the one table of
+# cli/options.py (the model, the exported model, the profiles) and the service's own fields
+FLAGS: dict[str, str | None] = {**OPTIONS_FLAGS,
     "max_connections": "--max-connections", "header_timeout_s": "--header-timeout", "max_batch": "--max-batch",
     "batch_wait_ms": "--batch-wait-ms", "max_wait_ms": "--batch-wait-ms", "queue_size": "--queue-size",
     "max_upload_bytes": "--max-upload-mb", "max_inflight_bytes": "--max-inflight-mb", "max_pixels": "--max-mpx",
