@@ -25,7 +25,8 @@ def test_request_mistakes(capsys, tmp_path, monkeypatch):
     user_error(capsys, ["export", "--format", "onnx", "--out", out, "--device", "cuda", *TINY], "--device")
     full = tmp_path / "full"
     write_pngs(full, 1)
-    user_error(capsys, ["export", "--format", "onnx", "--out", str(full), *TINY], f"out_dir {full} is not empty (--out); export into a new or empty folder")
+    user_error(capsys, ["export", "--format", "onnx", "--out", str(full), *TINY],
+               f"out_dir {full} is not empty (--out); export into a new or empty folder")
     (tmp_path / "file").write_text("x")
     user_error(capsys, ["export", "--format", "onnx", "--out", str(tmp_path / "file"), *TINY], "is an existing file")
     user_error(capsys, ["export", "--out", out, *TINY], "--format")

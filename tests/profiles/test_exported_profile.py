@@ -85,7 +85,8 @@ def test_user_errors_on_exported_profiles(capsys, export, export_images, tmp_pat
                    "0.25")[0] == 0
     assert json.loads(run_cli(capsys, "profile", "show", "cast", "--profiles", root)[1])["threshold"] == 0.25
     user_error(capsys, ["profile", "add", "cast", export_images, "--profiles", root],
-               "profile 'cast' uses the exported model", "fixed in the export", "export the model again with the new references")
+               "profile 'cast' uses the exported model", "fixed in the export",
+               "export the model again with the new references")
     user_error(capsys, ["profile", "calibrate", "cast", export_images, "--profiles", root, "--model", export],
                "drop --model")
     user_error(capsys, ["profile", "create", "other", "--profiles", root], "no good images given")

@@ -261,7 +261,8 @@ def read_manifest(folder: str | os.PathLike, *, verify_files: bool = True) -> di
                             f"copy the whole exported folder", fields=("model",))
         if p.stat().st_size != rec["bytes"]:
             raise S2SWError(f"model {root}: model file {name} has {p.stat().st_size} bytes, the manifest "
-                            f"says {rec['bytes']}: the folder is incomplete or corrupt; export again", fields=("model",))
+                            f"says {rec['bytes']}: the folder is incomplete or corrupt; export again",
+                            fields=("model",))
         if verify_files and file_record(p)["sha256"] != rec["sha256"]:
             raise S2SWError(f"model {root}: model file {name} does not match its SHA-256 in "
                             f"{MANIFEST_NAME}: the folder is corrupt or was changed; export again", fields=("model",))

@@ -236,6 +236,7 @@ def load_exported(folder: str | os.PathLike, *, threads: int | None = None, veri
     mean, std = list(manifest.input.mean), list(manifest.input.std)
     if not (np.allclose(mean, OPENAI_MEAN, rtol=0, atol=1e-7) and np.allclose(std, OPENAI_STD, rtol=0, atol=1e-7)):
         raise S2SWError(f"model {folder}: the model expects another input normalisation than CLIP's "
-                        f"(mean {mean}, std {std}); this version of the runtime only prepares CLIP inputs", fields=("model",))
+                        f"(mean {mean}, std {std}); this version of the runtime only prepares CLIP inputs",
+                        fields=("model",))
     return ExportedModel(Path(os.path.expanduser(os.fspath(folder))), manifest, threads=threads,
                          inference_timeout=inference_timeout)
