@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import S2SWError
 from .manifest import FORMAT_TAG, FORMAT_VERSION, OverLimit, ProfileExists, check_name, now_iso
-from .runtime import Profile
+from .runtime import Profile, calibrated_manifest
 
 __all__ = ["ExportedModels", "ExportedProfileScorer", "calibrate", "create", "is_exported", "load",
            "model_label", "profile_of", "refuse_add"]
@@ -188,16 +188,6 @@ def calibrate(store, name: str, images, fpr: float, progress=None):
 
 
 def _with_calibration(store, m: dict, cal, fpr: float, progress=None) -> dict:
-    from ..inference.calibration import conformal_threshold
-
-    model = store.exports.get(m["name"], m)
-    scores: list[float] = []
-    for start in range(0, len(cal), store.batch_size):
-        scores.extend(model.score(np.stack([d.pixels for d in cal[start:start + store.batch_size]]))[0].tolist())
-        if progress is not None:
-            progress("calibration", min(len(cal), start + store.batch_size), len(cal))
-    result = conformal_threshold(scores, fpr)
-    log.info("profile %s: %s", m["name"], result.describe())
-    return dict(m, threshold=result.threshold,
-                calibration={"n": result.n, "fpr": result.fpr, "bound": result.bound, "rank": result.rank,
-                             "threshold": result.threshold, "flagged": result.flagged, "version": m["version"]})
+    """``m`` calibrated on the decoded good images ``cal`` with the profile's export."""
+    return calibrated_manifest(m, store.exports.get(m["name"], m), [d.pixels for d in cal], fpr,
+                               store.batch_size, progress)

@@ -15,6 +15,7 @@ grid, C feature dimensions, L few-shot layers and b bytes per value
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,29 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["LiveProfiles", "Profile", "ProfileScorer", "bank_bytes_per_reference"]
+log = logging.getLogger(__name__)
+
+__all__ = ["LiveProfiles", "Profile", "ProfileScorer", "bank_bytes_per_reference", "calibrated_manifest"]
+
+
+def calibrated_manifest(m: dict, scorer, pixels: list, fpr: float, batch_size: int, progress=None) -> dict:
+    """The manifest ``m`` with the threshold calibrated on known-good images: ``pixels`` (their
+    model inputs, ``[3, S, S]`` each) are scored by ``scorer`` in batches of ``batch_size`` and
+    the threshold is their split-conformal quantile for false-positive rate ``fpr``
+    (:func:`~s2swclip.inference.calibration.conformal_threshold`); ``progress(stage, done,
+    total)`` is told after each batch. The record goes under ``calibration``."""
+    from ..inference.calibration import conformal_threshold
+
+    scores: list[float] = []
+    for start in range(0, len(pixels), batch_size):
+        scores.extend(scorer.score(np.stack(pixels[start:start + batch_size]))[0].tolist())
+        if progress is not None:
+            progress("calibration", min(len(pixels), start + batch_size), len(pixels))
+    result = conformal_threshold(scores, fpr)
+    log.info("profile %s: %s", m["name"], result.describe())
+    return dict(m, threshold=result.threshold,
+                calibration={"n": result.n, "fpr": result.fpr, "bound": result.bound, "rank": result.rank,
+                             "threshold": result.threshold, "flagged": result.flagged, "version": m["version"]})
 
 
 def bank_bytes_per_reference(image_size: int, patch_size: int, embed_dim: int, layers: int,

@@ -41,13 +41,13 @@ import torch
 from ..data.images import ImageError, PixelBudget, decode_for_model
 from ..errors import S2SWError, first_line
 from ..fileio import atomic_write_bytes, atomic_write_text
-from ..inference.calibration import Calibration, conformal_threshold
+from ..inference.calibration import Calibration
 from ..model.references import ReferenceBank, save_bank
 from . import exported
 from .manifest import (DEFAULT_MAX_PROFILES, DEFAULT_MAX_REFERENCES,  # noqa: F401 (re-exported)
                        FORMAT_TAG, FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, OverLimit, ProfileExists,
                        ProfileNotFound, check_name, now_iso, parse_manifest)
-from .runtime import Profile, ProfileScorer
+from .runtime import Profile, ProfileScorer, calibrated_manifest
 
 __all__ = ["DEFAULT_MAX_PROFILES", "DEFAULT_MAX_REFERENCES", "GoodImage", "ProfileStore"]
 
@@ -434,18 +434,8 @@ class ProfileStore:
         c = self.detector.config
         profile = Profile(m["name"], m["version"], m, tuple(banks), tuple(c.few_shot_layers), c.few_shot_stream,
                           int(c.image_size), float(m["few_shot_weight"]), None)
-        scorer = self.scorer(profile)
-        scores = []
-        for start in range(0, len(cal), self.batch_size):
-            scores.extend(scorer.score(np.stack([d.pixels for d in cal[start:start + self.batch_size]]))[0].tolist())
-            if progress is not None:
-                progress("calibration", min(len(cal), start + self.batch_size), len(cal))
-        result = conformal_threshold(scores, fpr)
-        log.info("profile %s: %s", m["name"], result.describe())
-        return dict(m, threshold=result.threshold,
-                    calibration={"n": result.n, "fpr": result.fpr, "bound": result.bound, "rank": result.rank,
-                                 "threshold": result.threshold, "flagged": result.flagged, "version": m["version"],
-                                 "images_sha256": [_sha256(d.data) for d in cal]})
+        m = calibrated_manifest(m, self.scorer(profile), [d.pixels for d in cal], fpr, self.batch_size, progress)
+        return dict(m, calibration=dict(m["calibration"], images_sha256=[_sha256(d.data) for d in cal]))
 
     def _commit(self, m: dict, banks: list, files: list[tuple[dict, bytes]]) -> Profile:
         """Write version ``m['version']`` of profile ``m['name']`` and switch to it (lock held);
