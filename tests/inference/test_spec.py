@@ -114,7 +114,7 @@ def test_exported_spec_is_plain_data_and_checks_the_folder(tmp_path, monkeypatch
     assert spec.describe() == {"kind": "exported", "model": str(tmp_path / "exported"), "manifest_sha256": None}
     assert pickle.loads(pickle.dumps(spec)) == spec
     for call in (spec.check, spec.image_size, spec.build):
-        with pytest.raises(S2SWError, match=f"--model {tmp_path / 'exported'}: no such folder"):
+        with pytest.raises(S2SWError, match=f"^model {tmp_path / 'exported'}: no such folder"):
             call()
     (tmp_path / "exported").mkdir()
     with pytest.raises(S2SWError, match="no s2swclip.json in this folder"):
