@@ -76,7 +76,7 @@ def baseline_predict(scorer, folder: Path, out: Path, batch_size: int = 8) -> No
     entries = collect_inputs([folder])
     names = display_names([e.path for e in entries])
     files = overlay_names(names)
-    pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=THRESHOLD)
+    pipe = InferencePipeline(scorer, batch_size=batch_size, threshold=THRESHOLD, model_streams=1)
     painter = OverlayPainter("fixed", THRESHOLD, scorer.map_scale,
                              draw=lambda p, m, s: overlay_png(p, m, scale=s, colorbar=True), write=atomic_write_bytes)
     for rec in pipe.run([(e.path, n) for e, n in zip(entries, names)]):

@@ -40,7 +40,7 @@ from ..specs import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS
 from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes, store_of
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "Decoder", "InferencePipeline", "ScoredImage",
-           "Scorer", "default_workers", "map_fraction_above", "overlay_png",
+           "Scorer", "available_cores", "default_model_streams", "default_workers", "map_fraction_above", "overlay_png",
            "read_file_bytes"]
 
 
@@ -280,13 +280,18 @@ class InferencePipeline:
             :meth:`submit` (default :func:`default_workers`); created on first use, kept until
             :meth:`close`.
         max_pending_jobs: jobs of :meth:`submit` queued or running at once (more waits).
+        model_streams: batches the scorer works on at once in :meth:`run` (default
+            :func:`default_model_streams`): with more than one, each batch is scored on a thread
+            of its own while this one decodes and yields, so that a model whose calls use one
+            core each (PyTorch with ``--threads 1``, the default on two cores) uses them all.
+            Its memory for activations grows in proportion; results still come in input order.
     """
 
     def __init__(self, scorer: Scorer, *, batch_size: int = 8, threshold: float | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS,
                  preview_side: int | None = None, decode_workers: int | None = None,
-                 max_pending_jobs: int | None = None):
+                 max_pending_jobs: int | None = None, model_streams: int | None = None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.scorer = scorer
@@ -300,7 +305,9 @@ class InferencePipeline:
         self.budget = self.decoder.budget
         self.preview_side = self.decoder.preview_side
         self.decode_workers = int(decode_workers or default_workers(getattr(scorer, "device", None)))
+        self.model_streams = max(1, int(model_streams or default_model_streams(scorer)))
         self._pool: ThreadPoolExecutor | None = None
+        self._model_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._jobs = threading.BoundedSemaphore(int(max_pending_jobs or 2 * self.batch_size))
         self._job_futures: set[Future] = set()
@@ -312,6 +319,12 @@ class InferencePipeline:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="s2sw-worker")
             return self._pool
+
+    def _model_threads(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._model_pool is None:
+                self._model_pool = ThreadPoolExecutor(max_workers=self.model_streams, thread_name_prefix="s2sw-model")
+            return self._model_pool
 
     def submit(self, fn, *args, **kwargs) -> Future:
         """Run ``fn(*args, **kwargs)`` on the worker pool (drawing and writing an overlay while
@@ -352,9 +365,11 @@ class InferencePipeline:
         """Wait for the jobs (their failures are :meth:`drain`'s to report) and stop the worker
         threads; a later call starts new ones."""
         with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+            pools = (self._pool, self._model_pool)
+            self._pool = self._model_pool = None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     # ---------------------------------------------------------------------------- stages
     def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
@@ -407,6 +422,8 @@ class InferencePipeline:
         pool = self._workers()
         it = iter(enumerate(sources))
         futures: deque[Future] = deque()
+        scoring: deque[tuple[Future, list[ScoredImage]]] = deque()  # batches the model has, oldest first
+        busy: set[int] = set()  # indices of their records: not to be yielded before their batch is done
 
         def submit_next() -> bool:
             nxt = next(it, None)
@@ -416,11 +433,32 @@ class InferencePipeline:
             futures.append(pool.submit(self.decode, src, index=i, name=name, digest=digest))
             return True
 
+        def reap(wait: bool) -> None:  # the finished batches, in order; ``wait``: at least the oldest
+            while scoring and (wait or scoring[0][0].done()):
+                fut, batch = scoring.popleft()
+                fut.result()  # a scorer's failure stops the run, as when it runs on this thread
+                busy.difference_update(r.index for r in batch)
+                if progress is not None:
+                    progress.update(len(batch))
+                wait = False
+
         def flush():
-            self.score_batch(pending)
-            if progress is not None:
-                progress.update(len(pending))
+            if not pending:
+                return
+            batch = list(pending)
             pending.clear()
+            if self.model_streams == 1:
+                self.score_batch(batch)
+                if progress is not None:
+                    progress.update(len(batch))
+                return
+            while len(scoring) >= self.model_streams:
+                reap(wait=True)
+            busy.update(r.index for r in batch)
+            scoring.append((self._model_threads().submit(self.score_batch, batch), batch))
+
+        def done(rec: ScoredImage) -> bool:
+            return not rec.decoded and rec.index not in busy
 
         try:
             while len(futures) < lookahead and submit_next():
@@ -435,19 +473,37 @@ class InferencePipeline:
                         flush()
                 elif progress is not None:
                     progress.update(1)
-                # yield in input order: everything before the first unscored decoded record
-                while ready and not ready[0].decoded:
+                reap(wait=False)
+                # yield in input order: everything before the first record not scored yet
+                while ready and done(ready[0]):
                     yield ready.popleft()
             flush()
+            while scoring:
+                reap(wait=True)
+                while ready and done(ready[0]):
+                    yield ready.popleft()
             while ready:
                 yield ready.popleft()
-        finally:  # a consumer that stops early: drop what was decoded ahead
+        finally:  # a consumer that stops early: drop what was decoded ahead, let the model finish
             for f in futures:
                 f.cancel()
+            for f, _ in scoring:
+                f.exception()
 
 
 #: most pipeline workers by default next to an accelerator
 MAX_ACCELERATOR_WORKERS = 16
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_model_streams(scorer) -> int:
+    """Batches scored at once by default: the scorer's own ``model_streams`` (a scorer that can
+    be called from several threads at once says how many calls pay off), else 1."""
+    return max(1, int(getattr(scorer, "model_streams", 1) or 1))
 
 
 def default_workers(device: str | None = None) -> int:
@@ -456,7 +512,7 @@ def default_workers(device: str | None = None) -> int:
     model); on an accelerator (``cuda``, ...) every core this process may use, at most
     :data:`MAX_ACCELERATOR_WORKERS`: decoding and overlays are then the bottleneck, and a
     starved GPU waits (docs/usage.md, "Feeding a GPU", has the figures)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     if device is not None and not str(device).lower().startswith("cpu"):
         return max(2, min(MAX_ACCELERATOR_WORKERS, cores))
     return max(2, min(4, cores))

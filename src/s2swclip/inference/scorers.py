@@ -7,9 +7,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .pipeline import available_cores
 from .scoring import ScorerBase
 
-__all__ = ["DetectorScorer", "as_scorer"]
+__all__ = ["MAX_CPU_STREAMS", "DetectorScorer", "as_scorer"]
+
+#: most batches a detector on the CPU scores at once by default (memory for activations grows with it)
+MAX_CPU_STREAMS = 4
 
 
 class DetectorScorer(ScorerBase):
@@ -31,6 +35,19 @@ class DetectorScorer(ScorerBase):
     @property
     def map_scale(self) -> float | None:
         return getattr(self.detector, "map_scale", None)
+
+    @property
+    def model_streams(self) -> int:
+        """Batches worth scoring at once (:class:`~s2swclip.inference.pipeline.InferencePipeline`):
+        on the CPU one per group of the current PyTorch threads that the cores hold, at most
+        :data:`MAX_CPU_STREAMS` (each call computes on the thread that makes it plus its
+        intra-op threads; several small calls keep the cores busier than one call spread over
+        them, and their Python and memory-bound steps overlap); on an accelerator 1 (its queue
+        already overlaps the host)."""
+        device = self._device()
+        if device is not None and not device.lower().startswith("cpu"):
+            return 1
+        return max(1, min(MAX_CPU_STREAMS, available_cores() // max(1, torch.get_num_threads())))
 
     def score(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self.detector.predict(torch.from_numpy(np.ascontiguousarray(pixels)))
