@@ -4,8 +4,9 @@
    same ``--n`` JPEG images (``--side`` x 3/4 side):
 
    * ``baseline``: the local engine as it was before the pipeline overlapped its work (decoding
-     ahead on threads, overlays drawn and written in the loop between the model's calls), with
-     1 PyTorch thread: the reference the ratios are given against;
+     ahead on threads, overlays drawn and written in the loop between the model's calls, one
+     batch scored at a time on the main thread), with 1 PyTorch thread: the reference the
+     ratios are given against;
    * ``predict``: :func:`~s2swclip.inference.local.predict_files` now, with 1 thread and with
      the command line's default threads (``--threads`` not given);
    * ``watch``: a :class:`~s2swclip.inference.watch.WatchStation` finding the same images in
@@ -14,9 +15,13 @@
 
    Two rates per run: ``overall`` (images / run time) and ``steady`` (from the overlays' write
    times, the first batch excluded: the same measure for every run). And the CPU time per
-   image of the main thread (the model's with 1 PyTorch thread, plus whatever else runs between
-   its calls: the critical path) and of the whole process: on cores other programs keep busy
-   the rates follow the process's CPU, on free cores the main thread's.
+   image of the main thread (in the baseline the model's with 1 PyTorch thread, plus whatever
+   else runs between its calls: its critical path; the pipeline scores on model threads of
+   its own, ``model_streams`` batches at once, so there it is only the bookkeeping) and of the
+   whole process: with the model on several threads the rates follow the process's CPU.
+
+   All runs use the allocator thresholds the command line sets
+   (:func:`s2swclip.allocator.keep_freed_memory`; ``benchmarks/allocator.py`` measures them).
 
 2. Latency at a steady arrival rate (``--rate`` images/s, default half the watch throughput
    measured above): each image is written as ``IN/<name>.part`` and renamed to ``IN/<name>``
@@ -44,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from s2swclip.allocator import keep_freed_memory
 from s2swclip.cli.options import default_torch_threads
 from s2swclip.fileio import atomic_write_bytes
 from s2swclip.inference.inputs import collect_inputs, display_names
@@ -182,6 +188,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    keep_freed_memory()  # as the command line does, for every run below alike
     from s2swclip.api import load_detector
 
     scorer = as_scorer(load_detector(args.backbone, None, None, image_size=args.image_size, untrained_ok=True))

@@ -16,6 +16,7 @@ import logging
 import sys
 
 from .. import __version__
+from ..allocator import keep_freed_memory
 from ..errors import S2SWError, safe_text
 from . import demo, evaluate, export, predict, profile, serve, train, watch
 
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USER_ERROR
         root.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+        keep_freed_memory()  # the process is the command's: freed tensors are reused, not unmapped
         return int(args.func(args) or 0)
     except S2SWError as e:
         from .options import flag_message

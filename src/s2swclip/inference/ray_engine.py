@@ -36,6 +36,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from ..allocator import keep_freed_memory
 from ..errors import S2SWError
 from ..fileio import atomic_write_text, check_output_dir
 from ..progress import progress as make_progress
@@ -100,6 +101,7 @@ class _ScoreWorker:
     def __init__(self, spec: ScorerSpec, threshold: float | None, overlays: bool, heatmap_scale: str = "fixed"):
         self.overlays, self.heatmap_scale = overlays, heatmap_scale
         self.failure: BaseException | None = None
+        keep_freed_memory()  # a worker process of the run's own, as the command line's
         try:
             scorer = spec.build()
             if int(scorer.image_size) != spec.image_size():
