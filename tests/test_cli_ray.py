@@ -146,6 +146,7 @@ def test_a_resume_whose_model_inputs_changed_is_refused_naming_what_changed(caps
 def test_local_engine_thread_options_are_refused_with_the_ray_engine(capsys, tmp_path):
     for flags, needle in ((["--threads", "2"], "--threads only apply with the local engine"),
                           (["--decode-workers", "3"], "--decode-workers only apply with the local engine"),
+                          (["--model-streams", "2"], "--model-streams only apply with the local engine"),
                           (["--threads", "1", "--decode-workers", "1"], "--threads and --decode-workers only")):
         code, _, err = run_cli(capsys, "predict", str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "ray",
                                "--backbone", "S2SW-Tiny-4L", "--weights", "none", *flags)

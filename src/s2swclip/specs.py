@@ -246,6 +246,8 @@ class RunOptions:
         scale_window: maps that set a ``fixed`` scale without a threshold (local engine).
         decode_workers: the pipeline's decoding and overlay threads (local engine; None: see
             :func:`~s2swclip.inference.pipeline.default_workers`).
+        model_streams: batches the model scores at once (local engine; None: the scorer's
+            default, see :func:`~s2swclip.inference.pipeline.default_model_streams`).
     """
 
     threshold: float | None = None
@@ -259,6 +261,7 @@ class RunOptions:
     progress: bool = True
     scale_window: int = 32
     decode_workers: int | None = None
+    model_streams: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "calibrate_dir", _path_or_none(self.calibrate_dir))
@@ -270,6 +273,7 @@ class RunOptions:
         _int_at_least("max_inflight_pixels", self.max_inflight_pixels)
         _int_at_least("scale_window", self.scale_window)
         _int_at_least("decode_workers", self.decode_workers, optional=True)
+        _int_at_least("model_streams", self.model_streams, optional=True)
 
     def replace(self, **changes: Any) -> RunOptions:
         return replace(self, **changes)

@@ -136,3 +136,29 @@ def test_default_streams_come_from_the_scorer(tiny_detector, monkeypatch):
     finally:
         torch.set_num_threads(saved)
     assert InferencePipeline(SlowScorer(), model_streams=0).model_streams == 1
+
+
+@pytest.mark.parametrize("command", ["predict", "watch"])
+def test_the_command_line_passes_model_streams_to_the_pipeline(command, capsys, tmp_path, monkeypatch):
+    from s2swclip.inference import pipeline as pipeline_module
+    from helpers import run_cli
+
+    made = []
+    real_init = pipeline_module.InferencePipeline.__init__
+
+    def spy(self, *a, **kw):
+        real_init(self, *a, **kw)
+        made.append(self.model_streams)
+
+    monkeypatch.setattr(pipeline_module.InferencePipeline, "__init__", spy)
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(0))
+    for flags, expected in ((["--model-streams", "3"], 3), ([], None)):
+        made.clear()
+        out = tmp_path / f"out{len(flags)}"
+        extra = ["--exit-when-idle", "0.2"] if command == "watch" else []
+        code, _, err = run_cli(capsys, command, str(src), "--out", str(out), "--backbone", "S2SW-Tiny-4L",
+                               "--weights", "none", "--image-size", "56", "--threads", "1", "--quiet", *extra, *flags)
+        assert code == 0, err
+        assert made and made[-1] == (expected or min(4, pipeline_module.available_cores())), made

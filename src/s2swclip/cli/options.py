@@ -27,6 +27,7 @@ FLAGS: dict[str, str | None] = {
     "overlays": "--no-overlays", "batch_size": "--batch-size", "max_inflight_pixels": "--max-inflight-mpx",
     "workers": "--workers", "gpus_per_worker": "--gpus-per-worker", "cpus_per_worker": "--cpus-per-worker",
     "shard_rows": "--shard-rows", "ray_address": "--ray-address", "decode_workers": "--decode-workers",
+    "model_streams": "--model-streams",
     # the service (ServeSettings)
     "save_dir": "--save", "save_max_bytes": "--save-max-mb", "max_batch": "--max-batch",
     "batch_wait_ms": "--batch-wait-ms", "queue_size": "--queue-size", "max_upload_bytes": "--max-upload-mb",
@@ -262,6 +263,10 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-workers", type=positive_int, default=None,
                    help="threads that decode images and write overlays beside the model (default: the cores, "
                         "2 to 4; next to a GPU every core, at most 16: see docs/usage.md, 'Feeding a GPU')")
+    p.add_argument("--model-streams", type=positive_int, default=None,
+                   help="batches the model scores at once, each on a thread of its own (default on the CPU: "
+                        "the cores // --threads, at most 4, so 2 on a 2-core machine; 1 on a GPU). Each "
+                        "one holds its own activations: give 1 to halve the memory of a large model")
 
 
 def default_torch_threads(cores: int | None = None) -> int:

@@ -41,7 +41,8 @@ def run_options(args, recorded_threshold: float | None = None):
     return RunOptions(threshold=threshold_of(args, recorded_threshold), calibrate_dir=args.calibrate, fpr=args.fpr,
                       heatmap_scale=args.heatmap_scale, overlays=not args.no_overlays, batch_size=args.batch_size,
                       max_pixels=int(args.max_mpx * 1e6), progress=not args.quiet,
-                      decode_workers=getattr(args, "decode_workers", None))
+                      decode_workers=getattr(args, "decode_workers", None),
+                      model_streams=getattr(args, "model_streams", None))
 
 
 def cmd_predict(args) -> int:
@@ -141,7 +142,8 @@ def _refuse_ray_options(args) -> None:
 def _predict_ray(args) -> int:
     if args.profile is not None:
         raise S2SWError("--profile runs with the local engine: drop --engine ray")
-    local_only = [flag for flag, value in (("--threads", args.threads), ("--decode-workers", args.decode_workers))
+    local_only = [flag for flag, value in (("--threads", args.threads), ("--decode-workers", args.decode_workers),
+                                                        ("--model-streams", args.model_streams))
                   if value is not None]
     if local_only:
         raise S2SWError(f"{' and '.join(local_only)} only apply with the local engine: with --engine ray, "

@@ -141,7 +141,8 @@ def _watch(args, scorer, reference_files, src: Path, out: Path) -> int:
     from ..inference.watch import WatchOptions, WatchStation
 
     pipe = InferencePipeline(scorer, batch_size=args.batch_size, threshold=threshold_of(args, getattr(scorer, "threshold", None)),
-                             max_pixels=int(args.max_mpx * 1e6), decode_workers=args.decode_workers)
+                             max_pixels=int(args.max_mpx * 1e6), decode_workers=args.decode_workers,
+                             model_streams=args.model_streams)
     if args.calibrate is not None:
         cal = calibrate(pipe, args.calibrate, args.fpr)
         pipe.threshold = cal.threshold

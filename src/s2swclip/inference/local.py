@@ -142,7 +142,7 @@ class LocalEngine:
         entries = collect_inputs(inputs)
         pipe = InferencePipeline(self.scorer, batch_size=o.batch_size, threshold=o.threshold,
                                  max_pixels=o.max_pixels, max_inflight_pixels=o.max_inflight_pixels,
-                                 decode_workers=o.decode_workers)
+                                 decode_workers=o.decode_workers, model_streams=o.model_streams)
         pipe.decoder.refused_stores = refused_stores([e.path for e in entries])
         cal = None
         if o.calibrate_dir is not None:

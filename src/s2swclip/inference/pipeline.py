@@ -452,7 +452,7 @@ class InferencePipeline:
                 if progress is not None:
                     progress.update(len(batch))
                 return
-            while len(scoring) >= self.model_streams:
+            while len(scoring) > self.model_streams:  # one batch queued behind those running
                 reap(wait=True)
             busy.update(r.index for r in batch)
             scoring.append((self._model_threads().submit(self.score_batch, batch), batch))
