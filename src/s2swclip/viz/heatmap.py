@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -132,10 +133,17 @@ def _label(v: float) -> str:
 def colorbar_image(width: int, scale: HeatmapScale) -> Image.Image:
     """A ``width`` x :data:`COLORBAR_HEIGHT` RGB strip: the jet gradient from ``scale.lo`` to
     ``scale.hi``, their values at the ends and the threshold, when on the bar, marked with a
-    black tick and its value."""
+    black tick and its value. A new image each call (drawn once per width and scale: a run's
+    overlays share one, and drawing its text costs more than the rest of a small overlay)."""
+    return _colorbar(int(width), float(scale.lo), float(scale.hi),
+                     None if scale.threshold is None else float(scale.threshold)).copy()
+
+
+@lru_cache(maxsize=64)
+def _colorbar(width: int, lo: float, hi: float, threshold: float | None) -> Image.Image:
     from .figures import jet_colormap
 
-    width = int(width)
+    scale = HeatmapScale(lo, hi, threshold=threshold)
     strip = Image.new("RGB", (width, COLORBAR_HEIGHT), (255, 255, 255))
     x0, x1 = 3, max(4, width - 3)
     ramp = jet_colormap(np.linspace(0.0, 1.0, x1 - x0, dtype=np.float32))  # [n, 3]
