@@ -35,6 +35,13 @@ __all__ = ["WatchOptions", "WatchStation", "WatchStats"]
 
 log = logging.getLogger(__name__)
 
+#: in a burst (at least BURST_BACKLOG batches of files still to score), results are made durable
+#: at most this often (seconds): the groups scored meanwhile share one fsync and one transaction,
+#: so the fsyncs do not hold up the model. Otherwise each group is committed once scored (and a
+#: chunk of files always at its end), so files arriving at a steady rate wait for no other.
+COMMIT_INTERVAL_S = 0.1
+BURST_BACKLOG = 4
+
 
 @dataclass
 class WatchOptions:
@@ -90,6 +97,7 @@ class WatchStation:
         self._stop = threading.Event()
         self._last_status = 0.0
         self._groups: deque[tuple[list[tuple[Any, ...]], list]] = deque()
+        self._last_commit = 0.0
         self._unchanged: list[tuple[int, int, int, int]] = []
         self.hooks = HookRunner(self.opt.on_anomaly, self.opt.on_anomaly_timeout) if self.opt.on_anomaly else None
         self.detector = FileDetector(self.in_dir, recursive=self.opt.recursive, settle=self.opt.settle_ms / 1000,
@@ -188,7 +196,10 @@ class WatchStation:
             if len(group) >= self.pipe.batch_size:
                 self._groups.append((group, futures))
                 group, futures = [], []
-                self._commit(block=False)
+                backlog = len(todo) - 1 - rec.index  # files of this chunk still to come
+                if backlog < BURST_BACKLOG * self.pipe.batch_size or \
+                        time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
+                    self._commit(block=False)
                 if self._stop.is_set():
                     break  # the batch in flight is done; the rest stays pending for the next start
         self._groups.append((group, futures))
@@ -234,32 +245,38 @@ class WatchStation:
 
     # ------------------------------------------------------------------------ durability
     def _commit(self, block: bool) -> None:
-        """Make the finished groups durable, in order (a group waits for its overlays)."""
+        """Make the finished groups durable, in order (a group waits for its overlays): every
+        group ready now in one append to ``results.jsonl`` (one fsync) and one transaction."""
+        ready: list[tuple[Any, ...]] = []
         while self._groups:
             group, futures = self._groups[0]
             if not block and not all(f.done() for f in futures):
-                return
+                break
             for f in futures:
                 f.result()  # an overlay that could not be written stops the run (a full disk)
             self._groups.popleft()
-            lines = [json.dumps(row, allow_nan=False) for _, _, row in group]
-            offset = self.results.append(lines)
-            action = "to_sort" if self.opt.sort else None
-            self.ledger.commit([(pid, row["sha256"], line, action) for (pid, _, row), line in zip(group, lines)],
-                               offset, self._unchanged)
-            self._unchanged = []
-            for (pid, c, row), line in zip(group, lines):
-                self.detector.mark_known(c)
-                if row["error"] is not None:
-                    self.stats.failed += 1
-                    log.warning("%s: %s", c.name, row["error"])
-                else:
-                    self.stats.scored += 1
-                if self.hooks is not None and row["anomalous"]:
-                    self.hooks.offer(line)
-            if self.opt.sort:
-                self._sort([(pid, c.path, c.name, row) for pid, c, row in group])
-            self._tick()
+            ready.extend(group)
+        self._last_commit = time.monotonic()
+        if not ready and not self._unchanged:
+            return
+        lines = [json.dumps(row, allow_nan=False) for _, _, row in ready]
+        offset = self.results.append(lines)
+        action = "to_sort" if self.opt.sort else None
+        self.ledger.commit([(pid, row["sha256"], line, action) for (pid, _, row), line in zip(ready, lines)],
+                           offset, self._unchanged)
+        self._unchanged = []
+        for (pid, c, row), line in zip(ready, lines):
+            self.detector.mark_known(c)
+            if row["error"] is not None:
+                self.stats.failed += 1
+                log.warning("%s: %s", c.name, row["error"])
+            else:
+                self.stats.scored += 1
+            if self.hooks is not None and row["anomalous"]:
+                self.hooks.offer(line)
+        if self.opt.sort and ready:
+            self._sort([(pid, c.path, c.name, row) for pid, c, row in ready])
+        self._tick()
 
     def _sort(self, items: list[tuple[int, str, str, dict[str, Any]]]) -> None:
         moved = []
