@@ -202,3 +202,33 @@ def test_a_touched_file_whose_pending_row_a_crash_left_is_not_scored_again(tmp_p
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
     led = Ledger(out, FP)
     assert led.counts() == {"done": 3} and led.latest("1.png").mtime_ns == later
+
+
+@pytest.mark.parametrize("interval,most,least", [(60.0, 6, 2), (0.0, 24, 24)])
+def test_a_burst_is_committed_a_few_groups_at_a_time(tmp_path, monkeypatch, interval, most, least):
+    """48 files at batch 2: with a long commit interval the groups of the burst share appends (the
+    last BURST_BACKLOG batches, near the end of the chunk, are committed one by one); with none,
+    every group is its own append. Either way every file is one line, committed."""
+    from PIL import Image
+
+    from s2swclip.inference.pipeline import InferencePipeline
+    from s2swclip.inference.watch import WatchOptions, WatchStation
+    from s2swclip.inference.watch import station as station_module
+
+    monkeypatch.setattr(station_module, "COMMIT_INTERVAL_S", interval)
+    appends = []
+    real = ResultsLog.append
+    monkeypatch.setattr(ResultsLog, "append", lambda self, lines: (appends.append(len(lines)) if lines else None,
+                                                                   real(self, lines))[1])
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for i in range(48):
+        Image.new("RGB", (40, 30), (i, 2 * i, 3 * i)).save(inp / f"{i:02d}.png")
+    opts = WatchOptions(settle_ms=0, exit_when_idle=0, overlays=False)
+    stats = WatchStation(InferencePipeline(StoppingScorer(), batch_size=2, threshold=0.5), inp, out, FP, opts).run()
+    names = [json.loads(line)["name"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert stats.scored == 48 and sorted(names) == [f"{i:02d}.png" for i in range(48)]
+    assert sum(appends) == 48 and least <= len(appends) <= most, appends
+    led = Ledger(out, FP)
+    assert led.counts() == {"done": 48} and led.jsonl_offset == (out / "results.jsonl").stat().st_size
+    led.close()
