@@ -3,7 +3,9 @@
 # $OUT/device.log): the numerical tests on that machine's CPU (another CPU kind than ours), the
 # CUDA unit tests, CUDA-vs-CPU parity of the tiny detector in fp32/bf16/fp16, how many decode
 # workers keep the GPU fed (benchmarks/gpu_feed.py), and product profiles on ViT-L-14-336 at 518 px
-# (benchmarks/profiles.py). Packages missing there (open_clip_torch, ftfy, wcwidth, PyWavelets)
+# (benchmarks/profiles.py), and the CPU pipeline on that machine's 16 cores (model streams vs
+# threads: benchmarks/watch_latency.py). Packages missing there (open_clip_torch, ftfy, wcwidth,
+# PyWavelets, watchdog)
 # travel as wheels in .whl/ (see the device tool's notes).
 set -uo pipefail
 OUT=${OUT:-/tmp/device_out}
@@ -25,6 +27,8 @@ step "CUDA vs CPU parity"
 timeout 80 python3 benchmarks/device_check.py --no-timings
 step "decode workers a GPU needs"
 timeout 170 python3 benchmarks/gpu_feed.py --device cuda --precision bf16 --n 256 --side 1920 --workers 1 2 4 8 12
+step "CPU pipeline on 16 cores (tiny backbone; is the default threads setting slower than 1 thread?)"
+timeout 120 python3 benchmarks/watch_latency.py --n 600 --latency-n 40 --rounds 1 2>&1 | tail -9
 step "profiles on ViT-L-14-336 at 518 px"
 timeout 150 python3 benchmarks/profiles.py --device cuda --rounds 2 --predict-rounds 20
 step done
