@@ -21,28 +21,24 @@ only extra CPU users: size the model's own threads to the cores they leave (the 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..data.images import ImageError, PixelBudget, decode_for_model
-from ..errors import first_line
 from ..specs import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS
-from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes, store_of
+from .decoding import Decoder, read_file_bytes
+from .records import ScoredImage, map_fraction_above
 
 __all__ = ["DEFAULT_MAX_INFLIGHT_PIXELS", "DEFAULT_MAX_PIXELS", "Decoder", "InferencePipeline", "ScoredImage",
            "Scorer", "available_cores", "default_model_streams", "default_workers", "map_fraction_above", "overlay_png",
            "read_file_bytes"]
-
 
 
 class Scorer(Protocol):
@@ -63,92 +59,6 @@ class Scorer(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What is loaded (backbone, weights, prompts, precision, device, ...), JSON-safe."""
-
-
-@dataclass
-class ScoredImage:
-    """The result for one input, scored or not.
-
-    Attributes:
-        index: position in the inputs.
-        source: the path (or the uploaded file's name) as given.
-        name: the name shown to the user (relative to the inputs' common folder).
-        score: image anomaly score in [0, 1]; None when the image could not be scored.
-        anomalous: ``score > threshold`` when a threshold is known, else None.
-        error, error_code: why the image was not scored (one line; a short code:
-            ``missing``, ``unreadable``, ``not_a_regular_file``, ``empty``, ``not_an_image``, ``too_many_pixels``,
-            ``corrupt``; ``non_finite`` when the model returned NaN or infinity for it).
-        width, height: the original image size.
-        map_max, map_mean: statistics of the anomaly map (its own scale, ``[0, map_scale]``).
-        map_frac_above: fraction of the map's pixels above the threshold on the score scale
-            (see :func:`map_fraction_above`); None without a threshold or a map scale.
-        anomaly_map: [S, S] float32 map (dropped once written, see :meth:`release`).
-        preview: RGB image, longest side S, for the overlay (dropped likewise).
-        pixels: [3, S, S] model input until it is scored.
-        sha256: hex digest of the bytes decoded, when the decoder was asked for it
-            (``digest=True``; None otherwise, or when the file could not be read).
-        timings_ms: ``decode``, ``queue``, ``inference``, ``batch_size``, ``overlay``.
-    """
-
-    index: int
-    source: str
-    name: str
-    score: float | None = None
-    anomalous: bool | None = None
-    error: str | None = None
-    error_code: str | None = None
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    map_max: float | None = None
-    map_mean: float | None = None
-    map_frac_above: float | None = None
-    anomaly_map: np.ndarray | None = field(default=None, repr=False)
-    preview: Image.Image | None = field(default=None, repr=False)
-    pixels: np.ndarray | None = field(default=None, repr=False)
-    sha256: str | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def decoded(self) -> bool:
-        return self.pixels is not None
-
-    def decide(self, threshold: float | None) -> None:
-        self.anomalous = None if threshold is None or self.score is None else bool(self.score > threshold)
-
-    def set_result(self, score: float, amap: np.ndarray, threshold: float | None = None,
-                   map_scale: float | None = None) -> None:
-        """Record the scorer's output; a NaN or infinite score or map makes this record an error
-        (``non_finite``) instead: one bad image never costs the others their results."""
-        amap = np.asarray(amap)
-        if not (np.isfinite(score) and np.isfinite(amap).all()):
-            what = "score" if not np.isfinite(score) else "anomaly map"
-            self.error = f"{self.source}: the model returned a non-finite (NaN or infinite) {what}"
-            self.error_code = "non_finite"
-            self.pixels = self.anomaly_map = None
-            self.score = self.anomalous = None
-            return
-        self.score = float(score)
-        self.anomaly_map = amap
-        self.map_max = float(amap.max())
-        self.map_mean = float(amap.mean())
-        self.map_frac_above = (None if threshold is None or map_scale is None
-                               else map_fraction_above(amap, threshold, map_scale))
-        self.pixels = None
-        self.decide(threshold)
-
-    def release(self) -> None:
-        """Drop the map, preview and pixels (keep only the numbers)."""
-        self.anomaly_map = self.preview = self.pixels = None
-
-
-def map_fraction_above(amap: np.ndarray, threshold: float, map_scale: float) -> float:
-    """Fraction of the pixels of ``amap`` [S, S] whose value divided by ``map_scale`` is above
-    ``threshold``: with the detector, the share of the image whose per-layer average anomaly
-    probability exceeds the image-score threshold (the area flagged at the image's operating
-    point)."""
-    m = np.asarray(amap, dtype=np.float64) / float(map_scale)
-    return float(np.count_nonzero(m > float(threshold)) / max(1, m.size))
 
 
 def overlay_png(preview: Image.Image, amap: np.ndarray, *, vmin: float | None = None,
@@ -181,89 +91,6 @@ def overlay_png(preview: Image.Image, amap: np.ndarray, *, vmin: float | None = 
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)  # 26 ms instead of 35 at 518 px, 5 % larger
     return buf.getvalue()
-
-
-class Decoder:
-    """The decoding stage alone (no model needed): file -> model input + preview, or the reason
-    it cannot be scored. :class:`InferencePipeline` decodes with one; the Ray engine's CPU tasks
-    run one each.
-
-    Args:
-        image_size: S, the model input side.
-        max_pixels: refuse images with more pixels (from the header, before decoding).
-        max_inflight_pixels: decoded full-resolution pixels held at once by all threads.
-        preview_side: longest side of the overlay previews (default: the model size).
-        max_remote_bytes: largest file read from a URI (see :mod:`.uris`).
-
-    ``refused_stores`` maps a store (``scheme://authority``, :func:`~.uris.store_of`) to the
-    ``(error_code, reason)`` of every URI in it: such URIs are not read (the engines fill it
-    with :func:`~.uris.unreachable_stores`, once per run).
-    """
-
-    def __init__(self, image_size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS, preview_side: int | None = None,
-                 max_remote_bytes: int = MAX_REMOTE_BYTES):
-        self.image_size = int(image_size)
-        self.max_pixels = max_pixels
-        self.budget = PixelBudget(max_inflight_pixels)
-        self.preview_side = int(preview_side or self.image_size)
-        self.max_remote_bytes = int(max_remote_bytes)
-        self.refused_stores: dict[str, tuple[str, str]] = {}
-
-    def decode(self, source: str | os.PathLike | bytes, *, index: int = 0, name: str | None = None,
-               label: str | None = None, digest: bool = False) -> ScoredImage:
-        """Decode one file (a path, a URI or the file's bytes) into a record holding the model
-        input and the preview, or the reason it cannot be scored. Thread-safe; memory bounded by
-        the budget. ``digest``: read a local file whole (at most ``max_remote_bytes``), record
-        the SHA-256 of exactly the bytes decoded in ``sha256``."""
-        shown = label if label is not None else (os.fspath(source) if not isinstance(source, (bytes, bytearray)) else "upload")
-        rec = ScoredImage(index, shown, name if name is not None else shown)
-        t = time.perf_counter()
-        try:
-            if is_uri(source) or (digest and not isinstance(source, (bytes, bytearray))):
-                refused = self.refused_stores.get(store_of(source)) if is_uri(source) else None
-                if refused is not None:
-                    raise ImageError(refused[0], f"{source}: {refused[1]}")
-                try:
-                    data = (read_uri_bytes(source, self.max_remote_bytes) if is_uri(source)
-                            else read_file_bytes(source, self.max_remote_bytes))
-                    if digest:
-                        rec.sha256 = hashlib.sha256(data).hexdigest()
-                    d = decode_for_model(data, self.image_size, preview_side=self.preview_side,
-                                         max_pixels=self.max_pixels, budget=self.budget)
-                except ImageError as e:  # messages about bytes do not name the file
-                    where = os.fspath(source)
-                    raise ImageError(e.code, str(e) if where in str(e) else f"{where}: {e}") from None
-            else:
-                if digest:
-                    rec.sha256 = hashlib.sha256(source).hexdigest()
-                d = decode_for_model(source, self.image_size, preview_side=self.preview_side,
-                                     max_pixels=self.max_pixels, budget=self.budget)
-        except ImageError as e:
-            rec.error, rec.error_code = str(e), e.code
-        else:
-            rec.pixels, rec.preview = d.pixels, d.preview
-            rec.width, rec.height, rec.format = d.width, d.height, d.format
-        rec.timings_ms["decode"] = (time.perf_counter() - t) * 1000
-        return rec
-
-
-def read_file_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
-    """A local file's bytes, at most ``max_bytes`` (more is an ``ImageError``, code
-    ``too_many_pixels``: a file that large is refused before it is read whole)."""
-    where = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise ImageError("missing", f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError("unreadable", f"{where} is a folder, not an image file") from None
-    except OSError as e:
-        raise ImageError("unreadable", f"cannot read {where}: {first_line(e)}") from None
-    if len(data) > max_bytes:
-        raise ImageError("too_many_pixels", f"{where} is larger than {max_bytes:,} bytes; downscale it first")
-    return data
 
 
 class InferencePipeline:
@@ -422,8 +249,7 @@ class InferencePipeline:
         pool = self._workers()
         it = iter(enumerate(sources))
         futures: deque[Future] = deque()
-        scoring: deque[tuple[Future, list[ScoredImage]]] = deque()  # batches the model has, oldest first
-        busy: set[int] = set()  # indices of their records: not to be yielded before their batch is done
+        model = _BatchesInFlight(self, progress)
 
         def submit_next() -> bool:
             nxt = next(it, None)
@@ -432,33 +258,6 @@ class InferencePipeline:
             i, (src, name) = nxt
             futures.append(pool.submit(self.decode, src, index=i, name=name, digest=digest))
             return True
-
-        def reap(wait: bool) -> None:  # the finished batches, in order; ``wait``: at least the oldest
-            while scoring and (wait or scoring[0][0].done()):
-                fut, batch = scoring.popleft()
-                fut.result()  # a scorer's failure stops the run, as when it runs on this thread
-                busy.difference_update(r.index for r in batch)
-                if progress is not None:
-                    progress.update(len(batch))
-                wait = False
-
-        def flush():
-            if not pending:
-                return
-            batch = list(pending)
-            pending.clear()
-            if self.model_streams == 1:
-                self.score_batch(batch)
-                if progress is not None:
-                    progress.update(len(batch))
-                return
-            while len(scoring) > self.model_streams:  # one batch queued behind those running
-                reap(wait=True)
-            busy.update(r.index for r in batch)
-            scoring.append((self._model_threads().submit(self.score_batch, batch), batch))
-
-        def done(rec: ScoredImage) -> bool:
-            return not rec.decoded and rec.index not in busy
 
         try:
             while len(futures) < lookahead and submit_next():
@@ -470,25 +269,70 @@ class InferencePipeline:
                 if rec.decoded:
                     pending.append(rec)
                     if len(pending) >= self.batch_size:
-                        flush()
+                        model.add(pending)
+                        pending = []
                 elif progress is not None:
                     progress.update(1)
-                reap(wait=False)
+                model.reap(wait=False)
                 # yield in input order: everything before the first record not scored yet
-                while ready and done(ready[0]):
+                while ready and model.settled(ready[0]):
                     yield ready.popleft()
-            flush()
-            while scoring:
-                reap(wait=True)
-                while ready and done(ready[0]):
+            model.add(pending)
+            while model.batches:
+                model.reap(wait=True)
+                while ready and model.settled(ready[0]):
                     yield ready.popleft()
-            while ready:
-                yield ready.popleft()
+            yield from ready
         finally:  # a consumer that stops early: drop what was decoded ahead, let the model finish
             for f in futures:
                 f.cancel()
-            for f, _ in scoring:
-                f.exception()
+            model.wait()
+
+
+class _BatchesInFlight:
+    """The batches of one :meth:`InferencePipeline.run` that the model has: scored on the
+    calling thread with one model stream, else on the model threads (oldest first, at most one
+    queued behind the ``model_streams`` running)."""
+
+    def __init__(self, pipeline: InferencePipeline, progress=None):
+        self.pipeline = pipeline
+        self.progress = progress
+        self.batches: deque[tuple[Future, list[ScoredImage]]] = deque()
+        self.busy: set[int] = set()  # indices of their records: not to be yielded before their batch is done
+
+    def add(self, batch: list[ScoredImage]) -> None:
+        if not batch:
+            return
+        p = self.pipeline
+        if p.model_streams == 1:
+            p.score_batch(batch)
+            if self.progress is not None:
+                self.progress.update(len(batch))
+            return
+        while len(self.batches) > p.model_streams:
+            self.reap(wait=True)
+        self.busy.update(r.index for r in batch)
+        self.batches.append((p._model_threads().submit(p.score_batch, batch), batch))
+
+    def reap(self, wait: bool) -> None:
+        """Take the finished batches, in order; ``wait``: at least the oldest. A scorer's failure
+        is raised here and stops the run, as when it runs on the calling thread."""
+        while self.batches and (wait or self.batches[0][0].done()):
+            fut, batch = self.batches.popleft()
+            fut.result()
+            self.busy.difference_update(r.index for r in batch)
+            if self.progress is not None:
+                self.progress.update(len(batch))
+            wait = False
+
+    def settled(self, rec: ScoredImage) -> bool:
+        """Whether ``rec`` is final: not waiting for the model (scored, or not decodable)."""
+        return not rec.decoded and rec.index not in self.busy
+
+    def wait(self) -> None:
+        """Let the batches still running finish (their failures are not raised)."""
+        for f, _ in self.batches:
+            f.exception()
 
 
 #: most pipeline workers by default next to an accelerator
