@@ -32,14 +32,22 @@ for i in range(3):
     arr = np.random.default_rng(i).integers(0, 256, (90 + 10 * i, 120, 3), dtype=np.uint8)
     Image.fromarray(arr).save(out / f"img{i}.png")
 PYEOF
-"$PY" -m s2swclip.cli export --format onnx --out "$WORK/model" "${MODEL[@]}" --quiet
-"$PY" -m s2swclip.cli predict "${MODEL[@]}" "$WORK/images" --out "$WORK/reference" --no-overlays --quiet >/dev/null
+# the export and the PyTorch reference run while the virtualenv is built (they wait on nothing of it)
+"$PY" -m s2swclip.cli export --format onnx --out "$WORK/model" "${MODEL[@]}" --quiet &
+EXPORT_PID=$!
+"$PY" -m s2swclip.cli predict "${MODEL[@]}" "$WORK/images" --out "$WORK/reference" --no-overlays --quiet >/dev/null &
+REFERENCE_PID=$!
 
 echo "runtime install check: fresh virtualenv with requirements-runtime.txt + pip install --no-deps"
-unset PYTHONPATH  # the virtualenv must see only what was installed into it
-"$PY" -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q "${PIP_SOURCE[@]}" -r "$ROOT/requirements-runtime.txt"
-"$WORK/venv/bin/python" -m pip install -q "${PIP_SOURCE[@]}" --no-deps "$ROOT"
+(
+    unset PYTHONPATH  # the virtualenv must see only what was installed into it
+    "$PY" -m venv "$WORK/venv"
+    "$WORK/venv/bin/python" -m pip install -q "${PIP_SOURCE[@]}" -r "$ROOT/requirements-runtime.txt"
+    "$WORK/venv/bin/python" -m pip install -q "${PIP_SOURCE[@]}" --no-deps "$ROOT"
+)
+wait "$EXPORT_PID" || { echo "runtime install check FAILED: the export failed" >&2; exit 1; }
+wait "$REFERENCE_PID" || { echo "runtime install check FAILED: the PyTorch reference predict failed" >&2; exit 1; }
+unset PYTHONPATH
 if "$WORK/venv/bin/python" -c "import torch" 2>/dev/null; then
     echo "runtime install check FAILED: torch is importable in the runtime virtualenv" >&2
     exit 1
