@@ -39,7 +39,7 @@ OTHER_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 DNNL_MAX_CP
 OTHER_LOG := $(VENV)/other-kernels.log
 test: $(STAMP) browser-deps
 	$(PY) -m pytest
-	$(OTHER_KERNELS) OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:randomly $(NUMERIC_TESTS) > $(OTHER_LOG) 2>&1 & \
+	$(OTHER_KERNELS) OMP_NUM_THREADS=1 $(PY) -m pytest -p no:randomly $(NUMERIC_TESTS) > $(OTHER_LOG) 2>&1 & \
 	other=$$!; scripts/check_runtime_install.sh $(PY); runtime=$$?; wait $$other; kernels=$$?; \
 	echo "== numerical tests under the other kernel set ($(OTHER_KERNELS), 1 thread):"; cat $(OTHER_LOG); \
 	test $$runtime -eq 0 && test $$kernels -eq 0
