@@ -29,6 +29,13 @@ With real CLIP weights (ViT-L/14@336 'openai', downloaded once by open_clip or p
 (offline: add --weights /path/to/ViT-L-14-336px.pt)"""
 
 
+def _log_lines(text: str) -> None:
+    """Log ``text`` one message a line: the command line shows each message as one line (it
+    escapes line breaks inside a message), so a table logged whole would print as one long line."""
+    for line in text.rstrip("\n").split("\n"):
+        log.info(line)
+
+
 def run_demo(out_dir: str | Path = "demo_out", *, seed: int = 0, progress: bool = True,
              epochs: int = 5, image_size: int = 224) -> dict:
     """Generate data, train briefly, test zero-shot and few-shot; returns the zero-shot report (also in
@@ -61,13 +68,13 @@ def run_demo(out_dir: str | Path = "demo_out", *, seed: int = 0, progress: bool 
     det = load_detector(DEMO_BACKBONE, None, result.checkpoint, image_size=image_size)
     report = evaluate_dataset(det, target, dataset_name="synthetic-held-out", batch_size=8, out_dir=out,
                               figures_per_class=2, progress=progress)
-    log.info(format_markdown(report))
+    _log_lines(format_markdown(report))
     log.info("effect of training on the held-out images (mean over categories): " + ", ".join(
         f"{k} {before['mean'][k]:.3f} -> {report['mean'][k]:.3f}"
         for k in ("pixel_auroc", "pixel_aupro", "image_auroc")))
     few_shot = _few_shot_step(det, untrained, target, report, seed=seed)
     log.info(f"[{time.time() - t0:5.1f}s] report: {out / 'report.json'}, figures: {out / 'figures'}")
-    log.info(REAL_WORKFLOW)
+    _log_lines(REAL_WORKFLOW)
     atomic_write_text(out / "demo_info.json", json.dumps({
         "backbone": DEMO_BACKBONE, "weights": None, "note": "random tiny backbone: pipeline demo, not accuracy",
         "train_history": result.history, "held_out_untrained_mean": before["mean"], "few_shot": few_shot,
