@@ -15,7 +15,6 @@ is then small, so what grows with the backlog would show).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,28 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _make_images():
-    spec = importlib.util.spec_from_file_location("watch_latency", Path(__file__).with_name("watch_latency.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_images
-
-
-def _status_kib(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+from serve_memory import _status  # a process's VmRSS / VmHWM in bytes, from /proc
+from watch_latency import make_images  # photo-like JPEGs
 
 
 def measure(n: int, side: int, backbone: str, image_size: int, work: Path) -> dict:
     """Drop ``n`` JPEGs in a folder, run a watcher over it until idle; its peak RSS and results."""
     inp, out = work / f"in{n}", work / f"out{n}"
-    _make_images()(inp, n, side)
+    make_images(inp, n, side)
     cmd = [sys.executable, "-m", "s2swclip.cli", "watch", str(inp), "--out", str(out), "--backbone", backbone,
            "--weights", "none", "--image-size", str(image_size), "--threshold", "0.5", "--settle-ms", "0",
            "--exit-when-idle", "2", "--quiet"]
@@ -52,9 +37,13 @@ def measure(n: int, side: int, backbone: str, image_size: int, work: Path) -> di
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = last = 0
     while proc.poll() is None:
-        peak = max(peak, _status_kib(proc.pid, "VmHWM") or 0)
-        last = _status_kib(proc.pid, "VmRSS") or last
+        try:
+            status = _status(proc.pid)
+        except OSError:  # it exited between the poll and the read
+            break
+        peak, last = max(peak, status["VmHWM"]), status["VmRSS"]
         time.sleep(0.2)
+    proc.wait()
     seconds = time.perf_counter() - t
     err = proc.stderr.read()
     if proc.returncode != 0:
@@ -64,8 +53,8 @@ def measure(n: int, side: int, backbone: str, image_size: int, work: Path) -> di
     return {"files": n, "rows": len(rows), "distinct": len(set(names)),
             "errors": sum(r["error"] is not None for r in rows),
             "overlays": len(list((out / "overlays").iterdir())),
-            "peak_rss_mib": round(peak / 1024, 1),
-            "last_rss_mib": round(last / 1024, 1), "seconds": round(seconds, 1),
+            "peak_rss_mib": round(peak / 2**20, 1),
+            "last_rss_mib": round(last / 2**20, 1), "seconds": round(seconds, 1),
             "images_per_s": round(n / seconds, 1)}
 
 

@@ -106,7 +106,6 @@ def _few_shot_step(det, untrained, target, zero_shot: dict, *, seed: int, shots:
     for name, mean in rows.items():
         lines.append(f"  {name:<{width}}  " + "  ".join(
             f"{mean[k]:>11.3f}" if mean[k] is not None else f"{'n/a':>11}" for k in FEW_SHOT_KEYS))
-    for line in lines:  # one message a line (the CLI shows each message as one line)
-        log.info(line)
+    _log_lines("\n".join(lines))
     return {"shots": shots, "seed": seed, "references": fused["few_shot"]["references"],
             "mean": {name: {k: mean[k] for k in FEW_SHOT_KEYS} for name, mean in rows.items()}}
