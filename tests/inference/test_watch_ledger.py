@@ -3,6 +3,7 @@ watcher process itself is tested in test_watch.py)."""
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -126,6 +127,40 @@ def test_old_files_and_renamed_files_are_ready_at_once(tmp_path):
     det._event(type("E", (), {"event_type": "moved", "is_directory": False, "src_path": str(tmp_path / "cam.part"),
                               "dest_path": str(tmp_path / "cam.jpg")})())
     assert [c.name for c in det.poll(10)] == ["cam.jpg"]  # new.jpg still settling
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify's events")
+def test_the_watchers_own_reads_raise_no_events_and_renames_writes_and_touches_do(tmp_path):
+    seen = []
+    det = FileDetector(tmp_path, settle=30.0, rescan=3600.0)
+    det._event = lambda e: seen.append((e.event_type, os.path.basename(e.src_path)))
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    det.start()
+    try:
+        def settled():  # the events of what was just done, once they stop coming
+            deadline, n = time.monotonic() + 5, -1
+            while n != len(seen) and time.monotonic() < deadline:
+                n = len(seen)
+                time.sleep(0.2)
+            out = sorted(set(seen))
+            seen.clear()
+            return out
+
+        settled()
+        for _ in range(20):  # what decoding and digesting a file do: open, read, close
+            (tmp_path / "a.jpg").read_bytes()
+        list(os.scandir(tmp_path))
+        assert settled() == []  # unfiltered: an "opened" and a "closed_no_write" for each read
+        (tmp_path / "b.part").write_bytes(b"y")
+        os.rename(tmp_path / "b.part", tmp_path / "b.jpg")
+        assert ("moved", "b.part") in settled()
+        os.utime(tmp_path / "a.jpg")
+        assert [k for k, _ in settled()] in (["attrib"], ["modified"])  # watchdog >= 5 / older
+        with open(tmp_path / "a.jpg", "ab") as f:
+            f.write(b"more")
+        assert {"modified", "closed"} <= {k for k, _ in settled()}
+    finally:
+        det.stop()
 
 
 class StoppingScorer:

@@ -53,6 +53,20 @@ class Candidate:
     atomic: bool = False  # renamed into the folder: complete
 
 
+def _wanted_events() -> list[type]:
+    """The events :meth:`FileDetector._event` acts on. Only these are asked of the kernel: left
+    unfiltered, inotify also reports every open and close of a file, and the watcher's own
+    reads of each image (to digest and decode it) would come back as events to dispatch."""
+    from watchdog import events as ev
+
+    wanted = [ev.FileCreatedEvent, ev.FileModifiedEvent, ev.FileMovedEvent, ev.FileClosedEvent,
+              ev.DirCreatedEvent, ev.DirMovedEvent]
+    # newer watchdogs: attribute changes (a touch) and lost events have classes of their own,
+    # delivered only when the filter names them
+    newer = (getattr(ev, name, None) for name in ("FileAttribEvent", "EventsLostEvent"))
+    return wanted + [cls for cls in newer if cls is not None]
+
+
 class FileDetector:
     """Finds complete files under ``root`` (see the module docstring).
 
@@ -94,7 +108,10 @@ class FileDetector:
 
         try:
             obs = Observer()
-            obs.schedule(_Handler(), self.root, recursive=self.recursive)
+            try:
+                obs.schedule(_Handler(), self.root, recursive=self.recursive, event_filter=_wanted_events())
+            except TypeError:  # a watchdog without event filters: every event, the unwanted ignored
+                obs.schedule(_Handler(), self.root, recursive=self.recursive)
             obs.start()
         except OSError as e:
             log.warning("no filesystem events for %s (%s): rescanning every %.0f s", self.root, e, self.rescan_every)
