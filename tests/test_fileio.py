@@ -92,3 +92,50 @@ def test_a_kill_before_the_rename_leaves_a_named_temporary_that_can_be_removed(t
     removed = remove_temporaries(tmp_path, re.compile(r"prompts_last\.safetensors|prompts_epoch\d+\.safetensors"))
     assert sorted(p.name for p in removed) == sorted([left, ".prompts_epoch001.safetensors.k3_zq9ab.tmp"])
     assert sorted(os.listdir(tmp_path)) == sorted(keep + [".prompts_epoch002.safetensors.zz_09abc.tmp"])
+
+
+class _Growing:
+    """A file that another writer extends by ``grow`` bytes between its size being taken and
+    the first read (a camera still writing)."""
+
+    def __init__(self, path, grow):
+        self.f, self.path, self.grow = open(path, "rb"), path, grow
+        self.first = True
+
+    def fileno(self):
+        return self.f.fileno()
+
+    def read(self, n):
+        if self.first and self.grow:
+            with open(self.path, "ab") as w:
+                w.write(os.urandom(self.grow))
+        self.first = False
+        return self.f.read(n)
+
+
+@pytest.mark.parametrize("size,grow,limit", [(0, 0, 10), (5000, 0, 10), (5000, 0, 4999), (5000, 0, 5000),
+                                             (5000, 0, 5001), (100, 3 << 20, 10 << 20), (100, 3 << 20, 2 << 20)])
+def test_read_at_most_reads_the_file_up_to_the_limit_however_it_grows(tmp_path, size, grow, limit):
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(size))
+    f = _Growing(path, grow)
+    got = fileio.read_at_most(f, limit)
+    f.f.close()
+    assert got == path.read_bytes()[:limit]
+
+
+def test_read_at_most_allocates_what_the_file_holds_not_the_limit(tmp_path, monkeypatch):
+    path = tmp_path / "small.jpg"
+    path.write_bytes(b"x" * 1000)
+    asked = []
+    with open(path, "rb") as f:
+        real = f.read
+        monkeypatch.setattr(f, "read", lambda n=-1: asked.append(n) or real(n), raising=False)
+        assert fileio.read_at_most(f, 256 << 20) == b"x" * 1000
+    assert asked == [1001]  # its size and one byte to see the end; f.read(256 MiB) allocates 256 MiB first
+
+
+def test_read_regular_file_refuses_a_fifo_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(fileio.NotRegularFileError, match="FIFO"):
+        fileio.read_regular_file(tmp_path / "pipe.jpg", 100)

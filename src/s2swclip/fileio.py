@@ -182,7 +182,30 @@ def read_regular_file(path: str | os.PathLike, limit: int | None = None, *, foll
     """The bytes of a regular file (see :func:`open_regular`): at most ``limit + 1`` bytes when
     ``limit`` is given, so that the caller can tell a file over its limit."""
     with os.fdopen(open_regular(path, follow_links=follow_links, dir_fd=dir_fd), "rb") as f:
-        return f.read() if limit is None else f.read(limit + 1)
+        return f.read() if limit is None else read_at_most(f, limit + 1)
+
+
+#: what :func:`read_at_most` reads at a time past the size a file had when opened
+_CHUNK = 1 << 20
+
+
+def read_at_most(f, n: int) -> bytes:
+    """At most ``n`` bytes of the open regular file ``f`` (binary, at its start). Memory follows
+    the file, not ``n``: ``f.read(n)`` would first allocate ``n`` bytes (a limit of hundreds of
+    MB, mapped and unmapped for every small image), so the size from ``fstat`` is read, and
+    whatever the file grew by meanwhile in chunks until ``n``."""
+    size = os.fstat(f.fileno()).st_size
+    data = f.read(min(size + 1, n))  # one byte more than the size: tells the end from growth
+    if len(data) <= size or len(data) >= n:
+        return data  # the whole file, or the limit reached
+    parts, total = [data], len(data)
+    while total < n:
+        part = f.read(min(_CHUNK, n - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
 
 
 def open_folder_beneath(base: str | os.PathLike, names: list[str], *, create: bool = False) -> int:

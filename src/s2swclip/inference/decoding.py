@@ -14,6 +14,7 @@ import time
 
 from ..data.images import ImageError, PixelBudget, decode_for_model
 from ..errors import first_line
+from ..fileio import NotRegularFileError, read_regular_file
 from ..specs import DEFAULT_MAX_INFLIGHT_PIXELS, DEFAULT_MAX_PIXELS
 from .records import ScoredImage
 from .uris import MAX_REMOTE_BYTES, is_uri, read_uri_bytes, store_of
@@ -91,12 +92,11 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
     ``too_many_pixels``: a file that large is refused before it is read whole)."""
     where = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        data = read_regular_file(path, max_bytes)
     except FileNotFoundError:
         raise ImageError("missing", f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError("unreadable", f"{where} is a folder, not an image file") from None
+    except NotRegularFileError as e:  # a FIFO would block the worker for ever
+        raise ImageError("unreadable", f"{where} is {e.kind}, not an image file") from None
     except OSError as e:
         raise ImageError("unreadable", f"cannot read {where}: {first_line(e)}") from None
     if len(data) > max_bytes:
