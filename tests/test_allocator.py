@@ -23,7 +23,8 @@ else:
     # the first large free, by an amount that depends on the order of frees, and the baseline
     # wanders (16,000-20,000 faults a call here, 3,400 on another run)
     import ctypes
-    assert ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024) == 1
+    from s2swclip.allocator import _M_MMAP_THRESHOLD
+    assert ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 128 * 1024) == 1
 from s2swclip.model.multiscale import enrich_features
 x = torch.randn(8, 65, 768)
 x = x / x.norm(dim=-1, keepdim=True)

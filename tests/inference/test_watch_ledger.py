@@ -137,28 +137,31 @@ def test_the_watchers_own_reads_raise_no_events_and_renames_writes_and_touches_d
     (tmp_path / "a.jpg").write_bytes(b"x")
     det.start()
     try:
-        def settled():  # the events of what was just done, once they stop coming
-            deadline, n = time.monotonic() + 5, -1
-            while n != len(seen) and time.monotonic() < deadline:
-                n = len(seen)
-                time.sleep(0.2)
-            out = sorted(set(seen))
-            seen.clear()
+        def events_until(kind, name):  # every event up to the first (kind, name), in order
+            deadline = time.monotonic() + 30
+            while (kind, name) not in seen:
+                assert time.monotonic() < deadline, (kind, name, seen)
+                time.sleep(0.05)
+            out = seen[:seen.index((kind, name)) + 1]
+            del seen[:len(out)]
             return out
 
-        settled()
+        def marker(i):  # a rename: its event comes after those of everything done before it
+            (tmp_path / f"m{i}.part").write_bytes(b"m")
+            os.rename(tmp_path / f"m{i}.part", tmp_path / f"m{i}.jpg")
+            return events_until("moved", f"m{i}.part")
+
+        marker(0)
         for _ in range(20):  # what decoding and digesting a file do: open, read, close
             (tmp_path / "a.jpg").read_bytes()
         list(os.scandir(tmp_path))
-        assert settled() == []  # unfiltered: an "opened" and a "closed_no_write" for each read
-        (tmp_path / "b.part").write_bytes(b"y")
-        os.rename(tmp_path / "b.part", tmp_path / "b.jpg")
-        assert ("moved", "b.part") in settled()
+        # unfiltered: an "opened" and a "closed_no_write" for each read, before the marker's
+        assert [k for k, n in marker(1) if n == "a.jpg"] == []
         os.utime(tmp_path / "a.jpg")
-        assert [k for k, _ in settled()] in (["attrib"], ["modified"])  # watchdog >= 5 / older
+        assert [k for k, n in marker(2) if n == "a.jpg"] in (["attrib"], ["modified"])  # watchdog >= 5 / older
         with open(tmp_path / "a.jpg", "ab") as f:
             f.write(b"more")
-        assert {"modified", "closed"} <= {k for k, _ in settled()}
+        assert {"modified", "closed"} <= {k for k, n in marker(3) if n == "a.jpg"}
     finally:
         det.stop()
 
